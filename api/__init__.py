@@ -1,0 +1,1 @@
+"""The interfaces: the `mmkb` command line and the FastAPI app."""

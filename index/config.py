@@ -1,0 +1,48 @@
+"""One settings object for all of mmkb, read from the environment (`MMKB_...`)."""
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Where mmkb keeps its data and which models it uses; every field is `MMKB_<NAME>`."""
+
+    model_config = SettingsConfigDict(env_prefix="MMKB_", extra="ignore")
+
+    home: Path = Path("~/.mmkb")
+    database_url: str | None = None  # default: SQLite file under `home`
+    text_embedder: str = "all-MiniLM-L6-v2"
+    image_embedder: str = "mmkb-clip-tiny"  # an open_clip model name, optionally "name:pretrained"
+    device: str = "auto"  # "auto" picks cuda when torch sees a GPU
+    memory_budget_mb: int = 4096  # FAISS index type is chosen to fit this
+    target_recall: float = 0.95
+    batch_size: int = 64
+
+    @property
+    def home_dir(self) -> Path:
+        path = self.home.expanduser()
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home_dir / 'mmkb.sqlite'}"
+
+    @property
+    def index_dir(self) -> Path:
+        return self.home_dir / "indexes"
+
+    def torch_device(self) -> str:
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

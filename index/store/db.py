@@ -1,0 +1,179 @@
+"""EntityStore: the engine, schema migrations and the queries the rest of mmkb needs."""
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, event, func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from index.store.models import Alias, Document, Entity, Image, IndexVersion, Section, Tag
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def make_engine(url: str) -> Engine:
+    """An engine; SQLite gets foreign keys on and WAL so readers don't block the writer."""
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, future=True)
+    if engine.dialect.name == "sqlite":
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(conn, _record) -> None:
+            cur = conn.cursor()
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.close()
+    return engine
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the schema to the newest Alembic revision."""
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")
+
+
+class EntityStore:
+    """Entities, their documents, images and tags, and the index versions built from them."""
+
+    def __init__(self, url: str, home: Path, auto_migrate: bool = True) -> None:
+        self.url = url
+        self.home = Path(home)
+        self.engine = make_engine(url)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        if auto_migrate:
+            migrate(self.engine)
+
+    @classmethod
+    def from_settings(cls, settings=None) -> EntityStore:
+        from index.config import get_settings
+
+        settings = settings or get_settings()
+        return cls(settings.db_url, settings.home_dir)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """One transaction: committed on success, rolled back on any error."""
+        with self._sessions() as session, session.begin():
+            yield session
+
+    # --- reading -------------------------------------------------------------------------------
+
+    def entity(self, key: str) -> Entity | None:
+        with self._sessions() as s:
+            return s.scalar(select(Entity).where(Entity.key == key))
+
+    def stats(self) -> dict[str, int]:
+        with self._sessions() as s:
+            return {name: s.scalar(select(func.count()).select_from(model)) or 0
+                    for name, model in [("entities", Entity), ("aliases", Alias), ("documents", Document),
+                                        ("sections", Section), ("images", Image), ("tags", Tag)]}
+
+    def kinds(self) -> dict[str, int]:
+        with self._sessions() as s:
+            return dict(s.execute(select(Entity.kind, func.count()).group_by(Entity.kind)).all())
+
+    def iter_sections(self, batch: int = 2000) -> Iterator[list[tuple[int, str]]]:
+        """(section id, text to embed) in id order."""
+        last = 0
+        with self._sessions() as s:
+            while True:
+                rows = s.execute(select(Section.id, Section.text)
+                                 .where(Section.id > last).order_by(Section.id).limit(batch)).all()
+                if not rows:
+                    return
+                yield [(r[0], r[1]) for r in rows]
+                last = rows[-1][0]
+
+    def iter_images(self, batch: int = 2000) -> Iterator[list[tuple[int, Path]]]:
+        """(image id, absolute file path) in id order."""
+        last = 0
+        with self._sessions() as s:
+            while True:
+                rows = s.execute(select(Image.id, Image.path).where(Image.id > last)
+                                 .order_by(Image.id).limit(batch)).all()
+                if not rows:
+                    return
+                yield [(r[0], self.home / r[1]) for r in rows]
+                last = rows[-1][0]
+
+    def allowed_ids(self, modality: str, kinds: Sequence[str] | None = None,
+                    keys: Sequence[str] | None = None) -> list[int] | None:
+        """Row ids of one modality whose entity passes the filter (None: no filter)."""
+        if not kinds and not keys:
+            return None
+        if modality == "text":
+            q = (select(Section.id).join(Document, Section.document_id == Document.id)
+                 .join(Entity, Document.entity_id == Entity.id))
+        else:
+            q = select(Image.id).join(Entity, Image.entity_id == Entity.id)
+        if kinds:
+            q = q.where(Entity.kind.in_(list(kinds)))
+        if keys:
+            q = q.where(Entity.key.in_(list(keys)))
+        with self._sessions() as s:
+            return list(s.scalars(q))
+
+    def section_hits(self, ids: Sequence[int]) -> dict[int, dict]:
+        """Section id → entity and passage, for turning vector hits into results."""
+        with self._sessions() as s:
+            rows = s.execute(select(Section.id, Section.heading, Section.text, Section.document_id,
+                                    Entity.id, Entity.key, Entity.name, Entity.kind)
+                             .join(Document, Section.document_id == Document.id)
+                             .join(Entity, Document.entity_id == Entity.id)
+                             .where(Section.id.in_(list(ids)))).all()
+        return {r[0]: {"section_id": r[0], "heading": r[1], "text": r[2], "document_id": r[3],
+                       "entity_id": r[4], "key": r[5], "name": r[6], "kind": r[7]} for r in rows}
+
+    def image_hits(self, ids: Sequence[int]) -> dict[int, dict]:
+        """Image id → entity and image file, for turning vector hits into results."""
+        with self._sessions() as s:
+            rows = s.execute(select(Image.id, Image.path, Image.style, Image.source,
+                                    Entity.id, Entity.key, Entity.name, Entity.kind)
+                             .join(Entity, Image.entity_id == Entity.id)
+                             .where(Image.id.in_(list(ids)))).all()
+        return {r[0]: {"image_id": r[0], "path": r[1], "style": r[2], "image_source": r[3],
+                       "entity_id": r[4], "key": r[5], "name": r[6], "kind": r[7]} for r in rows}
+
+    # --- index versions ------------------------------------------------------------------------
+
+    def active_index(self, modality: str) -> IndexVersion | None:
+        with self._sessions() as s:
+            return s.scalar(select(IndexVersion).where(IndexVersion.modality == modality,
+                                                       IndexVersion.active.is_(True)))
+
+    def index_versions(self, modality: str | None = None) -> list[IndexVersion]:
+        with self._sessions() as s:
+            q = select(IndexVersion).order_by(IndexVersion.id.desc())
+            if modality:
+                q = q.where(IndexVersion.modality == modality)
+            return list(s.scalars(q))
+
+    def activate_index(self, version: IndexVersion) -> IndexVersion:
+        """Record a complete index and make it the active one of its modality, in one transaction."""
+        with self.session() as s:
+            for old in s.scalars(select(IndexVersion).where(IndexVersion.modality == version.modality,
+                                                            IndexVersion.active.is_(True))):
+                old.active = False
+            version.active = True
+            s.add(version)
+        return version
+
+    def rollback_index(self, modality: str) -> IndexVersion:
+        """Make the previous version of a modality active again."""
+        with self.session() as s:
+            versions = list(s.scalars(select(IndexVersion).where(IndexVersion.modality == modality)
+                                      .order_by(IndexVersion.id.desc())))
+            current = next((i for i, v in enumerate(versions) if v.active), None)
+            if current is None or current + 1 >= len(versions):
+                raise ValueError(f"no earlier {modality} index version to roll back to")
+            versions[current].active = False
+            versions[current + 1].active = True
+            return versions[current + 1]

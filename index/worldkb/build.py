@@ -1,0 +1,234 @@
+"""Build worldkb from registry packages: `mmkb data build-worldkb`.
+
+Sources (all real data, no invented facts):
+  world-countries (npm, ODbL)            country facts
+  countryinfo (PyPI, MIT)                population
+  svg-country-flags (npm, public domain) flag images
+  emoji-datasource (npm, MIT)            emoji names, categories, versions
+  emoji-datasource-google (Apache-2.0)   Google emoji renderings
+  emoji-datasource-twitter (CC-BY-4.0)   Twitter emoji renderings
+  openmoji (npm, CC-BY-SA-4.0)           emoji keywords and tags
+Country-flag emoji are folded into their country (their renderings become extra flag images),
+so one flag has one entity.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+from tqdm import tqdm
+
+from index.worldkb.facts import country_sections, emoji_sections
+
+NPM_PACKAGES = {
+    "world-countries": "5.1.0",
+    "svg-country-flags": "1.2.10",
+    "emoji-datasource": "16.0.0",
+    "emoji-datasource-google": "16.0.0",
+    "emoji-datasource-twitter": "16.0.0",
+    "openmoji": "17.0.0",
+}
+PYPI_PACKAGES = {"countryinfo": "1.0.1"}
+LICENSES = {
+    "world-countries": "ODbL-1.0",
+    "countryinfo": "MIT",
+    "svg-country-flags": "public domain",
+    "emoji-datasource": "MIT",
+    "emoji-datasource-google": "Apache-2.0",
+    "emoji-datasource-twitter": "CC-BY-4.0",
+    "openmoji": "CC-BY-SA-4.0",
+}
+FLAG_WIDTH = 96
+EMOJI_SIZE = 64
+
+
+def fetch_npm(name: str, version: str, cache: Path) -> Path:
+    """`npm pack` one package into `cache` and unpack it; returns its `package/` folder."""
+    dest = cache / f"{name}-{version}"
+    if (dest / "package").is_dir():
+        return dest / "package"
+    cache.mkdir(parents=True, exist_ok=True)
+    out = subprocess.run(["npm", "pack", f"{name}@{version}", "--pack-destination", str(cache)],
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"npm pack {name}@{version} failed: {out.stderr.strip()[-500:]}")
+    tgz = cache / out.stdout.strip().splitlines()[-1]
+    with tarfile.open(tgz) as tar:
+        tar.extractall(dest, filter="data")
+    tgz.unlink()
+    return dest / "package"
+
+
+def fetch_pypi(name: str, version: str, cache: Path) -> Path:
+    """Download one wheel (no install) and unzip it; returns the unpacked folder."""
+    dest = cache / f"{name}-{version}"
+    if dest.is_dir():
+        return dest
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run(["python", "-m", "pip", "download", "--no-deps", "-q", "-d", tmp,
+                        f"{name}=={version}"], check=True)
+        wheel = next(Path(tmp).glob("*.whl"))
+        with zipfile.ZipFile(wheel) as zf:
+            zf.extractall(dest)
+    return dest
+
+
+def _save_png(img: Image.Image, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path, optimize=True)
+
+
+def _flag_image(src: Path) -> Image.Image:
+    img = Image.open(src).convert("RGB")
+    h = round(img.height * FLAG_WIDTH / img.width)
+    return img.resize((FLAG_WIDTH, h), Image.LANCZOS)
+
+
+def _emoji_image(src: Path) -> Image.Image:
+    img = Image.open(src).convert("RGBA")
+    if img.size != (EMOJI_SIZE, EMOJI_SIZE):
+        img = img.resize((EMOJI_SIZE, EMOJI_SIZE), Image.LANCZOS)
+    return img
+
+
+def _title(name: str) -> str:
+    return name.lower().capitalize() if name.isupper() else name
+
+
+def build_countries(src: dict[str, Path], out: Path) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    countries = json.loads((src["world-countries"] / "countries.json").read_text())
+    names = {c["cca3"]: c["name"]["common"] for c in countries}
+    population = {}
+    for f in (src["countryinfo"] / "countryinfo" / "data").glob("*.json"):
+        d = json.loads(f.read_text())
+        iso = (d.get("ISO") or {}).get("alpha3")
+        if iso and d.get("population"):
+            population[iso] = int(d["population"])
+    flags = src["svg-country-flags"] / "png250px"
+    records, key_by_cca2 = [], {}
+    for c in tqdm(countries, desc="countries"):
+        key = f"country:{c['cca3']}"
+        key_by_cca2[c["cca2"].upper()] = key
+        aliases = [c["name"]["official"], *c.get("altSpellings", []), c["cca2"], c["cca3"]]
+        images = []
+        flag = flags / f"{c['cca2'].lower()}.png"
+        if flag.exists():
+            rel = f"images/flags/{c['cca3']}.png"
+            _save_png(_flag_image(flag), out / rel)
+            images.append({"path": rel, "source": "svg-country-flags", "license": LICENSES["svg-country-flags"],
+                           "style": "flag"})
+        records.append({
+            "key": key, "kind": "country", "name": c["name"]["common"],
+            "aliases": list(dict.fromkeys(a for a in aliases if a and a != c["name"]["common"])),
+            "sections": country_sections(c, names, population.get(c["cca3"])),
+            "images": images, "source": "world-countries", "license": LICENSES["world-countries"],
+        })
+    return records, key_by_cca2
+
+
+def _regional_to_cca2(unified: str) -> str | None:
+    parts = unified.split("-")
+    if len(parts) != 2 or not all(0x1F1E6 <= int(p, 16) <= 0x1F1FF for p in parts):
+        return None
+    return "".join(chr(ord("A") + int(p, 16) - 0x1F1E6) for p in parts)
+
+
+def build_emoji(src: dict[str, Path], out: Path, countries: list[dict[str, Any]],
+                key_by_cca2: dict[str, str]) -> list[dict[str, Any]]:
+    emoji = json.loads((src["emoji-datasource"] / "emoji.json").read_text())
+    with open(src["openmoji"] / "data" / "openmoji.csv", encoding="utf-8") as fh:
+        openmoji = {row["hexcode"].upper(): row for row in csv.DictReader(fh)}
+    by_key = {c["key"]: c for c in countries}
+    records = []
+    for e in tqdm(sorted(emoji, key=lambda x: x["sort_order"]), desc="emoji"):
+        if e.get("obsoleted_by") or e["category"] == "Component":
+            continue
+        unified = e["unified"].upper()
+        om = openmoji.get(unified) or openmoji.get(unified.replace("-FE0F", ""))
+        name = _title(e["name"])
+        images = []
+        for vendor in ("google", "twitter"):
+            if not e.get(f"has_img_{vendor}"):
+                continue
+            f = src[f"emoji-datasource-{vendor}"] / "img" / vendor / "64" / e["image"]
+            if f.exists():
+                images.append((vendor, f))
+        cca2 = _regional_to_cca2(unified)
+        if e["subcategory"] == "country-flag" and cca2 in key_by_cca2:
+            country = by_key[key_by_cca2[cca2]]
+            for vendor, f in images:
+                rel = f"images/flags/{country['key'].split(':')[1]}-{vendor}.png"
+                _save_png(_emoji_image(f), out / rel)
+                country["images"].append({"path": rel, "source": f"emoji-datasource-{vendor}",
+                                          "license": LICENSES[f"emoji-datasource-{vendor}"],
+                                          "style": f"emoji-{vendor}"})
+            country["aliases"].extend(s for s in e["short_names"] if s not in country["aliases"])
+            continue
+        key = f"emoji:{unified}"
+        stored = []
+        for vendor, f in images:
+            rel = f"images/emoji/{unified}-{vendor}.png"
+            _save_png(_emoji_image(f), out / rel)
+            stored.append({"path": rel, "source": f"emoji-datasource-{vendor}",
+                           "license": LICENSES[f"emoji-datasource-{vendor}"], "style": f"emoji-{vendor}"})
+        aliases = [s.replace("_", " ") for s in e["short_names"]]
+        if om and om.get("annotation"):
+            aliases.append(om["annotation"])
+        records.append({
+            "key": key, "kind": "emoji", "name": name,
+            "aliases": list(dict.fromkeys(a for a in aliases if a.lower() != name.lower())),
+            "category": e["category"], "subcategory": e["subcategory"],
+            "sections": emoji_sections(e, name, om), "images": stored,
+            "source": "emoji-datasource", "license": LICENSES["emoji-datasource"],
+        })
+    return records
+
+
+def write_licenses(out: Path) -> None:
+    lines = ["# worldkb sources and licenses", "",
+             "Built by `mmkb data build-worldkb` from these registry packages:", "",
+             "| package | registry | version | license | used for |", "|---|---|---|---|---|"]
+    uses = {"world-countries": "country facts", "countryinfo": "population",
+            "svg-country-flags": "flag images", "emoji-datasource": "emoji names, categories, versions",
+            "emoji-datasource-google": "Google emoji images (64 px)",
+            "emoji-datasource-twitter": "Twitter emoji images (64 px; Twemoji, CC-BY-4.0, (c) Twitter, Inc and other contributors)",
+            "openmoji": "emoji keywords (OpenMoji, CC-BY-SA-4.0, openmoji.org)"}
+    for name, version in {**NPM_PACKAGES, **PYPI_PACKAGES}.items():
+        reg = "PyPI" if name in PYPI_PACKAGES else "npm"
+        lines.append(f"| {name} | {reg} | {version} | {LICENSES[name]} | {uses[name]} |")
+    lines += ["", "Every document sentence names its source field in `manifest.jsonl` (`source`).",
+              "Images are downsized copies (flags 96 px wide, emoji 64 px)."]
+    (out / "LICENSES.md").write_text("\n".join(lines) + "\n")
+
+
+def build_worldkb(out: Path, cache: Path | None = None) -> Path:
+    """Fetch the source packages, write manifest.jsonl + images + LICENSES.md into `out` atomically."""
+    cache = cache or Path(tempfile.gettempdir()) / "mmkb-worldkb-sources"
+    src = {n: fetch_npm(n, v, cache) for n, v in NPM_PACKAGES.items()}
+    src.update({n: fetch_pypi(n, v, cache) for n, v in PYPI_PACKAGES.items()})
+    out = Path(out)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    countries, key_by_cca2 = build_countries(src, tmp)
+    emoji = build_emoji(src, tmp, countries, key_by_cca2)
+    with open(tmp / "manifest.jsonl", "w", encoding="utf-8") as fh:
+        for rec in countries + emoji:
+            fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    write_licenses(tmp)
+    old = out.with_name(out.name + ".old")
+    if out.exists():
+        os.replace(out, old)
+    os.replace(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
+    return out
