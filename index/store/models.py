@@ -30,10 +30,14 @@ class Entity(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
 
-    aliases: Mapped[list[Alias]] = relationship(back_populates="entity", cascade="all, delete-orphan")
-    documents: Mapped[list[Document]] = relationship(back_populates="entity", cascade="all, delete-orphan")
-    images: Mapped[list[Image]] = relationship(back_populates="entity", cascade="all, delete-orphan")
-    tags: Mapped[list[Tag]] = relationship(back_populates="entity", cascade="all, delete-orphan")
+    aliases: Mapped[list[Alias]] = relationship(back_populates="entity", cascade="all, delete-orphan",
+                                                         order_by="Alias.id")
+    documents: Mapped[list[Document]] = relationship(back_populates="entity", cascade="all, delete-orphan",
+                                                         order_by="Document.id")
+    images: Mapped[list[Image]] = relationship(back_populates="entity", cascade="all, delete-orphan",
+                                                         order_by="Image.id")
+    tags: Mapped[list[Tag]] = relationship(back_populates="entity", cascade="all, delete-orphan",
+                                                         order_by="Tag.id")
 
 
 class Alias(Base):

@@ -1,0 +1,175 @@
+"""The `mmkb` command line: one table of verbs, each a function whose keyword defaults are its flags."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(help="mmkb: multimodal knowledge-based retrieval-augmented generation.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+data_app = typer.Typer(help="Build the starter KB from registry packages.", no_args_is_help=True)
+index_app = typer.Typer(help="Ingest, build, search and inspect the reference index.", no_args_is_help=True)
+train_app = typer.Typer(help="Train mmkb's own models.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(index_app, name="index")
+app.add_typer(train_app, name="train")
+console = Console(stderr=True)
+
+
+def _fail(message: str) -> None:
+    console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(2)
+
+
+@data_app.command("build-worldkb")
+def build_worldkb(out: Path = Path("index/worldkb/data"),
+                  cache: Optional[Path] = None) -> None:
+    """Rebuild worldkb (manifest, images, LICENSES.md) from npm and PyPI packages."""
+    from index.worldkb.build import build_worldkb as build
+
+    path = build(out, cache)
+    console.print(f"worldkb written to [bold]{path}[/]")
+
+
+@index_app.command("ingest")
+def index_ingest(folder: Path, manifest: Optional[Path] = None) -> None:
+    """Ingest a KB folder with manifest.jsonl or manifest.csv (see index/ingest.py for the format)."""
+    from index.ingest import IngestError, ingest_folder
+    from index.store import EntityStore
+
+    store = EntityStore.from_settings()
+    try:
+        report = ingest_folder(store, folder, manifest)
+    except IngestError as err:
+        _fail(str(err))
+    for problem in report.problems:
+        console.print(f"[yellow]skipped[/] {problem}")
+    console.print(f"entities added {report.added}, updated {report.updated}, unchanged {report.unchanged}; "
+                  f"images added {report.images_added}; problems {len(report.problems)}; "
+                  f"database {store.url}")
+    if report.problems:
+        raise typer.Exit(1)
+
+
+@index_app.command("build")
+def index_build(modality: Annotated[list[str], typer.Option(help="text and/or image")] = ["text", "image"]) -> None:
+    """Embed the store and build a new FAISS index version per modality (the old one stays for rollback)."""
+    from index.search import ReferenceIndex
+
+    ref = ReferenceIndex.from_settings()
+    try:
+        versions = ref.build(modality)
+    except ValueError as err:
+        _fail(str(err))
+    for v in versions:
+        console.print(f"{v.modality}: {v.count} vectors, {v.kind}, embedder {v.embedder} → "
+                      f"{ref.store.home / v.path}")
+
+
+@index_app.command("search")
+def index_search(text: Optional[str] = None, image: Optional[Path] = None,
+                 k: Annotated[int, typer.Option("-k", "--k")] = 10,
+                 kind: Annotated[Optional[list[str]], typer.Option(help="only these entity kinds")] = None,
+                 as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Entities matching a text and/or image query."""
+    from index.search import IndexNotBuiltError, ReferenceIndex
+
+    if text is None and image is None:
+        _fail("give --text and/or --image")
+    if image is not None and not image.is_file():
+        _fail(f"image not found: {image}")
+    try:
+        hits = ReferenceIndex.from_settings().search(text=text, image=image, k=k, kinds=kind)
+    except IndexNotBuiltError as err:
+        _fail(str(err))
+    if as_json:
+        print(json.dumps([_hit_json(h) for h in hits], ensure_ascii=False, indent=2))
+        return
+    table = Table("rank", "entity", "name", "score", "best match")
+    for rank, h in enumerate(hits, 1):
+        m = h.matches[0]
+        table.add_row(str(rank), h.key, h.name, f"{h.score:.3f}", m.text or m.path or "")
+    Console().print(table)
+
+
+def _hit_json(hit) -> dict:
+    best = max(hit.matches, key=lambda m: m.score)
+    matched = {"modality": best.modality, "score": round(best.score, 4)}
+    if best.modality == "text":
+        matched.update(section_id=best.id, heading=best.heading, text=best.text)
+    else:
+        matched.update(image_id=best.id, path=best.path, style=best.style)
+    return {"key": hit.key, "name": hit.name, "kind": hit.kind, "score": round(hit.score, 4),
+            "scores": {m: round(s, 4) for m, s in hit.scores.items()}, "matched": matched}
+
+
+@index_app.command("stats")
+def index_stats(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Counts in the store and the active index versions."""
+    from index.store import EntityStore
+
+    store = EntityStore.from_settings()
+    stats = {"database": store.url, "counts": store.stats(), "kinds": store.kinds(),
+             "indexes": {m: _version_json(store.active_index(m)) for m in ("text", "image")}}
+    if as_json:
+        print(json.dumps(stats, indent=2, default=str))
+        return
+    Console().print_json(json.dumps(stats, default=str))
+
+
+def _version_json(v) -> dict | None:
+    if v is None:
+        return None
+    return {"id": v.id, "kind": v.kind, "count": v.count, "dim": v.dim, "embedder": v.embedder,
+            "path": v.path, "created_at": v.created_at}
+
+
+@index_app.command("rollback")
+def index_rollback(modality: str) -> None:
+    """Make the previous index version of a modality active again."""
+    from index.store import EntityStore
+
+    try:
+        v = EntityStore.from_settings().rollback_index(modality)
+    except ValueError as err:
+        _fail(str(err))
+    console.print(f"{modality}: version {v.id} ({v.path}) is active again")
+
+
+@train_app.command("clip")
+def train_clip(minutes: float = 45.0, steps: Optional[int] = None, config: str = "mmkb-clip-tiny",
+               out: Optional[Path] = None, resume: bool = True) -> None:
+    """Train the shipped open_clip embedder on worldkb (contrastive, image↔text and image↔image)."""
+    from index.clip.train import train_clip as train
+
+    kwargs = {"minutes": minutes, "steps": steps, "config": config, "resume": resume}
+    if out is not None:
+        kwargs["out"] = out
+    path = train(**kwargs)
+    console.print(f"checkpoint written to [bold]{path}[/]")
+
+
+@app.command("demo")
+def demo(out: Optional[Path] = None, rebuild: bool = False) -> None:
+    """The main job on embedded defaults: ingest worldkb, build the index, run sample searches, write a page."""
+    from api.demo import run_demo
+
+    page = run_demo(out, rebuild=rebuild)
+    console.print(f"results page: [bold]{page}[/]")
+    print(page)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+"""The main job on embedded defaults: ingest worldkb, build the index, run sample searches, write a page."""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import time
+from pathlib import Path
+
+from PIL import Image as PILImage
+from rich.console import Console
+
+from index.config import get_settings
+from index.ingest import ingest_folder
+from index.search import EntityHit, ReferenceIndex
+from index.worldkb import DATA_DIR
+
+console = Console(stderr=True)
+TEXT_QUERIES = ["Thimphu", "a red fruit", "the country whose capital is Canberra",
+                "currency: the euro", "smiling face with heart-shaped eyes", "landlocked country in South America"]
+QUERY_DIR = Path(__file__).resolve().parent.parent / "index" / "worldkb" / "queries"
+
+
+def sample_image_queries(limit: int = 4) -> list[tuple[str, Path]]:
+    """(expected entity key, image) pairs from renderings that are not in the index."""
+    manifest = QUERY_DIR / "manifest.jsonl"
+    if not manifest.exists():
+        return []
+    rows = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
+    wanted = ["country:BTN", "country:BRA", "emoji:1F34E", "emoji:1F60D", "country:JPN", "emoji:1F680"]
+    picked = [r for key in wanted for r in rows if r["key"] == key][:limit]
+    return [(r["key"], QUERY_DIR / r["path"]) for r in picked]
+
+
+def ensure_index(ref: ReferenceIndex, rebuild: bool = False) -> None:
+    """Build each modality whose active index is missing, stale or made by another embedder."""
+    counts = ref.store.stats()
+    wanted = {"text": (counts["sections"], ref.settings.text_embedder),
+              "image": (counts["images"], ref.settings.image_embedder)}
+    stale = [m for m, (n, emb) in wanted.items()
+             if rebuild or (v := ref.store.active_index(m)) is None or v.count != n or v.embedder != emb]
+    if stale:
+        console.print(f"building the {' and '.join(stale)} index …")
+        ref.build(stale)
+
+
+def _thumb(path: Path, size: int = 48) -> str:
+    img = PILImage.open(path).convert("RGBA")
+    img.thumbnail((size, size))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _rows(hits: list[EntityHit], home: Path, expected: str | None) -> str:
+    out = []
+    for rank, h in enumerate(hits, 1):
+        best = max(h.matches, key=lambda m: m.score)
+        shown = (f'<img src="{_thumb(home / best.path)}">' if best.path
+                 else html.escape(best.text or ""))
+        mark = ' class="hit"' if h.key == expected else ""
+        out.append(f"<tr{mark}><td>{rank}</td><td><code>{html.escape(h.key)}</code></td>"
+                   f"<td>{html.escape(h.name)}</td><td>{h.score:.3f}</td><td>{shown}</td></tr>")
+    return "\n".join(out)
+
+
+def render_page(results: list[dict], home: Path, meta: dict) -> str:
+    blocks = []
+    for r in results:
+        query = (f'<img src="{_thumb(r["image"], 96)}"> (expected <code>{r["expected"]}</code>)'
+                 if r.get("image") else f"“{html.escape(r['text'])}”")
+        blocks.append(f"<h2>{query}</h2><p>{r['ms']:.0f} ms</p><table><tr><th>#</th><th>entity</th><th>name</th>"
+                      f"<th>score</th><th>best match</th></tr>{_rows(r['hits'], home, r.get('expected'))}</table>")
+    info = " · ".join(f"{k}: {html.escape(str(v))}" for k, v in meta.items())
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>mmkb sample searches</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;color:#222}}
+table{{border-collapse:collapse;width:100%}}td,th{{border-bottom:1px solid #ddd;padding:4px 8px;text-align:left}}
+tr.hit{{background:#e6f4ea}}img{{vertical-align:middle}}code{{font-size:90%}}</style></head><body>
+<h1>mmkb sample searches</h1><p>{info}</p>{''.join(blocks)}</body></html>"""
+
+
+def run_demo(out: Path | None = None, rebuild: bool = False, k: int = 5) -> Path:
+    settings = get_settings()
+    ref = ReferenceIndex.from_settings(settings)
+    report = ingest_folder(ref.store, DATA_DIR, show_progress=True)
+    console.print(f"worldkb: {report.added} added, {report.updated} updated, {report.unchanged} unchanged")
+    ensure_index(ref, rebuild)
+    results = []
+    for text in TEXT_QUERIES:
+        t = time.perf_counter()
+        hits = ref.search(text=text, k=k)
+        results.append({"text": text, "hits": hits, "ms": 1000 * (time.perf_counter() - t)})
+        console.print(f"“{text}” → {hits[0].key} ({hits[0].name}, {hits[0].score:.3f})")
+    for expected, image in sample_image_queries():
+        t = time.perf_counter()
+        hits = ref.search(image=image, k=k)
+        results.append({"image": image, "expected": expected, "hits": hits, "ms": 1000 * (time.perf_counter() - t)})
+        console.print(f"{image.name} → {hits[0].key} ({hits[0].name}, {hits[0].score:.3f}); expected {expected}")
+    meta = {"database": settings.db_url, "entities": ref.store.stats()["entities"],
+            "text embedder": settings.text_embedder, "image embedder": settings.image_embedder,
+            "image embedder trained": ref.image_embedder().trained}
+    out = Path(out) if out else settings.home_dir / "demo"
+    out.mkdir(parents=True, exist_ok=True)
+    page = out / "index.html"
+    page.write_text(render_page(results, ref.store.home, meta), encoding="utf-8")
+    return page

@@ -1,0 +1,179 @@
+"""The reference index: builds one FAISS index per modality from the store and searches them.
+
+Modalities: `text` (document sections, sentence-transformers) and `image` (entity images,
+open_clip). Hits collapse to entities: within a modality an entity scores the max cosine of
+its hits (max fusion: one strong match is enough, several weak ones are not); across
+modalities the entity's scores are summed with per-modality weights.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image as PILImage
+
+from index.config import Settings, get_settings
+from index.embedders import load_image_embedder, load_text_embedder
+from index.store import EntityStore, IndexVersion
+from index.vectors import VectorIndex
+
+MODALITIES = ("text", "image")
+
+
+class IndexNotBuiltError(RuntimeError):
+    """Search was asked of a modality that has no active index."""
+
+
+@dataclass
+class Match:
+    """One row that matched: a section or an image."""
+
+    modality: str
+    id: int
+    score: float
+    heading: str | None = None
+    text: str | None = None
+    path: str | None = None
+    style: str | None = None
+
+
+@dataclass
+class EntityHit:
+    key: str
+    name: str
+    kind: str
+    score: float
+    scores: dict[str, float] = field(default_factory=dict)
+    matches: list[Match] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class ReferenceIndex:
+    """Build, load and search the per-modality FAISS indexes of an EntityStore."""
+
+    def __init__(self, store: EntityStore, settings: Settings | None = None,
+                 weights: dict[str, float] | None = None) -> None:
+        self.store = store
+        self.settings = settings or get_settings()
+        self.weights = weights or {"text": 1.0, "image": 1.0}
+        self._loaded: dict[str, tuple[int, VectorIndex]] = {}
+
+    @classmethod
+    def from_settings(cls, settings: Settings | None = None) -> ReferenceIndex:
+        settings = settings or get_settings()
+        return cls(EntityStore(settings.db_url, settings.home_dir), settings)
+
+    def text_embedder(self):
+        return load_text_embedder(self.settings.text_embedder, self.settings.device)
+
+    def image_embedder(self):
+        return load_image_embedder(self.settings.image_embedder, self.settings.device)
+
+    # --- building ------------------------------------------------------------------------------
+
+    def build(self, modalities: Sequence[str] = MODALITIES, show_progress: bool = True) -> list[IndexVersion]:
+        """Embed everything, write a new index version per modality, then make it active."""
+        return [self._build_one(m, show_progress) for m in modalities]
+
+    def _build_one(self, modality: str, show_progress: bool) -> IndexVersion:
+        if modality not in MODALITIES:
+            raise ValueError(f"unknown modality {modality!r}; choose from {MODALITIES}")
+        if modality == "text":
+            embedder = self.text_embedder()
+            rows = [r for batch in self.store.iter_sections() for r in batch]
+            ids = [r[0] for r in rows]
+            vectors = embedder.encode([r[1] for r in rows], batch_size=self.settings.batch_size,
+                                      show_progress=show_progress)
+        else:
+            embedder = self.image_embedder()
+            rows = [r for batch in self.store.iter_images() for r in batch]
+            ids = [r[0] for r in rows]
+            vectors = embedder.encode_images([r[1] for r in rows], batch_size=self.settings.batch_size,
+                                             show_progress=show_progress)
+        if not ids:
+            raise ValueError(f"nothing to index for {modality}: ingest a KB first (`mmkb index ingest`)")
+        index = VectorIndex.build(vectors, np.asarray(ids, dtype=np.int64),
+                                  memory_budget_bytes=self.settings.memory_budget_mb << 20,
+                                  show_progress=show_progress)
+        if index.kind != "flat":
+            index.tune(self.settings.target_recall)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        rel = Path("indexes") / modality / f"{stamp}-{len(ids)}"
+        manifest = index.save(self.store.home / rel, embedder=embedder.name)
+        version = IndexVersion(modality=modality, embedder=embedder.name, kind=index.kind, count=len(ids),
+                               dim=index.dim, path=str(rel), checksum=_checksum(manifest, self.store.home / rel))
+        self._loaded.pop(modality, None)
+        return self.store.activate_index(version)
+
+    # --- searching -----------------------------------------------------------------------------
+
+    def vector_index(self, modality: str) -> VectorIndex:
+        version = self.store.active_index(modality)
+        if version is None:
+            raise IndexNotBuiltError(f"no {modality} index yet: run `mmkb index build`")
+        cached = self._loaded.get(modality)
+        if cached and cached[0] == version.id:
+            return cached[1]
+        index = VectorIndex.load(self.store.home / version.path)
+        expected = (self.settings.text_embedder if modality == "text" else self.settings.image_embedder)
+        if version.embedder != expected:
+            raise IndexNotBuiltError(f"the active {modality} index was built with {version.embedder!r} but "
+                                     f"the configured embedder is {expected!r}: run `mmkb index build`")
+        self._loaded[modality] = (version.id, index)
+        return index
+
+    def search(self, text: str | None = None, image: PILImage.Image | str | Path | None = None, k: int = 10,
+               kinds: Sequence[str] | None = None, keys: Sequence[str] | None = None,
+               per_modality: int | None = None) -> list[EntityHit]:
+        """Entities matching a text and/or an image query, best first."""
+        if text is None and image is None:
+            raise ValueError("give a text or an image query")
+        fetch = per_modality or max(4 * k, 20)
+        hits: dict[str, EntityHit] = {}
+        if text is not None:
+            q = self.text_embedder().encode([text])
+            self._collect("text", q, fetch, kinds, keys, hits)
+            embedder = self.image_embedder()
+            if embedder.trained and self.store.active_index("image") is not None:
+                self._collect("image", embedder.encode_texts([text]), fetch, kinds, keys, hits)
+        if image is not None:
+            q = self.image_embedder().encode_images([image])
+            self._collect("image", q, fetch, kinds, keys, hits)
+        ranked = sorted(hits.values(), key=lambda h: -h.score)
+        return ranked[:k]
+
+    def _collect(self, modality: str, query: np.ndarray, fetch: int, kinds, keys,
+                 hits: dict[str, EntityHit]) -> None:
+        index = self.vector_index(modality)
+        allowed = self.store.allowed_ids(modality, kinds, keys)
+        if allowed is not None and not allowed:
+            return
+        scores, ids = index.search(query, fetch, allowed_ids=None if allowed is None else np.asarray(allowed))
+        found = [(float(s), int(i)) for s, i in zip(scores[0], ids[0]) if i >= 0]
+        rows = (self.store.section_hits if modality == "text" else self.store.image_hits)([i for _, i in found])
+        best: dict[str, float] = {}
+        for score, row_id in found:
+            row = rows.get(row_id)
+            if row is None:  # removed from the store since the index was built
+                continue
+            hit = hits.setdefault(row["key"], EntityHit(row["key"], row["name"], row["kind"], 0.0))
+            hit.matches.append(Match(modality, row_id, score, heading=row.get("heading"), text=row.get("text"),
+                                     path=row.get("path"), style=row.get("style")))
+            best[row["key"]] = max(best.get(row["key"], -1.0), score)
+        for key, score in best.items():
+            hit = hits[key]
+            hit.scores[modality] = max(hit.scores.get(modality, -1.0), score)
+            hit.score = sum(self.weights.get(m, 1.0) * s for m, s in hit.scores.items())
+
+
+def _checksum(manifest, directory: Path) -> str:
+    if isinstance(manifest, dict) and "checksum" in manifest:
+        return str(manifest["checksum"])
+    import json
+
+    return str(json.loads((directory / "manifest.json").read_text()).get("checksum", ""))

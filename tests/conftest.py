@@ -1,0 +1,111 @@
+"""Shared fixtures: a temporary data home, stores on SQLite and PostgreSQL, a tiny KB folder."""
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageDraw
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+PG_URL = os.environ.get("MMKB_TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch) -> Path:
+    """A fresh MMKB_HOME; the settings cache is cleared so every test reads its own environment."""
+    from index.config import get_settings
+
+    path = tmp_path / "mmkb-home"
+    monkeypatch.setenv("MMKB_HOME", str(path))
+    monkeypatch.delenv("MMKB_DATABASE_URL", raising=False)
+    get_settings.cache_clear()
+    yield path
+    get_settings.cache_clear()
+
+
+def _postgres_schema_url() -> tuple[str, str]:
+    import sqlalchemy as sa
+
+    schema = f"mmkb_test_{uuid.uuid4().hex[:10]}"
+    try:
+        engine = sa.create_engine(PG_URL, connect_args={"connect_timeout": 3})
+        with engine.begin() as conn:
+            conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
+        engine.dispose()
+    except Exception as err:  # no server here: skip, saying why
+        pytest.skip(f"PostgreSQL not reachable at {PG_URL} ({type(err).__name__}); start it to run these tests")
+    return f"{PG_URL}?options=-csearch_path%3D{schema}", schema
+
+
+def _drop_schema(schema: str) -> None:
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(PG_URL)
+    with engine.begin() as conn:
+        conn.execute(sa.text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
+    engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request, home) -> str:
+    """A database URL: a SQLite file in the temporary home, or a fresh schema on the PostgreSQL server."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{home / 'mmkb.sqlite'}"
+        return
+    url, schema = _postgres_schema_url()
+    yield url
+    _drop_schema(schema)
+
+
+@pytest.fixture
+def store(db_url, home):
+    from index.store import EntityStore
+
+    s = EntityStore(db_url, home)
+    yield s
+    s.engine.dispose()
+
+
+def _flag(colors: list[tuple[int, int, int]], path: Path, size=(60, 40)) -> None:
+    img = Image.new("RGB", size)
+    draw = ImageDraw.Draw(img)
+    band = size[1] // len(colors)
+    for i, c in enumerate(colors):
+        draw.rectangle([0, i * band, size[0], (i + 1) * band + 1], fill=c)
+    img.save(path)
+
+
+TINY_KB = [
+    {"key": "country:BTN", "kind": "country", "name": "Bhutan", "aliases": ["Kingdom of Bhutan"],
+     "sections": [{"heading": "capital", "text": "The capital of Bhutan is Thimphu.", "source": "test"},
+                  {"heading": "region", "text": "Bhutan is in Southern Asia, in Asia.", "source": "test"}],
+     "images": [{"path": "images/btn.png", "source": "test", "license": "CC0", "style": "flag"}]},
+    {"key": "country:NPL", "kind": "country", "name": "Nepal",
+     "sections": [{"heading": "capital", "text": "The capital of Nepal is Kathmandu.", "source": "test"}],
+     "images": [{"path": "images/npl.png", "source": "test", "license": "CC0", "style": "flag"}]},
+    {"key": "emoji:1F34E", "kind": "emoji", "name": "Red apple", "aliases": ["apple"],
+     "sections": [{"heading": "keywords", "text": "Keywords for the Red apple emoji: apple, fruit, red.",
+                   "source": "test"}],
+     "images": [{"path": "images/apple.png", "source": "test", "license": "CC0", "style": "emoji"}],
+     "tags": ["fruit"]},
+]
+
+
+@pytest.fixture
+def tiny_kb(tmp_path) -> Path:
+    """A KB folder in the ingest format: three entities, their sections and flag-like images."""
+    folder = tmp_path / "tiny-kb"
+    (folder / "images").mkdir(parents=True)
+    _flag([(255, 205, 0), (255, 80, 0)], folder / "images" / "btn.png")
+    _flag([(220, 20, 60), (0, 56, 147)], folder / "images" / "npl.png")
+    img = Image.new("RGBA", (40, 40), (0, 0, 0, 0))
+    ImageDraw.Draw(img).ellipse([5, 5, 35, 35], fill=(200, 0, 0, 255))
+    img.save(folder / "images" / "apple.png")
+    with open(folder / "manifest.jsonl", "w") as fh:
+        for rec in TINY_KB:
+            fh.write(json.dumps(rec) + "\n")
+    return folder

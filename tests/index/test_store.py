@@ -1,0 +1,107 @@
+"""The entity store and ingest, on SQLite and on the PostgreSQL server."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from sqlalchemy import inspect
+
+from index.ingest import IngestError, ingest_folder
+from index.store import IndexVersion
+
+
+def test_migration_creates_every_table(store):
+    tables = set(inspect(store.engine).get_table_names())
+    assert {"entities", "aliases", "documents", "sections", "images", "tags", "index_versions",
+            "alembic_version"} <= tables
+
+
+def test_ingest_stores_entities_sections_images_and_tags(store, tiny_kb):
+    report = ingest_folder(store, tiny_kb, show_progress=False)
+    assert report.ok and report.added == 3 and report.images_added == 3
+    assert store.stats() == {"entities": 3, "aliases": 2, "documents": 3, "sections": 4, "images": 3, "tags": 1}
+    btn = store.entity("country:BTN")
+    assert btn.name == "Bhutan" and btn.kind == "country"
+    paths = [p for batch in store.iter_images() for _, p in batch]
+    assert all(p.is_file() and p.is_relative_to(store.home) for p in paths)
+
+
+def test_reingest_is_idempotent(store, tiny_kb):
+    ingest_folder(store, tiny_kb, show_progress=False)
+    before = store.stats()
+    report = ingest_folder(store, tiny_kb, show_progress=False)
+    assert (report.added, report.updated, report.unchanged, report.images_added) == (0, 0, 3, 0)
+    assert store.stats() == before
+
+
+def test_changed_sections_replace_the_old_document(store, tiny_kb):
+    ingest_folder(store, tiny_kb, show_progress=False)
+    lines = (tiny_kb / "manifest.jsonl").read_text().splitlines()
+    rec = json.loads(lines[1])
+    rec["sections"][0]["text"] = "The capital of Nepal is Kathmandu, its largest city."
+    lines[1] = json.dumps(rec)
+    (tiny_kb / "manifest.jsonl").write_text("\n".join(lines) + "\n")
+    report = ingest_folder(store, tiny_kb, show_progress=False)
+    assert (report.updated, report.unchanged) == (1, 2)
+    texts = [t for batch in store.iter_sections() for _, t in batch]
+    assert "The capital of Nepal is Kathmandu, its largest city." in texts
+    assert "The capital of Nepal is Kathmandu." not in texts
+
+
+def test_bad_input_is_reported_with_line_and_good_items_kept(store, tiny_kb):
+    ingest_folder(store, tiny_kb, show_progress=False)
+    before = store.stats()
+    (tiny_kb / "images" / "broken.png").write_bytes((tiny_kb / "images" / "btn.png").read_bytes()[:60])
+    bad = [
+        '{"key": "country:XXA", "name": "Missing image", "images": [{"path": "images/nope.png"}]}',
+        "{not json",
+        '{"key": "country:XXB", "name": "Truncated", "images": [{"path": "images/broken.png"}]}',
+        '{"name": "no key"}',
+        '{"key": "country:XXC", "name": "Good one", "sections": [{"text": "Fine."}]}',
+    ]
+    with open(tiny_kb / "manifest.jsonl", "a") as fh:
+        fh.write("\n".join(bad) + "\n")
+    report = ingest_folder(store, tiny_kb, show_progress=False)
+    messages = {p.line: p.message for p in report.problems}
+    assert "image file not found" in messages[4] and "nope.png" in messages[4]
+    assert "not valid JSON" in messages[5]
+    assert "truncated" in messages[6]
+    assert "key" in messages[7]
+    assert store.entity("country:XXC").name == "Good one"
+    after = store.stats()
+    assert after["images"] == before["images"] and after["entities"] == before["entities"] + 3
+
+
+def test_csv_manifest_rows_merge_by_key(store, tmp_path, tiny_kb):
+    folder = tmp_path / "csvkb"
+    folder.mkdir()
+    (folder / "btn.png").write_bytes((tiny_kb / "images" / "btn.png").read_bytes())
+    (folder / "manifest.csv").write_text(
+        "key,name,kind,aliases,heading,text,image\n"
+        "country:BTN,Bhutan,country,Druk Yul|BT,capital,The capital of Bhutan is Thimphu.,btn.png\n"
+        "country:BTN,Bhutan,country,,region,Bhutan is in Asia.,\n")
+    report = ingest_folder(store, folder, show_progress=False)
+    assert report.ok and report.added == 1
+    assert store.stats()["sections"] == 2 and store.stats()["aliases"] == 2
+
+
+def test_missing_manifest_is_a_clear_error(store, tmp_path):
+    with pytest.raises(IngestError, match="manifest.jsonl or manifest.csv"):
+        ingest_folder(store, tmp_path, show_progress=False)
+
+
+def test_filters_and_index_versions(store, tiny_kb):
+    ingest_folder(store, tiny_kb, show_progress=False)
+    assert store.allowed_ids("text") is None
+    emoji_sections = store.allowed_ids("text", kinds=["emoji"])
+    assert len(emoji_sections) == 1
+    assert len(store.allowed_ids("image", keys=["country:BTN", "country:NPL"])) == 2
+    v1 = store.activate_index(IndexVersion(modality="text", embedder="e", kind="flat", count=4, dim=8,
+                                           path="a", checksum="x"))
+    v2 = store.activate_index(IndexVersion(modality="text", embedder="e", kind="flat", count=4, dim=8,
+                                           path="b", checksum="y"))
+    assert store.active_index("text").id == v2.id
+    assert store.rollback_index("text").id == v1.id
+    assert store.active_index("text").path == "a"
+    with pytest.raises(ValueError, match="no earlier"):
+        store.rollback_index("image")
