@@ -18,7 +18,7 @@ train_app = typer.Typer(help="Train mmkb's own models.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(index_app, name="index")
 app.add_typer(train_app, name="train")
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 
 
 def _fail(message: str) -> None:

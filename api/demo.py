@@ -16,7 +16,7 @@ from index.ingest import ingest_folder
 from index.search import EntityHit, ReferenceIndex
 from index.worldkb import DATA_DIR
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 TEXT_QUERIES = ["Thimphu", "a red fruit", "the country whose capital is Canberra",
                 "currency: the euro", "smiling face with heart-shaped eyes", "landlocked country in South America"]
 QUERY_DIR = Path(__file__).resolve().parent.parent / "index" / "worldkb" / "queries"

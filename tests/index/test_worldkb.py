@@ -1,0 +1,56 @@
+"""The shipped starter KB: real, complete, traceable and compact."""
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from index.worldkb import DATA_DIR, MANIFEST
+from index.worldkb.facts import country_sections
+
+
+@pytest.fixture(scope="module")
+def records() -> dict[str, dict]:
+    return {r["key"]: r for r in map(json.loads, MANIFEST.read_text(encoding="utf-8").splitlines())}
+
+
+def test_keys_are_stable_and_unique(records):
+    assert all(re.fullmatch(r"country:[A-Z]{3}|emoji:[0-9A-F]{4,6}(-[0-9A-F]{4,6})*", k) for k in records)
+    assert sum(k.startswith("country:") for k in records) == 250
+    assert sum(k.startswith("emoji:") for k in records) > 1500
+
+
+def test_every_sentence_names_its_source_and_every_image_exists(records):
+    for rec in records.values():
+        assert rec["sections"], rec["key"]
+        assert all(s["source"] and s["text"].endswith(".") for s in rec["sections"])
+        for im in rec["images"]:
+            assert (DATA_DIR / im["path"]).is_file() and im["license"]
+
+
+def test_known_facts(records):
+    btn = {s["heading"]: s["text"] for s in records["country:BTN"]["sections"]}
+    assert btn["capital"] == "The capital of Bhutan is Thimphu."
+    assert "China and India" in btn["borders"] and btn["landlocked"] == "Bhutan is landlocked."
+    apple = records["emoji:1F34E"]
+    assert apple["name"] == "Red apple" and apple["category"] == "Food & Drink"
+    assert {im["style"] for im in apple["images"]} == {"emoji-google", "emoji-twitter"}
+    # the flag emoji folds into its country: one flag, one entity
+    assert "emoji:1F1E7-1F1F9" not in records
+    assert {im["style"] for im in records["country:BTN"]["images"]} == {"flag", "emoji-google", "emoji-twitter"}
+
+
+def test_shipped_kb_is_compact():
+    total = sum(p.stat().st_size for p in DATA_DIR.rglob("*") if p.is_file())
+    assert total <= 25 * 1024 * 1024
+    assert (DATA_DIR / "LICENSES.md").is_file()
+
+
+def test_country_sentences_come_only_from_fields_present():
+    c = {"name": {"common": "Testland", "official": "Republic of Testland"}, "capital": ["Alpha", "Beta"],
+         "borders": [], "landlocked": False}
+    sections = {s["heading"]: s["text"] for s in country_sections(c, {}, None)}
+    assert sections["capital"] == "The capitals of Testland are Alpha and Beta."
+    assert sections["borders"] == "Testland has no land borders with other countries."
+    assert "population" not in sections and "currencies" not in sections
