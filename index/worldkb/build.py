@@ -28,7 +28,7 @@ from typing import Any
 from PIL import Image
 from tqdm import tqdm
 
-from index.worldkb.facts import country_sections, emoji_sections
+from index.worldkb.facts import country_facts, country_sections, emoji_sections
 
 NPM_PACKAGES = {
     "world-countries": "5.1.0",
@@ -129,6 +129,7 @@ def build_countries(src: dict[str, Path], out: Path) -> tuple[list[dict[str, Any
                            "style": "flag"})
         records.append({
             "key": key, "kind": "country", "name": c["name"]["common"],
+            "facts": country_facts(c, names, population.get(c["cca3"])),
             "aliases": list(dict.fromkeys(a for a in aliases if a and a != c["name"]["common"])),
             "sections": country_sections(c, names, population.get(c["cca3"])),
             "images": images, "source": "world-countries", "license": LICENSES["world-countries"],
@@ -188,6 +189,9 @@ def build_emoji(src: dict[str, Path], out: Path, countries: list[dict[str, Any]]
             "key": key, "kind": "emoji", "name": name,
             "aliases": list(dict.fromkeys(a for a in aliases if a.lower() != name.lower())),
             "category": e["category"], "subcategory": e["subcategory"],
+            "facts": {"name": name, "short_names": e["short_names"], "category": e["category"],
+                      "subcategory": e["subcategory"], "version": e["added_in"],
+                      "code_points": " ".join(f"U+{cp}" for cp in unified.split("-"))},
             "sections": emoji_sections(e, name, om), "images": stored,
             "source": "emoji-datasource", "license": LICENSES["emoji-datasource"],
         })

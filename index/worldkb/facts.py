@@ -13,8 +13,31 @@ def _join(items: list[str]) -> str:
     return ", ".join(items[:-1]) + " and " + items[-1]
 
 
+def _number(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() else str(v)
+
+
 def _section(heading: str, text: str, source: str) -> Section:
     return {"heading": heading, "text": text, "source": source}
+
+
+def country_facts(c: dict[str, Any], names_by_cca3: dict[str, str], population: int | None) -> dict[str, Any]:
+    """The structured facts behind the sentences, for question answering benchmarks."""
+    idd = c.get("idd") or {}
+    facts = {
+        "capital": c.get("capital") or [],
+        "region": c.get("region"),
+        "subregion": c.get("subregion"),
+        "languages": list((c.get("languages") or {}).values()),
+        "currencies": [v["name"] for v in (c.get("currencies") or {}).values()],
+        "area": c.get("area") if (c.get("area") or 0) > 0 else None,
+        "population": population,
+        "borders": [names_by_cca3.get(b, b) for b in c.get("borders") or []],
+        "demonym": ((c.get("demonyms") or {}).get("eng") or {}).get("m"),
+        "calling_codes": [idd["root"] + s for s in (idd.get("suffixes") or [""])][:5] if idd.get("root") else [],
+        "tld": c.get("tld") or [],
+    }
+    return {k: v for k, v in facts.items() if v not in (None, [], "")}
 
 
 def country_sections(c: dict[str, Any], names_by_cca3: dict[str, str],
@@ -48,7 +71,7 @@ def country_sections(c: dict[str, Any], names_by_cca3: dict[str, str],
         out.append(_section("currencies", f"The {noun} of {name} {verb} {_join(currencies)}.",
                             f"{wc}:currencies"))
     if c.get("area") and c["area"] > 0:
-        out.append(_section("area", f"The area of {name} is {c['area']:g} square kilometres.",
+        out.append(_section("area", f"The area of {name} is {_number(c['area'])} square kilometres.",
                             f"{wc}:area"))
     if population:
         out.append(_section("population", f"The population of {name} is {population}.",
