@@ -17,7 +17,9 @@ index_app = typer.Typer(help="Ingest, build, search and inspect the reference in
 train_app = typer.Typer(help="Train mmkb's own models.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(index_app, name="index")
+eval_app = typer.Typer(help="Evaluate on benchmarks.", no_args_is_help=True)
 app.add_typer(train_app, name="train")
+app.add_typer(eval_app, name="eval")
 console = Console(stderr=True, soft_wrap=True)
 
 
@@ -152,6 +154,83 @@ def train_clip(minutes: float = 45.0, steps: Optional[int] = None, config: str =
         kwargs["out"] = out
     path = train(**kwargs)
     console.print(f"checkpoint written to [bold]{path}[/]")
+
+
+@train_app.command("vlm")
+def train_vlm(read_steps: int = 900, tag_steps: int = 300, out: Optional[Path] = None,
+              threads: Optional[int] = None, resume: bool = True) -> None:
+    """Fine-tune mmkb-reader on worldkb, self-label RET/SRT/MCT from its own answers, train the tags."""
+    from rag.vlm.train import CHECKPOINT, train_vlm as train
+
+    path = train(read_steps=read_steps, tag_steps=tag_steps, out=str(out or CHECKPOINT), threads=threads,
+                 resume=resume)
+    console.print(f"mmkb-reader written to [bold]{path}[/]")
+
+
+def _rag(mode: str, ret: bool, srt: bool, mct: bool, vlm: Optional[str]):
+    from rag.pipeline import MMKBRAG, RAGConfig
+
+    try:
+        config = RAGConfig(mode=mode, use_ret=ret, use_srt=srt, use_mct=mct)
+        return MMKBRAG.load(vlm, config)
+    except (ValueError, FileNotFoundError) as err:
+        _fail(str(err))
+
+
+@app.command("ask")
+def ask(image: Path, question: str, mode: str = "mmkb-rag", ret: bool = True, srt: bool = True, mct: bool = True,
+        vlm: Optional[str] = None, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Answer a question about an image, with citations (KB-VQA)."""
+    from index.search import IndexNotBuiltError
+
+    if not image.is_file():
+        _fail(f"image not found: {image}")
+    rag = _rag(mode, ret, srt, mct, vlm)
+    try:
+        out = rag(image, question)
+    except (IndexNotBuiltError, ValueError) as err:
+        _fail(str(err))
+    if as_json:
+        print(json.dumps(out.to_dict(), ensure_ascii=False, indent=2, default=str))
+        return
+    Console().print(f"[bold]{out.answer}[/]")
+    if out.retrieved:
+        for c in out.citations:
+            rel = f" P(Rel)={c.relevance:.2f}" if c.relevance is not None else ""
+            Console().print(f"  [{c.entity_key} · section {c.document_id}]{rel} {c.text}")
+    else:
+        how = f"P([Ret])={out.p_ret:.2f} < γ" if out.p_ret is not None else "no retrieval"
+        Console().print(f"  answered without retrieval ({how})")
+
+
+@eval_app.command("kbvqa")
+def eval_kbvqa(questions: Path, images: Path, predictions: Path, mode: str = "mmkb-rag", ret: bool = True,
+               srt: bool = True, mct: bool = True, vlm: Optional[str] = None, evqa: bool = False) -> None:
+    """Run KB-VQA on an InfoSeek JSONL (or E-VQA CSV with --evqa) file and print the metric table."""
+    from rag.evaluate import evaluate
+    from rag.kbvqa.datasets import read_evqa, read_infoseek
+
+    try:
+        examples = read_evqa(questions) if evqa else read_infoseek(questions)
+    except (ValueError, FileNotFoundError) as err:
+        _fail(str(err))
+    if not images.is_dir():
+        _fail(f"images folder not found: {images} (images are DIR/<image_id>.png or .jpg)")
+    rag = _rag(mode, ret, srt, mct, vlm)
+    try:
+        summary = evaluate(rag, examples, images, predictions)
+    except FileNotFoundError as err:
+        _fail(str(err))
+    table = Table("split", "accuracy", "count")
+    for split, v in summary["scores"]["splits"].items():
+        table.add_row(split, f"{v['accuracy']:.3f}" if v.get("accuracy") is not None else "–", str(v.get("count")))
+    table.add_row("overall", f"{summary['overall']:.3f}" if summary["overall"] is not None else "–", str(summary["count"]))
+    table.add_row("All (HM of unseen Q/E)", f"{summary['all']:.3f}" if summary["all"] is not None else "–", "")
+    Console().print(table)
+    rec = summary["retrieval_recall"]
+    console.print(f"retrieval recall {rec if rec is None else round(rec, 3)}, skipped retrieval "
+                  f"{summary['skipped_retrieval']:.2f}, p50 {summary['latency_p50_ms']:.0f} ms; "
+                  f"predictions written to {predictions}")
 
 
 @app.command("demo")

@@ -16,6 +16,7 @@ class Settings(BaseSettings):
     database_url: str | None = None  # default: SQLite file under `home`
     text_embedder: str = "all-MiniLM-L6-v2"
     image_embedder: str = "mmkb-clip-tiny"  # an open_clip model name, optionally "name:pretrained"
+    vlm: str = "mmkb-reader"  # or a path to an mmkb-reader export, or hf:<path> for a transformers VLM
     device: str = "auto"  # "auto" picks cuda when torch sees a GPU
     memory_budget_mb: int = 4096  # FAISS index type is chosen to fit this
     target_recall: float = 0.95

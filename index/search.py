@@ -147,6 +147,14 @@ class ReferenceIndex:
         ranked = sorted(hits.values(), key=lambda h: -h.score)
         return ranked[:k]
 
+    def search_embedding(self, modality: str, query: np.ndarray, k: int = 10, kinds: Sequence[str] | None = None,
+                         keys: Sequence[str] | None = None, per_modality: int | None = None) -> list[EntityHit]:
+        """Entities for an already-embedded query (one row) against one modality's index."""
+        hits: dict[str, EntityHit] = {}
+        self._collect(modality, np.asarray(query, np.float32).reshape(1, -1), per_modality or max(4 * k, 20),
+                      kinds, keys, hits)
+        return sorted(hits.values(), key=lambda h: -h.score)[:k]
+
     def _collect(self, modality: str, query: np.ndarray, fetch: int, kinds, keys,
                  hits: dict[str, EntityHit]) -> None:
         index = self.vector_index(modality)

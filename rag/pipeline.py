@@ -1,0 +1,185 @@
+"""MMKB-RAG inference (arXiv 2504.10074): RET → semantic tags → retrieval → SRT → MCT → answer.
+
+Modes: `no-rag` (the VLM alone), `naive-rag` (top-k documents straight to the reader) and
+`mmkb-rag` (the knowledge-boundary tags; each can be switched off for the ablation).
+Retrieval fuses, per entity, image→image similarity of the query image with the entity's images
+and text similarity of the VLM's semantic tags; documents are then the sections of the candidate
+entities closest to the question (a metadata filter in SQL that reaches FAISS as an ID selector).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from index.embedders import open_rgb
+from index.search import ReferenceIndex
+from rag.vlm.base import Document, SemanticTags
+
+MODES = ("no-rag", "naive-rag", "mmkb-rag")
+
+
+@dataclass
+class RAGConfig:
+    mode: str = "mmkb-rag"
+    use_ret: bool = True
+    use_srt: bool = True
+    use_mct: bool = True
+    gamma: float = 0.5  # RET threshold: retrieve when P([Ret]) >= gamma
+    k_entities: int = 5
+    k_docs: int = 5
+    srt_threshold: float = 0.5
+    srt_top: int = 3
+    mct_variant: str = "filter"  # filter | rerank | merge
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"unknown mode {self.mode!r}; choose from {', '.join(MODES)}")
+        if self.mct_variant not in ("filter", "rerank", "merge"):
+            raise ValueError(f"unknown MCT variant {self.mct_variant!r}; choose filter, rerank or merge")
+
+
+@dataclass
+class Citation:
+    entity_key: str
+    entity_name: str
+    document_id: int
+    heading: str
+    text: str
+    retrieval_score: float
+    relevance: float | None = None
+    consistency: float | None = None
+
+
+@dataclass
+class RAGAnswer:
+    question: str
+    answer: str
+    mode: str
+    retrieved: bool
+    p_ret: float | None
+    tags: SemanticTags
+    citations: list[Citation] = field(default_factory=list)
+    candidates: list[Citation] = field(default_factory=list)
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class MMKBRAG:
+    """One call answers one question about one image."""
+
+    def __init__(self, vlm, reference: ReferenceIndex, config: RAGConfig | None = None) -> None:
+        self.vlm, self.reference, self.config = vlm, reference, config or RAGConfig()
+        self._entity_vecs: dict[str, np.ndarray] = {}
+
+    @classmethod
+    def load(cls, vlm: str | None = None, config: RAGConfig | None = None) -> MMKBRAG:
+        from rag.vlm import load_vlm
+
+        return cls(load_vlm(vlm), ReferenceIndex.from_settings(), config)
+
+    def entity_vector(self, key: str) -> np.ndarray | None:
+        """Mean image embedding of an entity's reference images (the document's [DIMG] token)."""
+        if key not in self._entity_vecs:
+            paths = self.reference.store.entity_images([key]).get(key, [])
+            if not paths:
+                return None
+            v = self.reference.image_embedder().encode_images(paths).mean(0)
+            self._entity_vecs[key] = v / max(float(np.linalg.norm(v)), 1e-8)
+        return self._entity_vecs[key]
+
+    def retrieve(self, image_vec: np.ndarray, question: str, tags: SemanticTags, k_docs: int) -> list[Citation]:
+        """Candidate entities from the image and the tags, then their sections closest to the question."""
+        cfg = self.config
+        fused: dict[str, float] = {}
+        names: dict[str, str] = {}
+        for h in self.reference.search_embedding("image", image_vec, k=cfg.k_entities):
+            fused[h.key] = fused.get(h.key, 0.0) + h.score
+            names[h.key] = h.name
+        for query in tags.queries()[:1]:
+            for h in self.reference.search(text=query, k=cfg.k_entities):
+                fused[h.key] = fused.get(h.key, 0.0) + 0.5 * h.scores.get("text", 0.0)
+                names[h.key] = h.name
+        keys = sorted(fused, key=lambda k: -fused[k])[:cfg.k_entities]
+        q = " ".join([question, *tags.attributes])
+        qvec = self.reference.text_embedder().encode([q])
+        hits = self.reference.search_embedding("text", qvec, k=len(keys), keys=keys, per_modality=8 * len(keys))
+        docs = []
+        for h in hits:
+            for m in h.matches:
+                docs.append(Citation(h.key, h.name, m.id, m.heading or "", m.text or "", m.score + fused[h.key]))
+        docs.sort(key=lambda c: -c.retrieval_score)
+        return docs[:k_docs]
+
+    def _documents(self, cites: list[Citation]) -> list[Document]:
+        return [Document(c.document_id, c.entity_key, c.entity_name, c.text, c.heading, c.retrieval_score,
+                         image_embedding=self.entity_vector(c.entity_key)) for c in cites]
+
+    def __call__(self, image: Image.Image | str | Path, question: str, **overrides) -> RAGAnswer:
+        cfg = replace(self.config, **overrides) if overrides else self.config
+        if not question or not question.strip():
+            raise ValueError("the question is empty")
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+
+        def lap(name: str) -> None:
+            nonlocal t0
+            now = time.perf_counter()
+            timings[name] = round(1000 * (now - t0), 2)
+            t0 = now
+
+        img = open_rgb(image)
+        vec = self.vlm.embed_images([img])[0]
+        lap("embed_image")
+        p_ret = None
+        if hasattr(self.vlm, "inspect"):
+            closed, p_rets, tag_list = self.vlm.inspect([vec], [question])
+            closed_answer, p_ret_value, tags = closed[0], float(p_rets[0]), tag_list[0]
+        else:
+            closed_answer = self.vlm.answer([vec], [question])[0]
+            p_ret_value = float(self.vlm.retrieval_needed([vec], [question])[0])
+            tags = self.vlm.semantic_tags([vec], [question])[0]
+        lap("vlm_no_docs")
+        if cfg.mode == "no-rag":
+            return RAGAnswer(question, closed_answer, cfg.mode, False, None, tags, timings_ms=timings)
+        if cfg.mode == "mmkb-rag" and cfg.use_ret:
+            p_ret = p_ret_value
+            if p_ret < cfg.gamma:
+                return RAGAnswer(question, closed_answer, cfg.mode, False, p_ret, tags, timings_ms=timings)
+        cands = self.retrieve(vec, question, tags, cfg.k_docs)
+        lap("retrieve")
+        docs = self._documents(cands)
+        if cfg.mode == "naive-rag" or not (cfg.use_srt or cfg.use_mct):
+            answer, _, _ = self.vlm.read(vec, question, docs) if docs else ("", 0, -1)
+            lap("read")
+            return RAGAnswer(question, answer or closed_answer, cfg.mode, True, p_ret, tags, cands, cands, timings)
+        kept = list(range(len(docs)))
+        if cfg.use_srt:
+            rel = self.vlm.relevance([vec] * len(docs), [question] * len(docs), docs)
+            for c, r in zip(cands, rel):
+                c.relevance = float(r)
+            kept = sorted(kept, key=lambda i: -rel[i])
+            passing = [i for i in kept if rel[i] >= cfg.srt_threshold][:cfg.srt_top]
+            kept = passing or kept[:1]
+            lap("srt")
+        if cfg.use_mct and len(kept) > 1:
+            cons = self.vlm.consistency(vec, question, [docs[i] for i in kept])
+            for i, c in zip(kept, cons):
+                cands[i].consistency = float(c)
+            if cfg.mct_variant == "filter":
+                kept = [i for i, c in zip(kept, cons) if c >= 0.5] or kept[:1]
+            elif cfg.mct_variant == "rerank":
+                kept = [i for _, i in sorted(zip(-np.asarray(cons), kept))]
+            lap("mct")
+        chosen = [docs[i] for i in kept]
+        if cfg.mct_variant == "merge" and len(chosen) > 1:
+            chosen = [replace(chosen[0], text=" ".join(d.text for d in chosen))]
+        answer, _, _ = self.vlm.read(vec, question, chosen)
+        lap("read")
+        return RAGAnswer(question, answer or closed_answer, cfg.mode, True, p_ret, tags,
+                         [cands[i] for i in kept], cands, timings)

@@ -1,0 +1,136 @@
+"""The VLM interface over mmkb-reader: batched answers, tag scores and semantic tags."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from rag.vlm.base import Document, SemanticTags
+from rag.vlm.inputs import make_batch, best_span
+from rag.vlm.reader import DIMG, DOC, IMG, MMKBReader, load_reader
+
+ImageLike = Image.Image | np.ndarray
+
+
+class ReaderVLM:
+    """mmkb-reader behind `rag.vlm.base.VLM`; images may be PIL images or precomputed embeddings."""
+
+    def __init__(self, model: MMKBReader, tokenizer, image_embedder=None, name: str = "mmkb-reader") -> None:
+        self.model, self.tokenizer, self.name = model.eval(), tokenizer, name
+        self.cfg = model.cfg
+        self._image_embedder = image_embedder
+        self._skip = {tokenizer.convert_tokens_to_ids(t) for t in (IMG, DIMG, DOC)} | {
+            tokenizer.sep_token_id, tokenizer.cls_token_id, tokenizer.pad_token_id}
+
+    @classmethod
+    def load(cls, path: Path | str, device: str = "cpu") -> ReaderVLM:
+        model, tokenizer = load_reader(Path(path), device)
+        return cls(model, tokenizer, name=str(path))
+
+    @property
+    def image_embedder(self):
+        if self._image_embedder is None:
+            from index.embedders import load_image_embedder
+
+            from index.config import get_settings
+
+            self._image_embedder = load_image_embedder(self.cfg.image_embedder, get_settings().device)
+        return self._image_embedder
+
+    def embed_images(self, images: list[ImageLike]) -> np.ndarray:
+        """Image embeddings; rows already given as vectors pass through."""
+        if all(isinstance(im, np.ndarray) for im in images):
+            return np.stack(images).astype(np.float32)
+        pil = [i for i, im in enumerate(images) if not isinstance(im, np.ndarray)]
+        out = np.zeros((len(images), self.cfg.image_dim), np.float32)
+        if pil:
+            out[pil] = self.image_embedder.encode_images([images[i] for i in pil])
+        for i, im in enumerate(images):
+            if isinstance(im, np.ndarray):
+                out[i] = im
+        return out
+
+    @staticmethod
+    def _doc_vector(doc: Document, dim: int) -> np.ndarray:
+        return doc.image_embedding if doc.image_embedding is not None else np.zeros(dim, np.float32)
+
+    @torch.inference_mode()
+    def _hidden(self, questions, images, docs=None, mode="single"):
+        dvecs = None if docs is None else [[self._doc_vector(d, self.cfg.image_dim) for d in row] for row in docs]
+        texts = None if docs is None else [[d.text for d in row] for row in docs]
+        batch = make_batch(self.tokenizer, self.cfg, questions, self.embed_images(images), texts, dvecs, mode)
+        return batch, self.model.encode(**batch.model_inputs())
+
+    @torch.inference_mode()
+    def answer(self, images, questions, documents=None) -> list[str]:
+        if documents is None:
+            _, h = self._hidden(questions, images)
+            idx = self.model.closed_book(h)["answer"].argmax(-1).tolist()
+            return [self.cfg.answers[i] if self.cfg.answers else "" for i in idx]
+        out = []
+        for image, question, docs in zip(images, questions, documents):
+            out.append(self.read(image, question, docs)[0] if docs else "")
+        return out
+
+    @torch.inference_mode()
+    def read(self, image: ImageLike, question: str, docs: list[Document]) -> tuple[str, float, int]:
+        """The best answer span over the documents: (answer, span score, index of the document it came from)."""
+        batch, h = self._hidden([question] * len(docs), [image] * len(docs), [[d] for d in docs])
+        start, end = (t.float().numpy() for t in self.model.span_logits(h))
+        best = ("", -1e9, -1)
+        for i in range(len(docs)):
+            text, score = best_span(batch, i, start[i], end[i], self.cfg.max_answer_tokens, self._skip)
+            if text and score > best[1]:
+                best = (text, score, i)
+        return best
+
+    @torch.inference_mode()
+    def closed_book_confidence(self, images, questions) -> tuple[list[str], np.ndarray]:
+        _, h = self._hidden(questions, images)
+        p = torch.softmax(self.model.closed_book(h)["answer"], -1)
+        conf, idx = p.max(-1)
+        return [self.cfg.answers[i] for i in idx.tolist()], conf.numpy()
+
+    @torch.inference_mode()
+    def retrieval_needed(self, images, questions) -> np.ndarray:
+        _, h = self._hidden(questions, images)
+        return torch.softmax(self.model.ret_logits(h), -1)[:, 0].numpy()
+
+    @torch.inference_mode()
+    def relevance(self, images, questions, documents: list[Document]) -> np.ndarray:
+        _, h = self._hidden(questions, images, [[d] for d in documents])
+        return torch.softmax(self.model.rel_logits(h), -1)[:, 0].numpy()
+
+    @torch.inference_mode()
+    def consistency(self, image, question, documents: list[Document]) -> np.ndarray:
+        batch, h = self._hidden([question], [image], [documents], mode="set")
+        logits = self.model.mct_logits(h, batch.input_ids)
+        p = torch.softmax(logits, -1)[:, 0].numpy()
+        return np.concatenate([p, np.full(len(documents) - len(p), 0.5)]) if len(p) < len(documents) else p
+
+    @torch.inference_mode()
+    def inspect(self, images, questions) -> tuple[list[str], np.ndarray, list[SemanticTags]]:
+        """Closed-book answers, P([Ret]) and semantic tags from one pass over the image and question."""
+        _, h = self._hidden(questions, images)
+        answers = [self.cfg.answers[i] for i in self.model.closed_book(h)["answer"].argmax(-1).tolist()]
+        p_ret = torch.softmax(self.model.ret_logits(h), -1)[:, 0].numpy()
+        return answers, p_ret, self._tags(h, len(questions))
+
+    @torch.inference_mode()
+    def semantic_tags(self, images, questions) -> list[SemanticTags]:
+        _, h = self._hidden(questions, images)
+        return self._tags(h, len(questions))
+
+    def _tags(self, h: torch.Tensor, n: int) -> list[SemanticTags]:
+        heads = {k: torch.softmax(v, -1) for k, v in self.model.closed_book(h).items()}
+        out = []
+        for i in range(n):
+            conf, e = heads["entity"][i].max(-1)
+            cat = self.cfg.categories[int(heads["category"][i].argmax())] if self.cfg.categories else None
+            attr = self.cfg.attributes[int(heads["attribute"][i].argmax())] if self.cfg.attributes else None
+            out.append(SemanticTags(entity=self.cfg.entities[int(e)] if self.cfg.entities else None,
+                                    entity_confidence=float(conf), category=cat,
+                                    attributes=[attr.replace("_", " ")] if attr else []))
+        return out

@@ -1,0 +1,408 @@
+"""`mmkb train vlm`: fine-tune mmkb-reader on worldkb, self-label the MMKB-RAG tags, train them.
+
+Stage "read": closed-book answers, entity/category/attribute tags from the image and question, and
+extractive reading (SQuAD-2-style: a document that does not answer points at [CLS]).
+Stage "label": the model's own answers make the tag labels (MMKB-RAG, arXiv 2504.10074, Sec. 3):
+  RET  [NoRet] when its closed-book answer is right, else [Ret];
+  SRT  [Rel] when its answer read from the document is right (this covers "wrong without it and
+       right with it"), [NoRel] when it is wrong with the document (this covers "right without and
+       wrong with");
+  MCT  sets of two documents of the right entity (the answering section and another one) with
+       documents of look-alike entities mixed in; a document is consistent when it agrees with the
+       set's relevant ones, i.e. is about the same entity.
+Stage "tags": the RET/SRT/MCT heads train on those labels while reading is rehearsed.
+Saves a full training state every few minutes and resumes from it.
+"""
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from rag.kbvqa.datasets import answer_parts
+from rag.kbvqa.questions import QUESTION_TYPES, TYPES, Question, answer_sentence, iter_questions, load_records
+from rag.vlm.inputs import best_span, make_batch, span_targets
+from rag.vlm.reader import DIMG, DOC, IMG, ReaderConfig, build_reader, save_reader
+
+ROOT = Path(__file__).resolve().parents[2]
+CHECKPOINT = Path(__file__).parent / "checkpoints" / "mmkb-reader"
+
+
+@dataclass
+class TrainConfig:
+    out: str = str(CHECKPOINT)
+    run_dir: str = str(ROOT / "runs" / "vlm")
+    views_per_image: int = 3
+    read_steps: int = 900
+    tag_steps: int = 300
+    batch_closed: int = 48
+    batch_read: int = 16
+    batch_tags: int = 24
+    lr_encoder: float = 5e-5
+    lr_heads: float = 1e-3
+    label_questions: int = 2400
+    entity_limit: int | None = None  # tiny runs for tests
+    seed: int = 0
+    threads: int | None = None
+    save_every_s: float = 240.0
+    notes: dict = field(default_factory=dict)
+
+
+def parts(q: Question) -> list[str]:
+    return answer_parts(q.answers[0]) if q.multi_answer else q.answers
+
+
+def display_answer(q: Question) -> str:
+    return ", ".join(parts(q)) if q.multi_answer else q.answers[0]
+
+
+def answer_span(sentence: str, q: Question) -> tuple[int, int] | None:
+    """Character span of the answer in its sentence (first to last part for multi-answers)."""
+    found = [(sentence.find(a), len(a)) for a in parts(q) if a and sentence.find(a) >= 0]
+    if not found:
+        return None
+    if q.multi_answer:
+        return min(s for s, _ in found), max(s + n for s, n in found)
+    s, n = found[0]
+    return s, s + n
+
+
+def is_correct(pred: str, q: Question) -> bool:
+    from rag.kbvqa.datasets import KBVQAExample
+    from rag.kbvqa.metrics import score_example
+
+    ex = KBVQAExample(q.data_id, "", q.question, q.answers, q.answer_eval, "train", q.question_type,
+                      q.entity_key, q.multi_answer)
+    return score_example(pred, ex)
+
+
+class Features:
+    """Frozen image embeddings: augmented query views per entity and one reference vector per entity."""
+
+    def __init__(self, records: list[dict], keys: set[str], cfg: TrainConfig, embedder_name: str) -> None:
+        from index.clip.augment import augment
+        from index.embedders import load_image_embedder, open_rgb
+        from index.worldkb import DATA_DIR
+
+        cache = Path(cfg.run_dir) / f"features-{embedder_name.replace('/', '_')}-{len(keys)}-{cfg.views_per_image}.npz"
+        if cache.exists():
+            data = np.load(cache, allow_pickle=True)
+            self.entity_vec, self.views = data["entity_vec"].item(), data["views"].item()
+            return
+        embedder = load_image_embedder(embedder_name)
+        rng = np.random.default_rng(cfg.seed)
+        self.entity_vec, self.views = {}, {}
+        for rec in tqdm(records, desc="embedding reference images and views"):
+            imgs = [open_rgb(DATA_DIR / im["path"]) for im in rec["images"]]
+            if not imgs:
+                continue
+            clean = embedder.encode_images(imgs)
+            v = clean.mean(0)
+            self.entity_vec[rec["key"]] = v / max(np.linalg.norm(v), 1e-8)
+            if rec["key"] in keys:
+                views = [augment(im.convert("RGBA"), rng).convert("RGB") for im in imgs
+                         for _ in range(cfg.views_per_image)]
+                self.views[rec["key"]] = embedder.encode_images(views)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(cache, entity_vec=np.array(self.entity_vec, dtype=object), views=np.array(self.views, dtype=object))
+
+    def view(self, key: str, rng: random.Random) -> np.ndarray:
+        v = self.views[key]
+        return v[rng.randrange(len(v))]
+
+    def neighbours(self, keys: list[str], k: int = 8) -> dict[str, list[str]]:
+        """Look-alike entities of the same kind: the hard negatives for reading and tags."""
+        out = {}
+        for kind in {key.split(":")[0] for key in keys}:
+            ks = [key for key in self.entity_vec if key.startswith(kind + ":")]
+            m = np.stack([self.entity_vec[key] for key in ks])
+            sims = m @ m.T
+            np.fill_diagonal(sims, -1)
+            top = np.argsort(-sims, axis=1)[:, :k]
+            out.update({ks[i]: [ks[j] for j in top[i]] for i in range(len(ks))})
+        return out
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig) -> None:
+        from index.config import get_settings
+
+        self.cfg = cfg
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.rng = random.Random(cfg.seed)
+        torch.manual_seed(cfg.seed)
+        records = load_records()
+        if cfg.entity_limit:
+            rs = random.Random(cfg.seed)
+            countries = [r for r in records if r["kind"] == "country"]
+            emoji = [r for r in records if r["kind"] == "emoji"]
+            records = rs.sample(countries, cfg.entity_limit // 2) + rs.sample(emoji, cfg.entity_limit // 2)
+        self.records = {r["key"]: r for r in records}
+        qs = [q for q in iter_questions(records, phrasings="train") if q.entity_split != "unseen_entity"]
+        self.closed = [q for q in qs if q.entity_split == "train"]
+        self.calibration = [q for q in qs if q.entity_split == "calibration"]
+        self.reading = qs
+        keys = {q.entity_key for q in qs}
+        self.image_embedder = get_settings().image_embedder
+        self.features = Features(records, keys, cfg, self.image_embedder)
+        self.neigh = self.features.neighbours(sorted(self.features.entity_vec))
+        self.by_type: dict[str, list[Question]] = {}
+        for q in self.closed:
+            self.by_type.setdefault(q.question_type, []).append(q)
+        answers = sorted({display_answer(q) for q in self.closed})
+        entities = sorted({q.entity_name for q in self.closed})
+        categories = sorted({self._category(r) for r in records})
+        attributes = [t.name for t in QUESTION_TYPES]
+        self.rcfg = ReaderConfig(image_dim=len(next(iter(self.features.entity_vec.values()))),
+                                 answers=answers, entities=entities, categories=categories, attributes=attributes,
+                                 image_embedder=self.image_embedder)
+        self.model, self.tok = build_reader(self.rcfg)
+        enc = [p for n, p in self.model.named_parameters() if n.startswith("encoder.")]
+        heads = [p for n, p in self.model.named_parameters() if not n.startswith("encoder.")]
+        self.opt = torch.optim.AdamW([{"params": enc, "lr": cfg.lr_encoder}, {"params": heads, "lr": cfg.lr_heads}],
+                                     weight_decay=0.01)
+        self.state = {"stage": "read", "step": 0, "labels": None, "log": []}
+        self.started = time.time()
+
+    @staticmethod
+    def _category(rec: dict) -> str:
+        return "country" if rec["kind"] == "country" else f"emoji: {rec.get('category', '')}"
+
+    # --- persistence ---------------------------------------------------------------------------
+
+    def _state_path(self) -> Path:
+        return Path(self.cfg.run_dir) / "last.pt"
+
+    def save_state(self) -> None:
+        path = self._state_path()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save({"model": self.model.state_dict(), "opt": self.opt.state_dict(), "state": self.state,
+                    "rcfg": asdict(self.rcfg), "rng": self.rng.getstate()}, tmp)
+        tmp.replace(path)
+
+    def load_state(self) -> bool:
+        path = self._state_path()
+        if not path.exists():
+            return False
+        ckpt = torch.load(path, weights_only=False)
+        if ckpt["rcfg"] != asdict(self.rcfg):
+            print(f"{path} was made for other data; starting afresh")
+            return False
+        self.model.load_state_dict(ckpt["model"])
+        self.opt.load_state_dict(ckpt["opt"])
+        self.state, self._elapsed_before = ckpt["state"], ckpt["state"].get("elapsed", 0.0)
+        self.rng.setstate(ckpt["rng"])
+        return True
+
+    # --- batches -------------------------------------------------------------------------------
+
+    def _closed_batch(self):
+        types = list(self.by_type)
+        qs = [self.rng.choice(self.by_type[self.rng.choice(types)]) for _ in range(self.cfg.batch_closed)]
+        images = np.stack([self.features.view(q.entity_key, self.rng) for q in qs])
+        batch = make_batch(self.tok, self.rcfg, [q.question for q in qs], images)
+        a = {x: i for i, x in enumerate(self.rcfg.answers)}
+        e = {x: i for i, x in enumerate(self.rcfg.entities)}
+        c = {x: i for i, x in enumerate(self.rcfg.categories)}
+        t = {x: i for i, x in enumerate(self.rcfg.attributes)}
+        targets = {"answer": torch.tensor([a[display_answer(q)] for q in qs]),
+                   "entity": torch.tensor([e[q.entity_name] for q in qs]),
+                   "category": torch.tensor([c[self._category(self.records[q.entity_key])] for q in qs]),
+                   "attribute": torch.tensor([t[q.question_type] for q in qs])}
+        return batch, targets
+
+    def _doc_for(self, q: Question, choice: str) -> tuple[str, str]:
+        """(entity key, sentence) of a gold, look-alike or same-entity-other-section document."""
+        qt = TYPES[q.question_type]
+        if choice == "gold":
+            return q.entity_key, answer_sentence(self.records[q.entity_key], qt)
+        if choice == "lookalike":
+            for key in self.neigh.get(q.entity_key, []):
+                if key in self.records and (s := answer_sentence(self.records[key], qt)):
+                    if self.rng.random() < 0.6:
+                        return key, s
+            key = self.rng.choice(list(self.records))
+            return key, answer_sentence(self.records[key], qt) or self.records[key]["sections"][0]["text"]
+        others = [s["text"] for s in self.records[q.entity_key]["sections"] if s["heading"] != qt.heading]
+        return q.entity_key, self.rng.choice(others) if others else answer_sentence(self.records[q.entity_key], qt)
+
+    def _read_batch(self):
+        qs = [self.rng.choice(self.reading) for _ in range(self.cfg.batch_read)]
+        docs, spans, dvecs = [], [], []
+        for q in qs:
+            r = self.rng.random()
+            choice = "gold" if r < 0.5 else "lookalike" if r < 0.8 else "other"
+            key, text = self._doc_for(q, choice)
+            docs.append([text])
+            dvecs.append([self.features.entity_vec.get(key)])
+            span = answer_span(text, q) if key == q.entity_key and choice == "gold" else None
+            spans.append(None if span is None else (span[0] + len(f"{DIMG} "), span[1] + len(f"{DIMG} ")))
+        images = np.stack([self.features.view(q.entity_key, self.rng) for q in qs])
+        batch = make_batch(self.tok, self.rcfg, [q.question for q in qs], images, docs, dvecs)
+        return batch, span_targets(batch, spans)
+
+    def _read_loss(self) -> tuple[torch.Tensor, dict]:
+        batch, targets = self._closed_batch()
+        h = self.model.encode(**batch.model_inputs())
+        out = self.model.closed_book(h)
+        lc = (F.cross_entropy(out["answer"], targets["answer"]) + 0.5 * F.cross_entropy(out["entity"], targets["entity"])
+              + 0.25 * F.cross_entropy(out["category"], targets["category"])
+              + 0.25 * F.cross_entropy(out["attribute"], targets["attribute"]))
+        acc = (out["answer"].argmax(-1) == targets["answer"]).float().mean().item()
+        batch, (s, e) = self._read_batch()
+        h = self.model.encode(**batch.model_inputs())
+        start, end = self.model.span_logits(h)
+        mask = batch.attention_mask == 0
+        start, end = start.masked_fill(mask, -1e4), end.masked_fill(mask, -1e4)
+        ls = (F.cross_entropy(start, s) + F.cross_entropy(end, e)) / 2
+        return lc + ls, {"closed": lc.item(), "span": ls.item(), "cb_acc": acc}
+
+    # --- stages --------------------------------------------------------------------------------
+
+    def _loop(self, stage: str, total: int, loss_fn) -> None:
+        if self.state["stage"] != stage:
+            return
+        self.model.train()
+        bar = tqdm(range(self.state["step"], total), desc=f"train vlm: {stage}", initial=self.state["step"], total=total)
+        last_save = time.time()
+        for step in bar:
+            loss, info = loss_fn()
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+            self.opt.step()
+            self.state["step"] = step + 1
+            bar.set_postfix({k: f"{v:.3f}" for k, v in info.items()})
+            if step % 50 == 0:
+                self.state["log"].append({"stage": stage, "step": step, **info})
+            if time.time() - last_save > self.cfg.save_every_s:
+                self._tick()
+                self.save_state()
+                last_save = time.time()
+        self.state.update(stage={"read": "label", "tags": "done"}[stage], step=0)
+        self._tick()
+        self.save_state()
+
+    def _tick(self) -> None:
+        now = time.time()
+        self.state["elapsed"] = self.state.get("elapsed", 0.0) + now - self.started
+        self.started = now
+
+    @torch.inference_mode()
+    def self_label(self) -> None:
+        """Stage "label": RET/SRT/MCT labels from the model's own answers."""
+        if self.state["stage"] != "label":
+            return
+        self.model.eval()
+        pool = self.calibration + self.rng.sample(self.closed, min(len(self.closed), self.cfg.label_questions // 2))
+        pool = self.rng.sample(pool, min(len(pool), self.cfg.label_questions))
+        ret, srt, mct = [], [], []
+        skip = {self.tok.convert_tokens_to_ids(t) for t in (IMG, DIMG, DOC)} | {
+            self.tok.sep_token_id, self.tok.cls_token_id, self.tok.pad_token_id}
+        for i in tqdm(range(0, len(pool), 32), desc="self-labelling"):
+            qs = pool[i:i + 32]
+            views = [self.features.view(q.entity_key, self.rng) for q in qs]
+            batch = make_batch(self.tok, self.rcfg, [q.question for q in qs], np.stack(views))
+            pred = self.model.closed_book(self.model.encode(**batch.model_inputs()))["answer"].argmax(-1).tolist()
+            for q, v, p in zip(qs, views, pred):
+                right_without = is_correct(self.rcfg.answers[p], q)
+                ret.append((q.data_id, q.question, v, 0 if right_without else 1))
+                cands = [self._doc_for(q, c) for c in ("gold", "lookalike", "lookalike", "other")]
+                cb = make_batch(self.tok, self.rcfg, [q.question] * len(cands), np.stack([v] * len(cands)),
+                                [[t] for _, t in cands], [[self.features.entity_vec.get(k)] for k, _ in cands])
+                start, end = self.model.span_logits(self.model.encode(**cb.model_inputs()))
+                for j, (key, text) in enumerate(cands):
+                    ans, score = best_span(cb, j, start[j].numpy(), end[j].numpy(), self.rcfg.max_answer_tokens, skip)
+                    right_with = score > 0 and is_correct(ans, q)
+                    srt.append((q.question, v, key, text, 1 if right_with else 0))
+                docs = cands[:1] + [(q.entity_key, t) for t in self._other_sections(q, 1)] + cands[1:3]
+                self.rng.shuffle(docs)
+                mct.append((q.question, v, docs, [1 if k == q.entity_key else 0 for k, _ in docs]))
+        self.state["labels"] = {"ret": ret, "srt": srt, "mct": mct}
+        stats = {"ret_share": float(np.mean([r[-1] for r in ret])), "rel_share": float(np.mean([s[-1] for s in srt])),
+                 "n_ret": len(ret), "n_srt": len(srt), "n_mct": len(mct)}
+        self.state["label_stats"] = stats
+        print("self-labelled:", stats)
+        self.state.update(stage="tags", step=0)
+        self.save_state()
+
+    def _other_sections(self, q: Question, n: int) -> list[str]:
+        heading = TYPES[q.question_type].heading
+        others = [s["text"] for s in self.records[q.entity_key]["sections"] if s["heading"] != heading]
+        return self.rng.sample(others, min(n, len(others)))
+
+    def _tag_loss(self) -> tuple[torch.Tensor, dict]:
+        labels, n = self.state["labels"], self.cfg.batch_tags
+        ret = [self.rng.choice(labels["ret"]) for _ in range(n)]
+        b = make_batch(self.tok, self.rcfg, [r[1] for r in ret], np.stack([r[2] for r in ret]))
+        lr = F.cross_entropy(self.model.ret_logits(self.model.encode(**b.model_inputs())),
+                             torch.tensor([1 - r[3] for r in ret]))  # index 0 = [Ret]
+        srt = [self.rng.choice(labels["srt"]) for _ in range(n)]
+        b = make_batch(self.tok, self.rcfg, [s[0] for s in srt], np.stack([s[1] for s in srt]), [[s[3]] for s in srt],
+                       [[self.features.entity_vec.get(s[2])] for s in srt])
+        ls = F.cross_entropy(self.model.rel_logits(self.model.encode(**b.model_inputs())),
+                             torch.tensor([1 - s[4] for s in srt]))
+        mct = [self.rng.choice(labels["mct"]) for _ in range(n // 3)]
+        b = make_batch(self.tok, self.rcfg, [m[0] for m in mct], np.stack([m[1] for m in mct]),
+                       [[t for _, t in m[2]] for m in mct],
+                       [[self.features.entity_vec.get(k) for k, _ in m[2]] for m in mct], mode="set")
+        logits = self.model.mct_logits(self.model.encode(**b.model_inputs()), b.input_ids)
+        target = torch.tensor([1 - y for m in mct for y in m[3]][:len(logits)])
+        lm = F.cross_entropy(logits, target)
+        rehearse, info = self._read_loss()
+        return lr + ls + lm + 0.5 * rehearse, {"ret": lr.item(), "srt": ls.item(), "mct": lm.item(), **info}
+
+    def run(self, resume: bool = True) -> Path:
+        if resume and self.load_state():
+            print(f"resumed at stage {self.state['stage']} step {self.state['step']}")
+        self._loop("read", self.cfg.read_steps, self._read_loss)
+        self.self_label()
+        for g in self.opt.param_groups:
+            g["lr"] = g["lr"] * 0.5
+        self._loop("tags", self.cfg.tag_steps, self._tag_loss)
+        return self.export()
+
+    def export(self) -> Path:
+        out = Path(self.cfg.out)
+        tmp = out.with_name(out.name + ".tmp")
+        save_reader(self.model, self.tok, tmp)
+        card = {"model": "mmkb-reader", "text_encoder": self.rcfg.text_model, "image_embedder": self.image_embedder,
+                "train_config": asdict(self.cfg), "label_stats": self.state.get("label_stats"),
+                "train_minutes": round(self.state.get("elapsed", 0.0) / 60, 1),
+                "answers": len(self.rcfg.answers), "entities": len(self.rcfg.entities),
+                "last_log": self.state["log"][-3:]}
+        (tmp / "training.json").write_text(json.dumps(card, indent=1, default=str))
+        if out.exists():
+            import shutil
+
+            old = out.with_name(out.name + ".old")
+            shutil.rmtree(old, ignore_errors=True)
+            out.replace(old)
+            tmp.replace(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.replace(out)
+        return out
+
+
+def train_vlm(read_steps: int = 900, tag_steps: int = 300, out: str = str(CHECKPOINT),
+              run_dir: str = str(ROOT / "runs" / "vlm"), entity_limit: int | None = None, threads: int | None = None,
+              resume: bool = True, seed: int = 0) -> Path:
+    cfg = TrainConfig(out=out, run_dir=run_dir, read_steps=read_steps, tag_steps=tag_steps,
+                      entity_limit=entity_limit, threads=threads, seed=seed)
+    return Trainer(cfg).run(resume)
+
+
+if __name__ == "__main__":
+    import typer
+
+    typer.run(train_vlm)

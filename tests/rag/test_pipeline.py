@@ -1,0 +1,111 @@
+"""MMKB-RAG end to end on a tiny KB: a tiny trained reader, the tags, the modes, the eval command."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from index.ingest import ingest_folder
+from index.search import ReferenceIndex
+from index.store import EntityStore
+from rag.pipeline import MMKBRAG, RAGConfig
+from rag.vlm.reader_vlm import ReaderVLM
+
+
+@pytest.fixture(scope="session")
+def tiny_reader(tmp_path_factory):
+    """mmkb-reader trained for a few steps on 12 worldkb entities: every stage runs, quality is not the point."""
+    from rag.vlm.train import TrainConfig, Trainer
+
+    root = tmp_path_factory.mktemp("reader")
+    cfg = TrainConfig(out=str(root / "model"), run_dir=str(root / "run"), read_steps=3, tag_steps=2,
+                      entity_limit=12, views_per_image=1, label_questions=24, batch_closed=8, batch_read=4,
+                      batch_tags=6, save_every_s=0)
+    path = Trainer(cfg).run(resume=False)
+    assert (path / "heads.safetensors").exists() and (path / "encoder" / "config.json").exists()
+    assert json.loads((path / "training.json").read_text())["label_stats"]["n_srt"] > 0
+    return path
+
+
+@pytest.fixture
+def rag(home, tiny_kb, tiny_reader):
+    from index.config import get_settings
+
+    settings = get_settings()
+    store = EntityStore(settings.db_url, settings.home_dir)
+    ingest_folder(store, tiny_kb, show_progress=False)
+    ref = ReferenceIndex(store, settings)
+    ref.build(show_progress=False)
+    return MMKBRAG(ReaderVLM.load(tiny_reader), ref)
+
+
+def test_tags_are_two_way_probabilities(rag, tiny_kb):
+    vlm = rag.vlm
+    vec = vlm.embed_images([str(tiny_kb / "images" / "btn.png")])
+    p = vlm.retrieval_needed([vec[0], vec[0]], ["What is the capital of this country?", "What is this emoji called?"])
+    assert p.shape == (2,) and np.all((p > 0) & (p < 1))
+    assert vlm.tokenizer.convert_tokens_to_ids("[Ret]") != vlm.tokenizer.unk_token_id
+    assert len(vlm.tokenizer.tokenize("[Ret] [NoRet] [Rel] [NoRel]")) == 4
+
+
+def test_modes_and_citations(rag, tiny_kb):
+    image = tiny_kb / "images" / "btn.png"
+    q = "What is the capital of this country?"
+    closed = rag(image, q, mode="no-rag")
+    assert closed.retrieved is False and closed.citations == [] and isinstance(closed.answer, str)
+    naive = rag(image, q, mode="naive-rag")
+    assert naive.retrieved and naive.candidates and naive.citations == naive.candidates
+    full = rag(image, q, mode="mmkb-rag", gamma=0.0)
+    assert full.retrieved and 0 < full.p_ret < 1
+    assert full.citations and all(c.relevance is not None for c in full.candidates)
+    assert {c.document_id for c in full.citations} <= {c.document_id for c in full.candidates}
+    assert {c.entity_key for c in full.candidates} <= {"country:BTN", "country:NPL", "emoji:1F34E"}
+
+
+def test_ret_threshold_skips_retrieval(rag, tiny_kb):
+    out = rag(tiny_kb / "images" / "btn.png", "What is the capital of this country?", gamma=1.01)
+    assert out.retrieved is False and out.p_ret is not None and out.candidates == []
+
+
+def test_mct_variants_and_bad_config(rag, tiny_kb):
+    for variant in ("filter", "rerank", "merge"):
+        out = rag(tiny_kb / "images" / "npl.png", "What is the capital of this country?", gamma=0.0,
+                  srt_threshold=0.0, mct_variant=variant)
+        assert out.citations
+    with pytest.raises(ValueError, match="unknown mode"):
+        RAGConfig(mode="magic")
+    with pytest.raises(ValueError, match="empty"):
+        rag(tiny_kb / "images" / "npl.png", "  ")
+
+
+def test_eval_command_on_a_hand_written_infoseek_file(rag, tiny_kb, tiny_reader, tmp_path):
+    from api.cli import app
+
+    rows = [{"data_id": "q1", "image_id": "btn", "question": "What is the capital of this country?",
+             "answer": ["Thimphu"], "answer_eval": ["Thimphu"], "data_split": "val_unseen_entity"},
+            {"data_id": "q2", "image_id": "npl", "question": "What is the capital of this country?",
+             "answer": ["Kathmandu"], "answer_eval": ["Kathmandu"], "data_split": "val_unseen_question"}]
+    questions = tmp_path / "q.jsonl"
+    questions.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    out = tmp_path / "pred.jsonl"
+    result = CliRunner().invoke(app, ["eval", "kbvqa", str(questions), str(tiny_kb / "images"), str(out),
+                                      "--vlm", str(tiny_reader)])
+    assert result.exit_code == 0, result.output
+    preds = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [p["data_id"] for p in preds] == ["q1", "q2"]
+    assert {"prediction", "semantic_tags", "retrieved_entities", "p_ret"} <= set(preds[0])
+    assert "unseen_entity" in result.output and "All" in result.output
+
+
+def test_ask_command_json(rag, tiny_kb, tiny_reader):
+    from api.cli import app
+
+    result = CliRunner().invoke(app, ["ask", str(tiny_kb / "images" / "btn.png"), "What is the capital of this country?",
+                                      "--vlm", str(tiny_reader), "--json"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert {"answer", "citations", "tags", "p_ret", "retrieved"} <= set(out)
+    missing = CliRunner().invoke(app, ["ask", "nope.png", "Q?", "--vlm", str(tiny_reader)])
+    assert missing.exit_code == 2 and "image not found" in missing.output
