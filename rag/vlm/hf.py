@@ -104,16 +104,20 @@ def parse_semantic_line(text: str) -> tuple[str | None, str | None, list[str]]:
 
 
 class HFVLM:
-    """A transformers image-text-to-text model and its processor, as an mmkb VLM."""
+    """A transformers image-text-to-text model and its processor, as an mmkb VLM (the tag tokens are
+    added to the tokenizer, and the embeddings grown, when missing)."""
 
     def __init__(self, model, processor, image_embedder=None, name: str = "hf", batch_size: int = 4,
-                 max_new_tokens: int = 32, max_passage_chars: int = 1500, cache_size: int = 256) -> None:
+                 max_new_tokens: int = 32, max_tag_line_tokens: int = 48, max_passage_chars: int = 1500,
+                 cache_size: int = 256) -> None:
         self.model, self.processor, self.name = model.eval(), processor, name
         self.tokenizer = processor.tokenizer
+        add_tag_tokens(self.tokenizer, model)
         self.tokenizer.padding_side = "left"  # generation appends to the right end of every row
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.batch_size, self.max_new_tokens, self.max_passage_chars = batch_size, max_new_tokens, max_passage_chars
+        self.batch_size, self.max_new_tokens, self.max_tag_line_tokens = batch_size, max_new_tokens, max_tag_line_tokens
+        self.max_passage_chars = max_passage_chars  # a passage is cut there, to bound the prompt
         self._image_embedder = image_embedder
         self._pixels_of: OrderedDict[bytes, Image.Image] = OrderedDict()
         self._cache_size = cache_size
@@ -143,7 +147,6 @@ class HFVLM:
                 raise ValueError(f"{path}: neither the processor nor the tokenizer has a chat template")
         dtype = dtype or (torch.float32 if device == "cpu" else "auto")
         model = _auto_model_class().from_pretrained(path, local_files_only=True, dtype=dtype).to(device)
-        add_tag_tokens(processor.tokenizer, model)
         return cls(model, processor, name=f"hf:{path}", **kwargs)
 
     # Images: PIL images, or embedding rows computed by `embed_images` (see the module docstring).
@@ -163,6 +166,8 @@ class HFVLM:
     def embed_images(self, images: Sequence[ImageLike]) -> np.ndarray:
         """open_clip embeddings (settings' image embedder) for retrieval; rows given as vectors pass
         through. The image behind each computed row is remembered, so the row can stand for it."""
+        if not len(images):
+            return np.zeros((0, 0), np.float32)
         pil = [i for i, im in enumerate(images) if not isinstance(im, np.ndarray)]
         vecs = self.image_embedder.encode_images([images[i] for i in pil]) if pil else None
         dim = vecs.shape[1] if vecs is not None else np.asarray(images[0]).shape[-1]
@@ -293,7 +298,8 @@ class HFVLM:
     def semantic_tags(self, images: Sequence[ImageLike], questions: Sequence[str]) -> list[SemanticTags]:
         """Entity, category and attributes parsed from one generated line; the entity's confidence is the
         line's mean token probability (0 when no entity is named)."""
-        lines, confidence = self._generate(list(images), [PROMPTS["tags"].format(question=q) for q in questions])
+        texts = [PROMPTS["tags"].format(question=q) for q in questions]
+        lines, confidence = self._generate(list(images), texts, self.max_tag_line_tokens)
         out = []
         for line, conf in zip(lines, confidence):
             entity, category, attributes = parse_semantic_line(line)
