@@ -65,7 +65,58 @@ def _rows(hits: list[EntityHit], home: Path, expected: str | None) -> str:
     return "\n".join(out)
 
 
-def render_page(results: list[dict], home: Path, meta: dict) -> str:
+QUESTIONS = [("country:BTN", "What is the capital of this country?"),
+             ("country:BRA", "Which currency is used in the country with this flag?"),
+             ("country:JPN", "What is the population of this country?"),
+             ("emoji:1F34E", "Which category does this emoji belong to?")]
+
+
+def answer_questions() -> list[dict]:
+    """KB-VQA with the shipped VLM on query renderings the index has never seen (skipped without one)."""
+    from rag.pipeline import MMKBRAG
+    from rag.vlm import SHIPPED
+
+    if not (SHIPPED / "mmkb-reader" / "heads.safetensors").exists():
+        console.print("no trained mmkb-reader: skipping questions (`mmkb train vlm`)")
+        return []
+    rag = MMKBRAG.load()
+    out = []
+    for key, question in QUESTIONS:
+        image = _query_for(key)
+        if image is None:
+            continue
+        t = time.perf_counter()
+        answer = rag(image, question)
+        out.append({"image": image, "question": question, "answer": answer, "expected": key,
+                    "ms": 1000 * (time.perf_counter() - t)})
+        console.print(f"{image.name}: {question} → {answer.answer}")
+    return out
+
+
+def _query_for(key: str) -> Path | None:
+    manifest = QUERY_DIR / "manifest.jsonl"
+    if not manifest.exists():
+        return None
+    for line in manifest.read_text().splitlines():
+        row = json.loads(line)
+        if row["key"] == key:
+            return QUERY_DIR / row["path"]
+    return None
+
+
+def _answer_block(a: dict) -> str:
+    out = a["answer"]
+    cites = "".join(f"<li><code>{html.escape(c.entity_key)}</code> · section {c.document_id}"
+                    + (f" · P([Rel]) {c.relevance:.2f}" if c.relevance is not None else "")
+                    + f" — {html.escape(c.text)}</li>" for c in out.citations)
+    how = ("retrieved" if out.retrieved else "answered without retrieval") + (
+        f", P([Ret]) {out.p_ret:.2f}" if out.p_ret is not None else "")
+    return (f'<h2><img src="{_thumb(a["image"], 96)}"> {html.escape(a["question"])}</h2>'
+            f"<p><b>{html.escape(out.answer)}</b> ({how}; {a['ms']:.0f} ms; tags: "
+            f"{html.escape(str(out.tags.entity))} / {html.escape(str(out.tags.category))})</p><ul>{cites}</ul>")
+
+
+def render_page(results: list[dict], home: Path, meta: dict, answers: list[dict] | None = None) -> str:
     blocks = []
     for r in results:
         query = (f'<img src="{_thumb(r["image"], 96)}"> (expected <code>{r["expected"]}</code>)'
@@ -77,7 +128,9 @@ def render_page(results: list[dict], home: Path, meta: dict) -> str:
 <style>body{{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;color:#222}}
 table{{border-collapse:collapse;width:100%}}td,th{{border-bottom:1px solid #ddd;padding:4px 8px;text-align:left}}
 tr.hit{{background:#e6f4ea}}img{{vertical-align:middle}}code{{font-size:90%}}</style></head><body>
-<h1>mmkb sample searches</h1><p>{info}</p>{''.join(blocks)}</body></html>"""
+<h1>mmkb sample searches</h1><p>{info}</p>{''.join(blocks)}
+{"<h1>Questions answered (KB-VQA)</h1>" + "".join(_answer_block(a) for a in answers) if answers else ""}
+</body></html>"""
 
 
 def run_demo(out: Path | None = None, rebuild: bool = False, k: int = 5) -> Path:
@@ -97,11 +150,12 @@ def run_demo(out: Path | None = None, rebuild: bool = False, k: int = 5) -> Path
         hits = ref.search(image=image, k=k)
         results.append({"image": image, "expected": expected, "hits": hits, "ms": 1000 * (time.perf_counter() - t)})
         console.print(f"{image.name} → {hits[0].key} ({hits[0].name}, {hits[0].score:.3f}); expected {expected}")
+    answers = answer_questions()
     meta = {"database": settings.db_url, "entities": ref.store.stats()["entities"],
             "text embedder": settings.text_embedder, "image embedder": settings.image_embedder,
             "image embedder trained": ref.image_embedder().trained}
     out = Path(out) if out else settings.home_dir / "demo"
     out.mkdir(parents=True, exist_ok=True)
     page = out / "index.html"
-    page.write_text(render_page(results, ref.store.home, meta), encoding="utf-8")
+    page.write_text(render_page(results, ref.store.home, meta, answers), encoding="utf-8")
     return page

@@ -52,6 +52,7 @@ class TrainConfig:
     seed: int = 0
     threads: int | None = None
     save_every_s: float = 240.0
+    init_from: str | None = None  # warm start: an mmkb-reader export whose weights fit this data
     notes: dict = field(default_factory=dict)
 
 
@@ -361,9 +362,24 @@ class Trainer:
         rehearse, info = self._read_loss()
         return lr + ls + lm + 0.5 * rehearse, {"ret": lr.item(), "srt": ls.item(), "mct": lm.item(), **info}
 
+    def warm_start(self, path: Path) -> None:
+        """Start from an earlier export (e.g. after the image embedder was retrained); shapes must match."""
+        from safetensors.torch import load_file
+        from transformers import AutoModel
+
+        encoder = AutoModel.from_pretrained(str(Path(path) / "encoder"))
+        self.model.encoder.load_state_dict(encoder.state_dict())
+        heads = {k: v.float() for k, v in load_file(str(Path(path) / "heads.safetensors")).items()}
+        mine = self.model.state_dict()
+        fit = {k: v for k, v in heads.items() if k in mine and mine[k].shape == v.shape}
+        self.model.load_state_dict(fit, strict=False)
+        print(f"warm start from {path}: {len(fit)}/{len(heads)} head tensors fit")
+
     def run(self, resume: bool = True) -> Path:
         if resume and self.load_state():
             print(f"resumed at stage {self.state['stage']} step {self.state['step']}")
+        elif self.cfg.init_from:
+            self.warm_start(Path(self.cfg.init_from))
         self._loop("read", self.cfg.read_steps, self._read_loss)
         self.self_label()
         for g in self.opt.param_groups:
@@ -396,9 +412,9 @@ class Trainer:
 
 def train_vlm(read_steps: int = 900, tag_steps: int = 300, out: str = str(CHECKPOINT),
               run_dir: str = str(ROOT / "runs" / "vlm"), entity_limit: int | None = None, threads: int | None = None,
-              resume: bool = True, seed: int = 0) -> Path:
+              resume: bool = True, seed: int = 0, init_from: str | None = None) -> Path:
     cfg = TrainConfig(out=out, run_dir=run_dir, read_steps=read_steps, tag_steps=tag_steps,
-                      entity_limit=entity_limit, threads=threads, seed=seed)
+                      entity_limit=entity_limit, threads=threads, seed=seed, init_from=init_from)
     return Trainer(cfg).run(resume)
 
 
