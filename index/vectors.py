@@ -440,6 +440,14 @@ class VectorIndex:
         self._table = None
         self._gpu = None
 
+    def reconstruct(self, ids: np.ndarray) -> np.ndarray:
+        """The stored vectors of live `ids`, in the order given (approximate for IVF-PQ without refine)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        positions = self._positions_of(ids)
+        if len(positions) != len(ids):
+            raise KeyError(f"{len(ids) - len(positions)} of the ids are not in the index")
+        return faiss.downcast_index(self._index.index).reconstruct_batch(positions)
+
     def _id_map(self) -> np.ndarray:
         """Database id of each stored position (negative for removed vectors)."""
         return self._lookup_table()[0]

@@ -86,10 +86,14 @@ class MMKBRAG:
     def entity_vector(self, key: str) -> np.ndarray | None:
         """Mean image embedding of an entity's reference images (the document's [DIMG] token)."""
         if key not in self._entity_vecs:
-            paths = self.reference.store.entity_images([key]).get(key, [])
-            if not paths:
+            images = self.reference.store.entity_images([key]).get(key, [])
+            if not images:
                 return None
-            v = self.reference.image_embedder().encode_images(paths).mean(0)
+            try:  # the vectors the image index already holds
+                vectors = self.reference.vector_index("image").reconstruct(np.array([i for i, _ in images]))
+            except (KeyError, RuntimeError):  # not indexed yet: embed them
+                vectors = self.reference.image_embedder().encode_images([p for _, p in images])
+            v = vectors.mean(0)
             self._entity_vecs[key] = v / max(float(np.linalg.norm(v)), 1e-8)
         return self._entity_vecs[key]
 

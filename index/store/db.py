@@ -142,14 +142,14 @@ class EntityStore:
         return {r[0]: {"image_id": r[0], "path": r[1], "style": r[2], "image_source": r[3],
                        "entity_id": r[4], "key": r[5], "name": r[6], "kind": r[7]} for r in rows}
 
-    def entity_images(self, keys: Sequence[str]) -> dict[str, list[Path]]:
-        """Entity key → absolute paths of its images."""
+    def entity_images(self, keys: Sequence[str]) -> dict[str, list[tuple[int, Path]]]:
+        """Entity key → (image id, absolute path) of each of its images."""
         with self._sessions() as s:
-            rows = s.execute(select(Entity.key, Image.path).join(Image, Image.entity_id == Entity.id)
+            rows = s.execute(select(Entity.key, Image.id, Image.path).join(Image, Image.entity_id == Entity.id)
                              .where(Entity.key.in_(list(keys))).order_by(Image.id)).all()
-        out: dict[str, list[Path]] = {}
-        for key, path in rows:
-            out.setdefault(key, []).append(self.home / path)
+        out: dict[str, list[tuple[int, Path]]] = {}
+        for key, image_id, path in rows:
+            out.setdefault(key, []).append((image_id, self.home / path))
         return out
 
     # --- index versions ------------------------------------------------------------------------

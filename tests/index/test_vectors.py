@@ -269,3 +269,13 @@ def test_crash_between_renames_is_recovered_on_load(data, tmp_path):
     (tmp_path / "text").rename(tmp_path / ".text.old-0123")
     with pytest.warns(UserWarning, match="interrupted save"):
         assert VectorIndex.load(tmp_path / "text").count == 100
+
+
+def test_reconstruct_returns_stored_vectors_by_id(built, data):
+    vectors, ids = data
+    pick = ids[[5, 0, 17]]
+    got = built.reconstruct(pick)
+    cos = np.sum(got * vectors[[5, 0, 17]], axis=1) / np.linalg.norm(got, axis=1)
+    assert got.shape == (3, vectors.shape[1]) and np.all(cos > 0.9)
+    with pytest.raises(KeyError):
+        built.reconstruct(np.array([10**12]))
