@@ -153,11 +153,13 @@ def build_reader(cfg: ReaderConfig) -> tuple[MMKBReader, object]:
 
 
 def save_reader(model: MMKBReader, tokenizer, out: Path) -> None:
-    """`save_pretrained` for the encoder and tokenizer; the heads as fp16 safetensors beside them."""
+    """`save_pretrained` for the encoder (fp16) and tokenizer; the heads as fp16 safetensors beside them."""
+    import copy
+
     from safetensors.torch import save_file
 
     out.mkdir(parents=True, exist_ok=True)
-    model.encoder.save_pretrained(out / "encoder", safe_serialization=True)
+    copy.deepcopy(model.encoder).half().save_pretrained(out / "encoder", safe_serialization=True)
     tokenizer.save_pretrained(out / "encoder")
     heads = {k: v.detach().half().contiguous() for k, v in model.state_dict().items() if not k.startswith("encoder.")}
     save_file(heads, str(out / "heads.safetensors"))
@@ -171,7 +173,7 @@ def load_reader(path: Path, device: str = "cpu") -> tuple[MMKBReader, object]:
     path = Path(path)
     cfg = ReaderConfig.load(path / "config.json")
     tokenizer = AutoTokenizer.from_pretrained(str(path / "encoder"))
-    encoder = AutoModel.from_pretrained(str(path / "encoder"), torch_dtype=torch.float32)
+    encoder = AutoModel.from_pretrained(str(path / "encoder"), dtype=torch.float32)
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     model = MMKBReader(cfg, encoder, ids)
     heads = {k: v.float() for k, v in load_file(str(path / "heads.safetensors")).items()}

@@ -1,0 +1,56 @@
+"""The worldkb KB-VQA questions: real answers, answerable from one section, split as documented."""
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from rag.kbvqa.questions import TYPES, answer_sentence, entity_split, iter_questions, load_records
+from rag.kbvqa.worldkb_bench import split_of
+from rag.vlm.base import SemanticTags, two_way
+from rag.vlm.train import answer_span, display_answer, is_correct
+
+
+@pytest.fixture(scope="module")
+def records():
+    return load_records()
+
+
+@pytest.fixture(scope="module")
+def questions(records):
+    return list(iter_questions(records))
+
+
+def test_every_answer_is_in_the_section_that_answers_it(records, questions):
+    by_key = {r["key"]: r for r in records}
+    for q in questions:
+        sentence = answer_sentence(by_key[q.entity_key], TYPES[q.question_type])
+        assert sentence is not None and answer_span(sentence, q) is not None, q.data_id
+
+
+def test_known_answers(questions):
+    q = next(q for q in questions if q.data_id == "country:BTN|capital|train0")
+    assert q.answers == ["Thimphu"] and is_correct("Thimphu", q) and not is_correct("Kathmandu", q)
+    borders = next(q for q in questions if q.data_id == "country:BTN|borders|train0")
+    assert borders.multi_answer and display_answer(borders) == "China, India"
+    assert is_correct("China and India", borders) and not is_correct("Nepal", borders)
+    pop = next(q for q in questions if q.data_id == "country:BTN|population|train0")
+    assert is_correct("760,000", pop) and not is_correct("900000", pop)
+
+
+def test_splits_are_fixed_by_key_and_unseen_phrasings_differ(questions):
+    shares = Counter(entity_split(q.entity_key) for q in questions if q.question_type == "capital")
+    assert shares["unseen_entity"] > 0 and shares["calibration"] > 0 and shares["train"] > shares["unseen_entity"]
+    for t in TYPES.values():
+        assert not set(t.train) & set(t.unseen)
+    assert split_of("train", "train") == "seen" and split_of("train", "unseen") == "unseen_question"
+    assert split_of("unseen_entity", "train") == "unseen_entity" and split_of("calibration", "train") is None
+
+
+def test_semantic_tags_become_queries_and_two_way_is_a_softmax():
+    tags = SemanticTags(entity="Bhutan", category="country", attributes=["capital"])
+    assert tags.queries() == ["Bhutan capital", "country capital"]
+    assert SemanticTags().queries() == []
+    p = two_way(np.array([2.0, 0.0]), np.array([0.0, 0.0]))
+    assert p[0] == pytest.approx(np.exp(2) / (np.exp(2) + 1)) and p[1] == pytest.approx(0.5)
