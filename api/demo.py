@@ -36,8 +36,8 @@ def sample_image_queries(limit: int = 4) -> list[tuple[str, Path]]:
 def ensure_index(ref: ReferenceIndex, rebuild: bool = False) -> None:
     """Build each modality whose active index is missing, stale or made by another embedder."""
     counts = ref.store.stats()
-    wanted = {"text": (counts["sections"], ref.settings.text_embedder),
-              "image": (counts["images"], ref.settings.image_embedder)}
+    wanted = {"text": (counts["sections"], ref.text_embedder().fingerprint),
+              "image": (counts["images"], ref.image_embedder().fingerprint)}
     stale = [m for m, (n, emb) in wanted.items()
              if rebuild or (v := ref.store.active_index(m)) is None or v.count != n or v.embedder != emb]
     if stale:

@@ -49,7 +49,7 @@ class TextEmbedder:
     def __init__(self, name: str, device: str | None = None) -> None:
         from sentence_transformers import SentenceTransformer
 
-        self.name = name
+        self.name = self.fingerprint = name
         path = _resolve_sentence_model(name)
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         self.model = SentenceTransformer(str(path), device=_device(device))
@@ -76,6 +76,22 @@ def _resolve_sentence_model(name: str) -> str | Path:
     return name
 
 
+def _weights_id(pretrained: str | None) -> str:
+    """A short id of the weights: a file's content hash, a pretrained tag, or the random init."""
+    if pretrained is None:
+        return "random-seed0"
+    path = Path(pretrained)
+    if path.is_file():
+        import hashlib
+
+        digest = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+        return digest.hexdigest()[:12]
+    return pretrained
+
+
 class ImageEmbedder:
     """An open_clip model: images and texts into one L2-normalised space."""
 
@@ -99,6 +115,7 @@ class ImageEmbedder:
                         "(train them with `mmkb train clip`)", name)
             self.trained = False
             torch.manual_seed(0)
+        self.fingerprint = f"{spec}@{_weights_id(pretrained)}"  # what an index built with it records
         self.model, _, self.preprocess = open_clip.create_model_and_transforms(
             name, pretrained=pretrained, device=self.device)
         self.model.eval()

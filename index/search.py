@@ -104,8 +104,8 @@ class ReferenceIndex:
             index.tune(self.settings.target_recall)
         stamp = time.strftime("%Y%m%d-%H%M%S")
         rel = Path("indexes") / modality / f"{stamp}-{len(ids)}"
-        manifest = index.save(self.store.home / rel, embedder=embedder.name)
-        version = IndexVersion(modality=modality, embedder=embedder.name, kind=index.kind, count=len(ids),
+        manifest = index.save(self.store.home / rel, embedder=embedder.fingerprint)
+        version = IndexVersion(modality=modality, embedder=embedder.fingerprint, kind=index.kind, count=len(ids),
                                dim=index.dim, path=str(rel), checksum=_checksum(manifest, self.store.home / rel))
         self._loaded.pop(modality, None)
         return self.store.activate_index(version)
@@ -120,7 +120,7 @@ class ReferenceIndex:
         if cached and cached[0] == version.id:
             return cached[1]
         index = VectorIndex.load(self.store.home / version.path)
-        expected = (self.settings.text_embedder if modality == "text" else self.settings.image_embedder)
+        expected = (self.text_embedder() if modality == "text" else self.image_embedder()).fingerprint
         if version.embedder != expected:
             raise IndexNotBuiltError(f"the active {modality} index was built with {version.embedder!r} but "
                                      f"the configured embedder is {expected!r}: run `mmkb index build`")

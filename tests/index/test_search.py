@@ -49,8 +49,12 @@ def test_rebuild_keeps_the_old_version_for_rollback(ref):
     assert ref.search(text="Thimphu", k=1)[0].key == "country:BTN"
 
 
-def test_index_built_with_another_embedder_is_refused(ref, monkeypatch):
-    ref.build(["text"], show_progress=False)
-    monkeypatch.setattr(ref.settings, "text_embedder", "some-other-model")
-    with pytest.raises(IndexNotBuiltError, match="rebuild|mmkb index build"):
-        ref.vector_index("text")
+def test_index_built_with_other_weights_is_refused(ref, monkeypatch):
+    """Retrained weights under the same model name still make the old index stale."""
+    ref.build(["text", "image"], show_progress=False)
+    assert ref.store.active_index("image").embedder.startswith("mmkb-clip-tiny@")
+    other = type("Other", (), {"fingerprint": "mmkb-clip-tiny@0123456789ab"})()
+    monkeypatch.setattr(ref, "image_embedder", lambda: other)
+    ref._loaded.clear()
+    with pytest.raises(IndexNotBuiltError, match="mmkb index build"):
+        ref.vector_index("image")
