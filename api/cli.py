@@ -243,6 +243,19 @@ def demo(out: Optional[Path] = None, rebuild: bool = False) -> None:
     print(page)
 
 
+def _mount_generator() -> None:
+    """`mmkb generate`, `mmkb edit` and `mmkb train vae|dit|distill` live in api/generate_cli.py."""
+    from api import generate_cli as gen
+
+    app.command("generate")(gen.generate)
+    app.command("edit")(gen.edit)
+    for name, fn in (("vae", gen.vae), ("dit", gen.dit), ("distill", gen.distill)):
+        train_app.command(name)(fn)
+
+
+_mount_generator()
+
+
 def main() -> None:
     try:
         app()

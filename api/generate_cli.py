@@ -1,0 +1,104 @@
+"""`mmkb generate`, `mmkb edit` and `mmkb train vae|dit|distill`: typer sub-apps the main CLI mounts."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(help="Generate and edit images with mmkb's DiT.", no_args_is_help=True)
+train_app = typer.Typer(help="Train the generator: VAE, DiT, few-step distillation.", no_args_is_help=True)
+console = Console(stderr=True, soft_wrap=True)
+
+
+def _fail(message: str) -> None:
+    console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(2)
+
+
+def write_outputs(result, out: Path, stem: str = "sample") -> list[Path]:
+    """One PNG per image and a JSON sidecar beside each (the call's provenance + that image's seed)."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for img, seed in zip(result.images, result.provenance["seeds"]):
+        png = out / f"{stem}-{seed}.png"
+        img.save(png)
+        sidecar = {**result.provenance, "seed": seed, "file": png.name}
+        png.with_suffix(".json").write_text(json.dumps(sidecar, indent=2))
+        paths.append(png)
+    return paths
+
+
+def _run(prompt: str, refs: list[Path], image: Optional[Path], n: int, steps: Optional[int], seed: int, out: Path,
+         fast: bool, int8: bool, text_scale: Optional[float], ref_scale: Optional[float], model: Optional[str],
+         stem: str) -> None:
+    from generator.pipeline import GenerationPipeline
+
+    for p in refs + ([image] if image is not None else []):
+        if not p.is_file():
+            _fail(f"image not found: {p}")
+    if n < 1:
+        _fail(f"--n must be at least 1, got {n}")
+    try:
+        pipe = GenerationPipeline.from_pretrained(model, fast=fast, int8=int8)
+        result = pipe(prompt, refs=refs, image=image, n=n, steps=steps, seed=seed,
+                      text_scale=text_scale, ref_scale=ref_scale)
+    except (FileNotFoundError, ValueError) as err:
+        _fail(str(err))
+    paths = write_outputs(result, out, stem)
+    t = result.provenance["timings_ms"]
+    console.print(f"{len(paths)} image(s), {result.provenance['steps']} steps, {t['per_image']} ms/image → [bold]{out}[/]")
+    for p in paths:
+        print(p)
+
+
+@app.command("generate")
+def generate(prompt: Annotated[str, typer.Option(help="what to draw")],
+             ref: Annotated[Optional[list[Path]], typer.Option(help="reference image (repeat for up to 3)")] = None,
+             n: int = 1, steps: Optional[int] = None, seed: int = 0, out: Path = Path("outputs/generate"),
+             fast: Annotated[bool, typer.Option(help="few-step distilled model (default 4 steps)")] = False,
+             int8: Annotated[bool, typer.Option(help="int8 dynamic quantization of the DiT")] = False,
+             text_scale: Optional[float] = None, ref_scale: Optional[float] = None,
+             model: Annotated[Optional[str], typer.Option(help="checkpoint name or folder")] = None) -> None:
+    """Text-to-image, or generation from reference images (composition with 2–3 references)."""
+    _run(prompt, list(ref or []), None, n, steps, seed, out, fast, int8, text_scale, ref_scale, model, "sample")
+
+
+@app.command("edit")
+def edit(image: Annotated[Path, typer.Option(help="the image to edit")],
+         instruction: Annotated[str, typer.Option(help="e.g. 'change the background to green'")],
+         ref: Annotated[Optional[list[Path]], typer.Option(help="a second image, e.g. to swap in")] = None,
+         n: int = 1, steps: Optional[int] = None, seed: int = 0, out: Path = Path("outputs/edit"),
+         fast: bool = False, int8: bool = False, text_scale: Optional[float] = None,
+         ref_scale: Optional[float] = None, model: Optional[str] = None) -> None:
+    """Edit an image by instruction (background colour, move, swap with a second image)."""
+    _run(instruction, list(ref or []), image, n, steps, seed, out, fast, int8, text_scale, ref_scale, model, "edit")
+
+
+@train_app.command("vae")
+def vae(preset: str = "f8c16", minutes: float = 20.0, batch: int = 32, lr: float = 2e-3, threads: int = 1,
+        resume: bool = True) -> None:
+    """Train the VAE on composed worldkb scenes; resumes from runs/vae-<preset>/last.pt."""
+    from generator.train_vae import train_vae
+
+    console.print(f"checkpoint written to [bold]{train_vae(preset=preset, minutes=minutes, batch=batch, lr=lr, threads=threads, resume=resume)}[/]")
+
+
+@train_app.command("dit")
+def dit(preset: str = "small", minutes: float = 35.0, batch: int = 32, lr: float = 1e-3, threads: int = 1,
+        resume: bool = True) -> None:
+    """Train the DiT with rectified flow on all tasks; resumes from runs/dit-<preset>/last.pt."""
+    from generator.train_dit import train_dit
+
+    console.print(f"checkpoint written to [bold]{train_dit(preset=preset, minutes=minutes, batch=batch, lr=lr, threads=threads, resume=resume)}[/]")
+
+
+@train_app.command("distill")
+def distill(teacher: str = "dit-small", minutes: float = 12.0, batch: int = 32, text_scale: float = 3.0,
+            ref_scale: float = 1.5, threads: int = 1, resume: bool = True) -> None:
+    """Distill the DiT into a few-step shortcut model with guidance baked in."""
+    from generator.distill import distill as run
+
+    console.print(f"checkpoint written to [bold]{run(teacher=teacher, minutes=minutes, batch=batch, text_scale=text_scale, ref_scale=ref_scale, threads=threads, resume=resume)}[/]")

@@ -1,0 +1,106 @@
+"""Train the generator's VAE on composed worldkb scenes and references (L1 + L2 + small KL)."""
+from __future__ import annotations
+
+import math
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from generator.checkpoint import CHECKPOINTS, RUNS, save_state, save_weights
+from generator.metrics import psnr, ssim
+from generator.scenes import Image, SceneSampler, reference_image, to_tensor
+from generator.vae import VAE, VAE_PRESETS, kl_divergence
+
+
+def vae_batch(sampler: SceneSampler, n: int) -> torch.Tensor:
+    """Scenes, plus 2x2 tiles of 32x32 references (a quarter of the batch) so references encode well."""
+    out = []
+    for i in range(n):
+        if i % 4 == 3:
+            tile = Image.new("RGB", (64, 64))
+            for j in range(4):
+                tile.paste(reference_image(sampler.asset().path), ((j % 2) * 32, (j // 2) * 32))
+            out.append(to_tensor(tile))
+        else:
+            out.append(to_tensor(sampler.sample().target()))
+    return torch.from_numpy(np.stack(out))
+
+
+@torch.no_grad()
+def evaluate_vae(vae: VAE, n: int = 256, seed: int = 123) -> dict:
+    """Reconstruction PSNR/SSIM on scenes of held-out entities."""
+    vae.eval()
+    x = vae_batch(SceneSampler(held_out=True, seed=seed), n)
+    y = torch.cat([vae.decode(vae.encode(x[i:i + 64])) for i in range(0, n, 64)])
+    return {"psnr_db": round(psnr(y, x), 2), "ssim": round(ssim(y, x), 4), "images": n}
+
+
+@torch.no_grad()
+def latent_stats(vae: VAE, n: int = 512) -> tuple[float, float]:
+    x = vae_batch(SceneSampler(seed=7), n)
+    m = torch.cat([vae.posterior(x[i:i + 64])[0] for i in range(0, n, 64)])
+    return float(m.mean()), float(m.std())
+
+
+def train_vae(preset: str = "f8c16", minutes: float = 20.0, batch: int = 16, lr: float = 2e-3,
+              kl_weight: float = 1e-4, name: str | None = None, threads: int = 1, resume: bool = True,
+              out: Path | None = None) -> Path:
+    torch.set_num_threads(threads)
+    name = name or f"vae-{preset}"
+    run, out = RUNS / name, out or CHECKPOINTS / name
+    cfg = VAE_PRESETS[preset]
+    vae = VAE(cfg)
+    opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
+    step, elapsed, seed = 0, 0.0, 0
+    if resume and (run / "last.pt").is_file():
+        st = torch.load(run / "last.pt", weights_only=False)
+        vae.load_state_dict(st["model"]); opt.load_state_dict(st["opt"])
+        step, elapsed, seed = st["step"], st["elapsed"], st["step"]
+        torch.set_rng_state(st["torch_rng"])
+        print(f"resumed {name} at step {step} ({elapsed / 60:.1f} min)")
+    sampler = SceneSampler(seed=seed)  # reseeded by step on resume: data differs, distribution same
+    budget, t0, last_save = minutes * 60, time.time() - elapsed, time.time()
+    bar = tqdm(desc=f"train vae {preset}", unit="step", initial=step, mininterval=10)
+    vae.train()
+    while (elapsed := time.time() - t0) < budget:
+        frac = elapsed / budget
+        for g in opt.param_groups:  # warmup then cosine, by wall time so a resume continues the schedule
+            g["lr"] = lr * min(1.0, step / 200) * 0.5 * (1 + math.cos(math.pi * frac))
+        x = vae_batch(sampler, batch)
+        rec, mean, logvar = vae(x)
+        l1, l2 = (rec - x).abs().mean(), (rec - x).pow(2).mean()
+        loss = l1 + l2 + kl_weight * kl_divergence(mean, logvar)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        step += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.4f}", l1=f"{l1.item():.4f}", min=f"{elapsed / 60:.1f}", refresh=False)
+        if time.time() - last_save > 120:
+            save_state({"model": vae.state_dict(), "opt": opt.state_dict(), "step": step, "elapsed": elapsed,
+                        "torch_rng": torch.get_rng_state(), "preset": preset}, run / "last.pt")
+            last_save = time.time()
+    bar.close()
+    save_state({"model": vae.state_dict(), "opt": opt.state_dict(), "step": step, "elapsed": elapsed,
+                "torch_rng": torch.get_rng_state(), "preset": preset}, run / "last.pt")
+    vae.eval()
+    shift, scale = latent_stats(vae)
+    vae.cfg.shift, vae.cfg.scale = shift, scale
+    metrics = evaluate_vae(vae)
+    card = (f"# {name}\n\nConvolutional VAE `{preset}` ({sum(p.numel() for p in vae.parameters()) / 1e6:.2f}M params), "
+            f"{cfg.factor}x down, {cfg.latent_channels} latent channels.\n\n"
+            f"- data: worldkb scenes from generator/scenes.py (seen entities) + 2x2 tiles of references\n"
+            f"- steps: {step} x batch {batch}, {elapsed / 60:.1f} min on 2 shared CPU cores ({threads} thread)\n"
+            f"- loss: L1 + L2 + {kl_weight} KL; AdamW lr {lr}, cosine by wall time\n"
+            f"- latent shift {shift:.4f}, scale {scale:.4f}\n"
+            f"- held-out-entity scenes (n={metrics['images']}): PSNR {metrics['psnr_db']} dB, SSIM {metrics['ssim']}\n"
+            f"- command: `mmkb train vae --preset {preset} --minutes {minutes} --batch {batch}`\n")
+    save_weights(vae, {"kind": "vae", "preset": preset, **vae.cfg.to_dict(), "metrics": metrics,
+                       "steps": step, "minutes": round(elapsed / 60, 1)}, out, card)
+    print(f"{name}: {metrics} → {out}")
+    return out

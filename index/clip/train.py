@@ -1,0 +1,426 @@
+"""Contrastive training of mmkb's open_clip embedder on worldkb (`mmkb train clip`).
+
+Each step samples a batch of distinct entities. Every entity contributes two views, often
+of different renderings (Google vs Twitter emoji; svg-country-flags flag vs the flag emoji):
+a reference-like one (clean or barely changed, as the index holds it) and a query-like one
+(heavily augmented, as a photo would show it), and one of its captions. The loss is the symmetric InfoNCE of CLIP (Radford et
+al. 2021, arXiv 2103.00020) between the two views (image↔image, as in SimCLR, Chen et al.
+2020, arXiv 2002.05709), plus, weighted by `text_weight`, between each view and the caption
+(image↔text), plus InfoNCE of each view against a learned proxy of every training entity
+(NormFace, Wang et al. 2017, arXiv 1704.06369), which makes every step informative about
+all entities; each term has its own learnable temperature. Half of every batch is drawn
+from a few look-alike groups (an emoji subcategory, the countries) as hard negatives.
+
+The run keeps a full training state in `run_dir/last.pt`, saved every few minutes and
+resumed automatically; the learning rate follows the larger of step and time progress, so a
+run that is stopped by `minutes` still ends its cosine schedule. The result is exported as
+fp16 safetensors that `open_clip.create_model_and_transforms(config, pretrained=...)` loads.
+
+    python -m index.clip.train --minutes 45
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import shlex
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from index.clip import CHECKPOINT_DIR, register_configs
+from index.clip.augment import augment, augment_light, distort
+from index.clip.data import HELD_OUT_FRACTION, Entity, load_entities, load_image, split
+from index.embedders import open_rgb
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a run besides the model config (saved with the checkpoint)."""
+
+    config: str = "mmkb-clip-tiny"
+    steps: int = 3000
+    minutes: float = 45.0
+    batch_size: int = 256
+    lr: float = 2e-3
+    weight_decay: float = 0.1
+    warmup: float = 0.04  # fraction of the run
+    text_weight: float = 0.5
+    text_batch: int = 96  # captions per step (the first entities of the shuffled batch)
+    proxy_weight: float = 1.0
+    hard_negative_fraction: float = 0.5
+    cross_rendering: float = 0.8  # chance the two views come from different renderings
+    seed: int = 0
+    max_entities: int | None = None  # train on the first N entities only (tests)
+
+
+# --- data ---------------------------------------------------------------------------------
+
+class Batches(torch.utils.data.IterableDataset):
+    """Training batches from `start` on; batch `i` depends only on (seed, i), so resuming
+    continues the same sequence."""
+
+    def __init__(self, entities: list[Entity], tokens: list[torch.Tensor], preprocess, cfg: TrainConfig,
+                 start: int) -> None:
+        self.entities, self.tokens, self.preprocess, self.cfg, self.start = entities, tokens, preprocess, cfg, start
+        groups: dict[str, list[int]] = {}
+        for i, e in enumerate(entities):
+            groups.setdefault(e.group, []).append(i)
+        self.groups = [g for g in groups.values() if len(g) >= 2]
+
+    def _members(self, rng: np.random.Generator) -> np.ndarray:
+        n, b = len(self.entities), min(self.cfg.batch_size, len(self.entities))
+        chosen: list[int] = []
+        want = int(b * self.cfg.hard_negative_fraction)
+        while len(chosen) < want and self.groups:
+            group = self.groups[int(rng.integers(len(self.groups)))]
+            chosen += [int(i) for i in rng.permutation(group)[:want - len(chosen)]]
+            chosen = list(dict.fromkeys(chosen))
+        rest = np.setdiff1d(np.arange(n), chosen)
+        return np.concatenate([np.array(chosen, int), rng.choice(rest, b - len(chosen), replace=False)])
+
+    def _view(self, path: Path, rng: np.random.Generator, distractors: list | None) -> torch.Tensor:
+        img = load_image(path)
+        return self.preprocess(open_rgb(augment_light(img, rng) if distractors is None
+                                        else augment(img, rng, distractors)))
+
+    def batch(self, step: int) -> dict[str, torch.Tensor]:
+        rng = np.random.default_rng([self.cfg.seed, step])
+        members = rng.permutation(self._members(rng))
+        a, b, texts = [], [], []
+        for i in members:
+            e = self.entities[i]
+            first = int(rng.integers(len(e.images)))
+            second = first
+            if len(e.images) > 1 and rng.random() < self.cfg.cross_rendering:
+                second = (first + 1 + int(rng.integers(len(e.images) - 1))) % len(e.images)
+            others = [load_image(self.entities[j].images[0]) for j in rng.choice(members, 2)]
+            a.append(self._view(e.images[first], rng, None))  # like the index: clean references
+            b.append(self._view(e.images[second], rng, others))
+            if len(texts) < self.cfg.text_batch:
+                texts.append(self.tokens[i][int(rng.integers(len(self.tokens[i])))])
+        return {"a": torch.stack(a), "b": torch.stack(b), "text": torch.stack(texts),
+                "entity": torch.as_tensor(members)}
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        step = self.start
+        while True:
+            yield self.batch(step)
+            step += 1
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)
+
+
+# --- evaluation during training -------------------------------------------------------------
+
+@torch.inference_mode()
+def _embed(model, preprocess, images: list, batch: int = 256) -> torch.Tensor:
+    out = []
+    for i in range(0, len(images), batch):
+        x = torch.stack([preprocess(open_rgb(im)) for im in images[i:i + batch]])
+        out.append(F.normalize(model.encode_image(x).float(), dim=-1))
+    return torch.cat(out)
+
+
+def validate(model, preprocess, held_out: list[Entity], countries: list[Entity], seed: int = 1234) -> dict[str, float]:
+    """Recall@1 on distorted ("mixed") renderings: held-out emoji across vendors, and
+    country flags from the Twitter flag emoji to the svg-country-flags flag."""
+    was_training = model.training
+    model.eval()
+
+    def recall(index_paths: list[Path], query_paths: list[Path]) -> float:
+        rng = np.random.default_rng(seed)
+        queries = [distort(load_image(p), "mixed", rng) for p in query_paths]
+        sims = _embed(model, preprocess, queries) @ _embed(model, preprocess, [load_image(p) for p in index_paths]).T
+        return float((sims.argmax(1) == torch.arange(len(query_paths))).float().mean())
+
+    def style(e: Entity, name: str) -> Path:
+        return e.images[e.styles.index(name)]
+
+    metrics = {}
+    if held_out:
+        g2t = recall([style(e, "emoji-google") for e in held_out], [style(e, "emoji-twitter") for e in held_out])
+        t2g = recall([style(e, "emoji-twitter") for e in held_out], [style(e, "emoji-google") for e in held_out])
+        metrics["val_emoji_r1"] = (g2t + t2g) / 2
+    if countries:
+        metrics["val_flag_r1"] = recall([style(e, "flag") for e in countries],
+                                        [style(e, "emoji-twitter") for e in countries])
+    model.train(was_training)
+    return metrics
+
+
+# --- training -------------------------------------------------------------------------------
+
+def _info_nce(x: torch.Tensor, y: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE over matching rows of two normalised batches (CLIP's loss)."""
+    logits = log_scale.exp().clamp(max=100) * x @ y.T
+    target = torch.arange(len(x))
+    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+
+
+class ContrastiveObjective(torch.nn.Module):
+    """The CLIP model plus what only training needs (not exported): an image↔image
+    temperature and one learned proxy vector per training entity."""
+
+    def __init__(self, model: torch.nn.Module, entities: int, dim: int) -> None:
+        super().__init__()
+        self.model = model
+        self.image_logit_scale = torch.nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+        self.proxy_logit_scale = torch.nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+        self.proxies = torch.nn.Parameter(0.1 * torch.randn(entities, dim))
+
+    def forward(self, batch: dict, cfg: TrainConfig) -> dict:
+        both = torch.cat([batch["a"], batch["b"]]).contiguous(memory_format=torch.channels_last)
+        images = self.model.encode_image(both, normalize=True)
+        fa, fb = images.chunk(2)
+        ft = self.model.encode_text(batch["text"], normalize=True)
+        image = _info_nce(fa, fb, self.image_logit_scale)
+        n = len(ft)  # captions for the first n entities only: the text tower is a quarter of the cost
+        caption = (_info_nce(fa[:n], ft, self.model.logit_scale) + _info_nce(fb[:n], ft, self.model.logit_scale)) / 2
+        # InfoNCE against every training entity at once, through its proxy (NormFace/ProxyNCA):
+        # each view gets a gradient from all entities every step, not only the batch's.
+        logits = self.proxy_logit_scale.exp().clamp(max=100) * images @ F.normalize(self.proxies, dim=-1).T
+        proxy = F.cross_entropy(logits, batch["entity"].repeat(2))
+        loss = image + cfg.text_weight * caption + cfg.proxy_weight * proxy
+        return {"loss": loss, "image": image.detach(), "text": caption.detach(), "proxy": proxy.detach()}
+
+
+def _param_groups(module: torch.nn.Module, weight_decay: float) -> list[dict]:
+    decay, rest, proxies = [], [], []
+    for name, p in module.named_parameters():
+        if name == "proxies":
+            proxies.append(p)
+            continue
+        # Matrices and kernels decay; norms, biases, embeddings and temperatures do not.
+        no_decay = p.ndim < 2 or "embedding" in name or "logit_scale" in name
+        (rest if no_decay else decay).append(p)
+    # Proxies only get a gradient when their entity is in the batch: they learn 10x faster.
+    return [{"params": decay, "weight_decay": weight_decay, "lr_scale": 1.0},
+            {"params": rest, "weight_decay": 0.0, "lr_scale": 1.0},
+            {"params": proxies, "weight_decay": 0.0, "lr_scale": 10.0}]
+
+
+def _lr(cfg: TrainConfig, progress: float) -> float:
+    if progress < cfg.warmup:
+        return cfg.lr * max(progress / cfg.warmup, 0.01)
+    t = (progress - cfg.warmup) / max(1 - cfg.warmup, 1e-8)
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+
+
+def export(model: torch.nn.Module, model_cfg: dict, cfg: TrainConfig, out: Path, summary: dict) -> Path:
+    """fp16 safetensors + config.json + MODEL_CARD.md under `out`."""
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: (v.half() if v.is_floating_point() else v).contiguous()
+             for k, v in model.state_dict().items()}
+    path = out / "open_clip_model.safetensors"
+    save_file(state, str(path), metadata={"format": "pt", "config": cfg.config})
+    (out / "config.json").write_text(json.dumps({"model_cfg": model_cfg, "train_cfg": asdict(cfg),
+                                                 "summary": summary}, indent=2) + "\n")
+    (out / "MODEL_CARD.md").write_text(_model_card(model_cfg, cfg, summary, path))
+    return path
+
+
+def _model_card(model_cfg: dict, cfg: TrainConfig, s: dict, path: Path) -> str:
+    size_mb = path.stat().st_size / 1e6
+    metrics = "\n".join(f"| {k} | {v:.3f} |" for k, v in s.get("metrics", {}).items())
+    return f"""# {cfg.config}
+
+An open_clip model (ModifiedResNet image tower, transformer text tower) trained from
+scratch by mmkb on its starter KB, worldkb. It embeds images and texts into one
+{model_cfg['embed_dim']}-dimensional space for entity recognition (which country's flag,
+which emoji) and text→image search over the KB.
+
+- Parameters: {s['params'] / 1e6:.2f} M ({s['params_visual'] / 1e6:.2f} M image tower); weights fp16,
+  {size_mb:.1f} MB; input {model_cfg['vision_cfg']['image_size']} px (open_clip's default
+  preprocessing: resize the short side, centre crop).
+- Load: `index.clip.register_configs(); open_clip.create_model_and_transforms("{cfg.config}",
+  pretrained="{path.name}")`, or `index.embedders.load_image_embedder("{cfg.config}")`.
+
+## Data
+
+worldkb (`index/worldkb/data/manifest.jsonl`): 250 countries (the svg-country-flags flag,
+public domain, and the Google (Apache-2.0) and Twitter (CC-BY-4.0) flag emoji) and 1620
+emoji (Google and Twitter renderings). Captions are built from each entity's manifest
+record: its name, aliases, category and OpenMoji keywords (CC-BY-SA-4.0), a short description.
+
+Held out: {s['held_out']} emoji entities, a fixed {HELD_OUT_FRACTION:.0%} chosen by a hash of the key
+(`index.clip.data.is_held_out`), are never trained on; all countries are. Trained on
+{s['trained_entities']} entities. flag-icons and OpenMoji images (the benchmark queries,
+`index/worldkb/queries/`) are never used in training.
+
+## Training
+
+Two views per entity, from different renderings with probability {cfg.cross_rendering}: a
+reference-like one (clean, or a slight crop/rotation/exposure change) and a query-like one
+(perspective, rotation, crop/zoom, occlusion, clutter and random backgrounds, blur, noise,
+JPEG, mild brightness/contrast; `index/clip/augment.py`). Loss: symmetric InfoNCE
+image↔image + {cfg.text_weight} × image↔caption + {cfg.proxy_weight} × image↔entity proxies
+(one learned vector per training entity, dropped at export), learnable temperatures; half of
+each batch from look-alike groups (emoji subcategory, countries) as hard negatives.
+AdamW (lr {cfg.lr}, weight decay {cfg.weight_decay}, warm-up then cosine), batch
+{cfg.batch_size} entities, fp32, seed {cfg.seed}.
+
+- Steps: {s['step']} ({s['step'] * cfg.batch_size * 2} augmented images)
+- Time: {s['elapsed_s'] / 60:.1f} min on {s['machine']}
+- Command: `{s['command']}`
+
+## Validation at the end of training
+
+Recall@1 on "mixed"-distorted renderings: `val_emoji_r1` = held-out emoji, Twitter → Google
+and Google → Twitter among the held-out set; `val_flag_r1` = Twitter flag emoji →
+svg-country-flags flags of the 250 countries (entities seen in training, renderings paired).
+See `benchmarks/results/entity_recognition.md` for the full benchmark.
+
+| metric | value |
+|---|---|
+{metrics}
+"""
+
+
+def train_clip(minutes: float = 45.0, steps: int = 3000, config: str = "mmkb-clip-tiny",
+               out: str | Path | None = None, resume: bool = True, run_dir: str | Path = "runs/clip",
+               batch_size: int = 256, lr: float = 2e-3, seed: int = 0, workers: int = 1, threads: int = 1,
+               save_minutes: float = 3.0, eval_minutes: float = 5.0, max_entities: int | None = None,
+               progress: bool = True) -> dict:
+    """Train `config` on worldkb for at most `steps` steps or `minutes` minutes, then export it
+    to `out` (default: index/clip/checkpoints/<config>). Returns the run summary."""
+    import open_clip
+
+    register_configs()
+    # One compute thread plus one data worker: on a shared 2-core machine a second OpenMP
+    # thread that gets descheduled stalls every kernel (measured 2.5x slower than one thread).
+    torch.set_num_threads(threads)
+    cfg = TrainConfig(config=config, steps=steps, minutes=minutes, batch_size=batch_size, lr=lr, seed=seed,
+                      max_entities=max_entities)
+    out = Path(out) if out else CHECKPOINT_DIR / config
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    state_path = run_dir / "last.pt"
+
+    torch.manual_seed(seed)
+    model, _, preprocess = open_clip.create_model_and_transforms(config)
+    model_cfg = open_clip.get_model_config(config)
+    model = model.to(memory_format=torch.channels_last)  # ~1.3x faster convolutions on CPU
+    tokenizer = open_clip.get_tokenizer(config)
+
+    entities = load_entities()
+    train_set, held_out = split(entities)
+    if max_entities:
+        train_set, held_out = train_set[:max_entities], held_out[:max_entities]
+    countries = [e for e in train_set if e.kind == "country"]
+    tokens = [tokenizer(list(e.texts)) for e in train_set]
+
+    objective = ContrastiveObjective(model, len(train_set), model_cfg["embed_dim"])
+    optimizer = torch.optim.AdamW(_param_groups(objective, cfg.weight_decay), lr=lr, betas=(0.9, 0.98), eps=1e-6)
+
+    step, elapsed, history, metrics = 0, 0.0, [], {}
+    if resume and state_path.exists():
+        state = torch.load(state_path, map_location="cpu", weights_only=False)
+        if state["train_cfg"]["config"] == config and state["model_cfg"] == model_cfg \
+                and state["objective"]["proxies"].shape == objective.proxies.shape:
+            objective.load_state_dict(state["objective"])
+            optimizer.load_state_dict(state["optimizer"])
+            step, elapsed, history, metrics = state["step"], state["elapsed"], state["history"], state["metrics"]
+            print(f"resumed {state_path} at step {step} ({elapsed / 60:.1f} min)", file=sys.stderr)
+        else:
+            print(f"{state_path} is from another configuration: starting afresh", file=sys.stderr)
+
+    def save() -> None:
+        tmp = state_path.with_suffix(".tmp")
+        torch.save({"objective": objective.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                    "elapsed": elapsed, "history": history, "metrics": metrics, "train_cfg": asdict(cfg),
+                    "model_cfg": model_cfg}, tmp)
+        tmp.replace(state_path)
+
+    def progress_of() -> float:
+        return max(step / steps, elapsed / (minutes * 60))
+
+    loader = torch.utils.data.DataLoader(Batches(train_set, tokens, preprocess, cfg, step), batch_size=None,
+                                         num_workers=workers, worker_init_fn=_worker_init if workers else None,
+                                         prefetch_factor=2 if workers else None, persistent_workers=False)
+    objective.train()
+    bar = tqdm(total=steps, initial=step, desc=f"train {config}", disable=not progress, dynamic_ncols=True)
+    last_save = last_eval = time.time()
+    tick = time.time()
+    batches = iter(loader)
+    while progress_of() < 1:
+        batch = next(batches)
+        for group in optimizer.param_groups:
+            group["lr"] = _lr(cfg, progress_of()) * group["lr_scale"]
+        losses = objective(batch, cfg)
+        optimizer.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        optimizer.step()
+        step += 1
+        now = time.time()
+        elapsed += now - tick
+        tick = now
+        record = {"step": step, "elapsed": round(elapsed, 1), "lr": optimizer.param_groups[0]["lr"],
+                  **{k: round(float(v.detach()), 4) for k, v in losses.items()}}
+        if now - last_eval > eval_minutes * 60:
+            metrics = validate(model, preprocess, held_out, countries)
+            record.update(metrics)
+            last_eval = time.time()
+        history.append(record)
+        bar.update(1)
+        bar.set_postfix(loss=f"{record['loss']:.3f}", img=f"{record['image']:.3f}", txt=f"{record['text']:.3f}",
+                        proxy=f"{record['proxy']:.3f}",
+                        **{k.removeprefix("val_"): f"{v:.3f}" for k, v in metrics.items()})
+        if now - last_save > save_minutes * 60:
+            save()
+            last_save = time.time()
+        tick = time.time()  # evaluation and saving do not count as training time
+    bar.close()
+    del batches, loader
+
+    metrics = validate(model, preprocess, held_out, countries)
+    save()
+    model.eval()
+    summary = {"step": step, "elapsed_s": round(elapsed, 1), "metrics": metrics,
+               "final_loss": float(np.mean([h["loss"] for h in history[-20:]])) if history else None,
+               "params": sum(p.numel() for p in model.parameters()),
+               "params_visual": sum(p.numel() for p in model.visual.parameters()),
+               "trained_entities": len(train_set), "held_out": len(held_out),
+               "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads",
+               "command": "python -m index.clip.train " + " ".join(map(shlex.quote, sys.argv[1:]))
+               if sys.argv and sys.argv[0].endswith("train.py") else f"train_clip(minutes={minutes}, steps={steps})",
+               "first_loss": history[0]["loss"] if history else None}
+    path = export(model, model_cfg, cfg, out, summary)
+    print(f"exported {path} (step {step}, {elapsed / 60:.1f} min, {metrics}); training state in {state_path}")
+    return {**summary, "history": history, "path": str(path)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m index.clip.train", description=train_clip.__doc__)
+    p.add_argument("--minutes", type=float, default=45.0)
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--config", default="mmkb-clip-tiny")
+    p.add_argument("--out", default=None, help="export folder (default: index/clip/checkpoints/<config>)")
+    p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--run-dir", default="runs/clip")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--max-entities", type=int, default=None)
+    args = p.parse_args(argv)
+    train_clip(minutes=args.minutes, steps=args.steps, config=args.config, out=args.out, resume=args.resume,
+               run_dir=args.run_dir, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+               workers=args.workers, threads=args.threads, max_entities=args.max_entities)
+
+
+if __name__ == "__main__":
+    main()

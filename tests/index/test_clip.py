@@ -1,0 +1,109 @@
+"""The embedder's augmentations, trainer, export and the shipped checkpoint."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from index.clip import CHECKPOINT_DIR, register_configs, shipped_checkpoint
+from index.clip.augment import DISTORTIONS, augment, distort
+from index.clip.data import is_held_out, load_entities, split
+from index.worldkb import DATA_DIR
+from index.worldkb.build_queries import QUERY_DIR
+
+FLAG = DATA_DIR / "images" / "flags" / "BTN.png"
+EMOJI = DATA_DIR / "images" / "emoji" / "1F600-google.png"
+TINY = {"embed_dim": 32,
+        "vision_cfg": {"image_size": 32, "layers": [1, 1, 1, 1], "width": 8},
+        "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1}}
+
+
+@pytest.fixture(scope="module")
+def tiny_config(tmp_path_factory) -> str:
+    import open_clip
+
+    folder = tmp_path_factory.mktemp("configs")
+    (folder / "mmkb-clip-test.json").write_text(json.dumps(TINY))
+    open_clip.add_model_config(folder)
+    return "mmkb-clip-test"
+
+
+@pytest.mark.parametrize("name", DISTORTIONS)
+@pytest.mark.parametrize("path", [FLAG, EMOJI])
+def test_distortions_keep_size_and_mode_and_are_deterministic(name, path):
+    img = Image.open(path)
+    a = distort(img, name, np.random.default_rng(7))
+    b = distort(img, name, np.random.default_rng(7))
+    assert (a.size, a.mode) == (img.size, img.mode)
+    assert np.array_equal(np.asarray(a), np.asarray(b))
+    if name != "clean":
+        assert not np.array_equal(np.asarray(a), np.asarray(img))
+
+
+def test_augment_is_deterministic_per_seed_and_varies_across_seeds():
+    img = Image.open(EMOJI)
+    views = [np.asarray(augment(img, np.random.default_rng(s), [img])) for s in (1, 1, 2)]
+    assert views[0].shape == np.asarray(img).shape
+    assert np.array_equal(views[0], views[1]) and not np.array_equal(views[0], views[2])
+
+
+def test_unknown_distortion_is_an_error():
+    with pytest.raises(ValueError, match="unknown distortion"):
+        distort(Image.open(FLAG), "sepia", np.random.default_rng(0))
+
+
+def test_held_out_split_is_a_stable_fifth_of_the_emoji():
+    train, held = split(load_entities())
+    emoji = [e for e in train + held if e.kind == "emoji"]
+    assert all(e.kind == "emoji" for e in held)
+    assert 0.15 < len(held) / len(emoji) < 0.25
+    assert is_held_out(held[0].key) and not is_held_out("country:BTN")
+
+
+def test_training_lowers_the_loss_and_exports_a_loadable_fp16_checkpoint(tmp_path, tiny_config):
+    import open_clip
+    from safetensors.torch import load_file
+
+    from index.clip.train import train_clip
+
+    summary = train_clip(minutes=5, steps=25, config=tiny_config, out=tmp_path / "ckpt", run_dir=tmp_path / "run",
+                         batch_size=16, lr=3e-3, max_entities=16, workers=0, progress=False)
+    losses = [h["loss"] for h in summary["history"]]
+    assert summary["step"] == 25
+    assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.3
+
+    path = tmp_path / "ckpt" / "open_clip_model.safetensors"
+    assert {t.dtype for t in load_file(str(path)).values() if t.is_floating_point()} == {torch.float16}
+    model, _, preprocess = open_clip.create_model_and_transforms(tiny_config, pretrained=str(path))
+    trained = {k: v.float() for k, v in load_file(str(path)).items()}
+    assert torch.equal(model.state_dict()["visual.conv1.weight"], trained["visual.conv1.weight"])
+    card = (tmp_path / "ckpt" / "MODEL_CARD.md").read_text()
+    assert "Held out" in card and json.loads((tmp_path / "ckpt" / "config.json").read_text())["model_cfg"] == TINY
+
+
+def test_training_resumes_from_its_saved_state(tmp_path, tiny_config):
+    from index.clip.train import train_clip
+
+    kw = dict(minutes=5, config=tiny_config, out=tmp_path / "ckpt", run_dir=tmp_path / "run", batch_size=8,
+              max_entities=8, workers=0, progress=False)
+    train_clip(steps=3, **kw)
+    resumed = train_clip(steps=5, **kw)
+    assert [h["step"] for h in resumed["history"]] == [1, 2, 3, 4, 5]
+
+
+@pytest.mark.skipif(shipped_checkpoint("mmkb-clip-tiny") is None, reason="no shipped checkpoint")
+def test_shipped_embedder_recognises_a_flag_icons_flag():
+    from index.embedders import load_image_embedder
+
+    register_configs()
+    emb = load_image_embedder("mmkb-clip-tiny", "cpu")
+    assert emb.trained
+    flags = sorted((DATA_DIR / "images" / "flags").glob("*.png"))
+    vecs = emb.encode_images(flags)
+    query = emb.encode_images([QUERY_DIR / "flags" / "bt.png"])[0]
+    best = flags[int(np.argmax(vecs @ query))]
+    assert best.name.split("-")[0].removesuffix(".png") == "BTN"
+    assert (CHECKPOINT_DIR / "mmkb-clip-tiny" / "MODEL_CARD.md").exists()
