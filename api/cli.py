@@ -197,7 +197,7 @@ def ask(image: Path, question: str, mode: str = "mmkb-rag", ret: bool = True, sr
     if out.retrieved:
         for c in out.citations:
             rel = f" P(Rel)={c.relevance:.2f}" if c.relevance is not None else ""
-            Console().print(f"  [{c.entity_key} · section {c.document_id}]{rel} {c.text}")
+            Console().print(f"  [{c.entity_key} · section {c.document_id}]{rel} {c.text}", markup=False)
     else:
         how = f"P([Ret])={out.p_ret:.2f} < γ" if out.p_ret is not None else "no retrieval"
         Console().print(f"  answered without retrieval ({how})")
