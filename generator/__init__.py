@@ -1,1 +1,4 @@
 """Seedream-4.0-style generator (arXiv 2509.20427): VAE + multi-image-conditioned DiT."""
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # why: index/__init__.py
