@@ -77,6 +77,7 @@ def index_build(modality: Annotated[list[str], typer.Option(help="text and/or im
 def index_search(text: Optional[str] = None, image: Optional[Path] = None,
                  k: Annotated[int, typer.Option("-k", "--k")] = 10,
                  kind: Annotated[Optional[list[str]], typer.Option(help="only these entity kinds")] = None,
+                 clip_text: Annotated[bool, typer.Option(help="also match --text against the images (CLIP text tower)")] = False,
                  as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Entities matching a text and/or image query."""
     from index.search import IndexNotBuiltError, ReferenceIndex
@@ -86,7 +87,7 @@ def index_search(text: Optional[str] = None, image: Optional[Path] = None,
     if image is not None and not image.is_file():
         _fail(f"image not found: {image}")
     try:
-        hits = ReferenceIndex.from_settings().search(text=text, image=image, k=k, kinds=kind)
+        hits = ReferenceIndex.from_settings().search(text=text, image=image, k=k, kinds=kind, text_to_image=clip_text)
     except IndexNotBuiltError as err:
         _fail(str(err))
     if as_json:

@@ -129,8 +129,12 @@ class ReferenceIndex:
 
     def search(self, text: str | None = None, image: PILImage.Image | str | Path | None = None, k: int = 10,
                kinds: Sequence[str] | None = None, keys: Sequence[str] | None = None,
-               per_modality: int | None = None) -> list[EntityHit]:
-        """Entities matching a text and/or an image query, best first."""
+               per_modality: int | None = None, text_to_image: bool = False) -> list[EntityHit]:
+        """Entities matching a text and/or an image query, best first.
+
+        A text query searches the sections; with `text_to_image` it also searches the images through
+        the CLIP text tower (off by default: its cosines run on another scale than MiniLM's, so a
+        sum would let weak image matches outrank an exact passage)."""
         if text is None and image is None:
             raise ValueError("give a text or an image query")
         fetch = per_modality or max(4 * k, 20)
@@ -138,8 +142,8 @@ class ReferenceIndex:
         if text is not None:
             q = self.text_embedder().encode([text])
             self._collect("text", q, fetch, kinds, keys, hits)
-            embedder = self.image_embedder()
-            if embedder.trained and self.store.active_index("image") is not None:
+            embedder = self.image_embedder() if text_to_image else None
+            if embedder is not None and self.store.active_index("image") is not None:
                 self._collect("image", embedder.encode_texts([text]), fetch, kinds, keys, hits)
         if image is not None:
             q = self.image_embedder().encode_images([image])

@@ -26,13 +26,15 @@ def test_search_before_build_says_what_to_run(ref):
 def test_text_search_finds_the_entity_whose_document_answers(ref):
     ref.build(["text"], show_progress=False)
     hits = ref.search(text="Thimphu", k=3)
-    assert hits[0].key == "country:BTN"
+    assert hits[0].key == "country:BTN" and set(hits[0].scores) == {"text"}
     assert "Thimphu" in hits[0].matches[0].text
     assert ref.search(text="Kathmandu", k=1)[0].key == "country:NPL"
 
 
 def test_image_search_returns_entities_and_kind_filter_applies(ref, tiny_kb):
     ref.build(["text", "image"], show_progress=False)
+    both = ref.search(text="Thimphu", k=3, text_to_image=True)
+    assert all(set(h.scores) <= {"text", "image"} for h in both) and any("image" in h.scores for h in both)
     hits = ref.search(image=tiny_kb / "images" / "npl.png", k=3)
     assert hits[0].key == "country:NPL" and hits[0].scores["image"] == pytest.approx(1.0, abs=1e-3)
     assert len({h.key for h in hits}) == len(hits)  # several images of an entity collapse into one hit
