@@ -47,8 +47,8 @@ class TrainConfig:
     """Everything that defines a run besides the model config (saved with the checkpoint)."""
 
     config: str = "mmkb-clip-tiny"
-    steps: int = 3000
-    minutes: float = 45.0
+    steps: int | None = 6000  # None: stop by time only
+    minutes: float | None = 45.0  # None: stop by steps only
     batch_size: int = 256
     lr: float = 2e-3
     weight_decay: float = 0.1
@@ -87,10 +87,11 @@ class Batches(torch.utils.data.IterableDataset):
         rest = np.setdiff1d(np.arange(n), chosen)
         return np.concatenate([np.array(chosen, int), rng.choice(rest, b - len(chosen), replace=False)])
 
-    def _view(self, path: Path, rng: np.random.Generator, distractors: list | None) -> torch.Tensor:
-        img = load_image(path)
-        return self.preprocess(open_rgb(augment_light(img, rng) if distractors is None
-                                        else augment(img, rng, distractors)))
+    def _reference_view(self, path: Path, rng: np.random.Generator) -> torch.Tensor:
+        return self.preprocess(open_rgb(augment_light(load_image(path), rng)))
+
+    def _query_view(self, path: Path, rng: np.random.Generator, distractors: list) -> torch.Tensor:
+        return self.preprocess(open_rgb(augment(load_image(path), rng, distractors)))
 
     def batch(self, step: int) -> dict[str, torch.Tensor]:
         rng = np.random.default_rng([self.cfg.seed, step])
@@ -103,8 +104,8 @@ class Batches(torch.utils.data.IterableDataset):
             if len(e.images) > 1 and rng.random() < self.cfg.cross_rendering:
                 second = (first + 1 + int(rng.integers(len(e.images) - 1))) % len(e.images)
             others = [load_image(self.entities[j].images[0]) for j in rng.choice(members, 2)]
-            a.append(self._view(e.images[first], rng, None))  # like the index: clean references
-            b.append(self._view(e.images[second], rng, others))
+            a.append(self._reference_view(e.images[first], rng))
+            b.append(self._query_view(e.images[second], rng, others))
             if len(texts) < self.cfg.text_batch:
                 texts.append(self.tokens[i][int(rng.integers(len(self.tokens[i])))])
         return {"a": torch.stack(a), "b": torch.stack(b), "text": torch.stack(texts),
@@ -266,15 +267,17 @@ Two views per entity, from different renderings with probability {cfg.cross_rend
 reference-like one (clean, or a slight crop/rotation/exposure change) and a query-like one
 (perspective, rotation, crop/zoom, occlusion, clutter and random backgrounds, blur, noise,
 JPEG, mild brightness/contrast; `index/clip/augment.py`). Loss: symmetric InfoNCE
-image↔image + {cfg.text_weight} × image↔caption + {cfg.proxy_weight} × image↔entity proxies
+image↔image + {cfg.text_weight} × image↔caption (one sampled caption for {cfg.text_batch} of the
+entities per step) + {cfg.proxy_weight} × image↔entity proxies
 (one learned vector per training entity, dropped at export), learnable temperatures; half of
 each batch from look-alike groups (emoji subcategory, countries) as hard negatives.
 AdamW (lr {cfg.lr}, weight decay {cfg.weight_decay}, warm-up then cosine), batch
 {cfg.batch_size} entities, fp32, seed {cfg.seed}.
 
-- Steps: {s['step']} ({s['step'] * cfg.batch_size * 2} augmented images)
-- Time: {s['elapsed_s'] / 60:.1f} min on {s['machine']}
-- Command: `{s['command']}`
+- Steps: {s['step']} ({s['step'] * cfg.batch_size * 2} image views)
+- Time: {s['elapsed_s'] / 60:.1f} min of training on {s['machine']}; the learning rate follows
+  the larger of step and time progress, so the step count depends on the machine's other load
+- Command: `{s['command']}` (resumes from `runs/clip/last.pt` when interrupted)
 
 ## Validation at the end of training
 
@@ -289,18 +292,23 @@ See `benchmarks/results/entity_recognition.md` for the full benchmark.
 """
 
 
-def train_clip(minutes: float = 45.0, steps: int = 3000, config: str = "mmkb-clip-tiny",
+def train_clip(minutes: float | None = 45.0, steps: int | None = 6000, config: str = "mmkb-clip-tiny",
                out: str | Path | None = None, resume: bool = True, run_dir: str | Path = "runs/clip",
                batch_size: int = 256, lr: float = 2e-3, seed: int = 0, workers: int = 1, threads: int = 1,
                save_minutes: float = 3.0, eval_minutes: float = 5.0, max_entities: int | None = None,
-               progress: bool = True) -> dict:
-    """Train `config` on worldkb for at most `steps` steps or `minutes` minutes, then export it
-    to `out` (default: index/clip/checkpoints/<config>). Returns the run summary."""
+               progress: bool = True) -> Path:
+    """Train `config` on worldkb for at most `steps` steps or `minutes` minutes of training
+    time (either may be None, not both), then export it to `out` (default:
+    index/clip/checkpoints/<config>). Returns the exported safetensors path; the run's
+    summary is in `out/config.json`, its per-step history in `run_dir/last.pt`."""
     import open_clip
 
+    if not steps and not minutes:
+        raise ValueError("train_clip needs `steps` or `minutes` to know when to stop")
+
     register_configs()
-    # One compute thread plus one data worker: on a shared 2-core machine a second OpenMP
-    # thread that gets descheduled stalls every kernel (measured 2.5x slower than one thread).
+    # One compute thread plus one data-loading process use the 2 cores; augmentation is about
+    # 40% of the CPU time of a step, so a second compute thread gains little.
     torch.set_num_threads(threads)
     cfg = TrainConfig(config=config, steps=steps, minutes=minutes, batch_size=batch_size, lr=lr, seed=seed,
                       max_entities=max_entities)
@@ -345,7 +353,7 @@ def train_clip(minutes: float = 45.0, steps: int = 3000, config: str = "mmkb-cli
         tmp.replace(state_path)
 
     def progress_of() -> float:
-        return max(step / steps, elapsed / (minutes * 60))
+        return max(step / steps if steps else 0.0, elapsed / (minutes * 60) if minutes else 0.0)
 
     loader = torch.utils.data.DataLoader(Batches(train_set, tokens, preprocess, cfg, step), batch_size=None,
                                          num_workers=workers, worker_init_fn=_worker_init if workers else None,
@@ -393,19 +401,20 @@ def train_clip(minutes: float = 45.0, steps: int = 3000, config: str = "mmkb-cli
                "params": sum(p.numel() for p in model.parameters()),
                "params_visual": sum(p.numel() for p in model.visual.parameters()),
                "trained_entities": len(train_set), "held_out": len(held_out),
-               "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads",
+               "machine": f"{platform.machine()} CPU: {torch.get_num_threads()} compute thread(s) + "
+                          f"{workers} data-loading process(es)",
                "command": "python -m index.clip.train " + " ".join(map(shlex.quote, sys.argv[1:]))
                if sys.argv and sys.argv[0].endswith("train.py") else f"train_clip(minutes={minutes}, steps={steps})",
                "first_loss": history[0]["loss"] if history else None}
     path = export(model, model_cfg, cfg, out, summary)
     print(f"exported {path} (step {step}, {elapsed / 60:.1f} min, {metrics}); training state in {state_path}")
-    return {**summary, "history": history, "path": str(path)}
+    return path
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m index.clip.train", description=train_clip.__doc__)
     p.add_argument("--minutes", type=float, default=45.0)
-    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--steps", type=int, default=6000)
     p.add_argument("--config", default="mmkb-clip-tiny")
     p.add_argument("--out", default=None, help="export folder (default: index/clip/checkpoints/<config>)")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True)

@@ -21,6 +21,10 @@ TINY = {"embed_dim": 32,
         "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1}}
 
 
+def _history(run_dir) -> list[dict]:
+    return torch.load(run_dir / "last.pt", map_location="cpu", weights_only=False)["history"]
+
+
 @pytest.fixture(scope="module")
 def tiny_config(tmp_path_factory) -> str:
     import open_clip
@@ -69,13 +73,13 @@ def test_training_lowers_the_loss_and_exports_a_loadable_fp16_checkpoint(tmp_pat
 
     from index.clip.train import train_clip
 
-    summary = train_clip(minutes=5, steps=25, config=tiny_config, out=tmp_path / "ckpt", run_dir=tmp_path / "run",
-                         batch_size=16, lr=3e-3, max_entities=16, workers=0, progress=False)
-    losses = [h["loss"] for h in summary["history"]]
-    assert summary["step"] == 25
+    path = train_clip(minutes=5, steps=25, config=tiny_config, out=tmp_path / "ckpt", run_dir=tmp_path / "run",
+                      batch_size=16, lr=3e-3, max_entities=16, workers=0, progress=False)
+    losses = [h["loss"] for h in _history(tmp_path / "run")]
+    assert len(losses) == 25
     assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.3
 
-    path = tmp_path / "ckpt" / "open_clip_model.safetensors"
+    assert path == tmp_path / "ckpt" / "open_clip_model.safetensors"
     assert {t.dtype for t in load_file(str(path)).values() if t.is_floating_point()} == {torch.float16}
     model, _, preprocess = open_clip.create_model_and_transforms(tiny_config, pretrained=str(path))
     trained = {k: v.float() for k, v in load_file(str(path)).items()}
@@ -90,8 +94,15 @@ def test_training_resumes_from_its_saved_state(tmp_path, tiny_config):
     kw = dict(minutes=5, config=tiny_config, out=tmp_path / "ckpt", run_dir=tmp_path / "run", batch_size=8,
               max_entities=8, workers=0, progress=False)
     train_clip(steps=3, **kw)
-    resumed = train_clip(steps=5, **kw)
-    assert [h["step"] for h in resumed["history"]] == [1, 2, 3, 4, 5]
+    train_clip(steps=5, **kw)
+    assert [h["step"] for h in _history(tmp_path / "run")] == [1, 2, 3, 4, 5]
+
+
+def test_training_needs_a_stopping_rule():
+    from index.clip.train import train_clip
+
+    with pytest.raises(ValueError, match="steps` or `minutes"):
+        train_clip(minutes=None, steps=None)
 
 
 @pytest.mark.skipif(shipped_checkpoint("mmkb-clip-tiny") is None, reason="no shipped checkpoint")
