@@ -4,7 +4,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import time
 from pathlib import Path
 
@@ -15,22 +14,26 @@ from index.config import get_settings
 from index.ingest import ingest_folder
 from index.search import EntityHit, ReferenceIndex
 from index.worldkb import DATA_DIR
+from rag.kbvqa.worldkb_bench import query_images
 
 console = Console(stderr=True, soft_wrap=True)
 TEXT_QUERIES = ["Thimphu", "a red fruit", "the country whose capital is Canberra",
                 "currency: the euro", "smiling face with heart-shaped eyes", "landlocked country in South America"]
-QUERY_DIR = Path(__file__).resolve().parent.parent / "index" / "worldkb" / "queries"
+IMAGE_QUERIES = ["country:BTN", "country:BRA", "emoji:1F34E", "emoji:1F60D", "country:JPN", "emoji:1F680"]
+
+
+def _query_images() -> dict[str, list[Path]]:
+    """Entity key → renderings that are not in the index (none when the query set is missing)."""
+    try:
+        return query_images()
+    except FileNotFoundError:
+        return {}
 
 
 def sample_image_queries(limit: int = 4) -> list[tuple[str, Path]]:
     """(expected entity key, image) pairs from renderings that are not in the index."""
-    manifest = QUERY_DIR / "manifest.jsonl"
-    if not manifest.exists():
-        return []
-    rows = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
-    wanted = ["country:BTN", "country:BRA", "emoji:1F34E", "emoji:1F60D", "country:JPN", "emoji:1F680"]
-    picked = [r for key in wanted for r in rows if r["key"] == key][:limit]
-    return [(r["key"], QUERY_DIR / r["path"]) for r in picked]
+    queries = _query_images()
+    return [(key, queries[key][0]) for key in IMAGE_QUERIES if key in queries][:limit]
 
 
 def ensure_index(ref: ReferenceIndex, rebuild: bool = False) -> None:
@@ -80,9 +83,10 @@ def answer_questions() -> list[dict]:
         console.print("no trained mmkb-reader: skipping questions (`mmkb train vlm`)")
         return []
     rag = MMKBRAG.load()
+    queries = _query_images()
     out = []
     for key, question in QUESTIONS:
-        image = _query_for(key)
+        image = next(iter(queries.get(key, [])), None)
         if image is None:
             continue
         t = time.perf_counter()
@@ -91,17 +95,6 @@ def answer_questions() -> list[dict]:
                     "ms": 1000 * (time.perf_counter() - t)})
         console.print(f"{image.name}: {question} → {answer.answer}")
     return out
-
-
-def _query_for(key: str) -> Path | None:
-    manifest = QUERY_DIR / "manifest.jsonl"
-    if not manifest.exists():
-        return None
-    for line in manifest.read_text().splitlines():
-        row = json.loads(line)
-        if row["key"] == key:
-            return QUERY_DIR / row["path"]
-    return None
 
 
 def _answer_block(a: dict) -> str:

@@ -39,3 +39,38 @@ def save_state(state: dict, path: Path) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
     os.replace(tmp, path)
+
+
+def optimizer_step(opt: torch.optim.Optimizer, model: torch.nn.Module, loss: torch.Tensor) -> None:
+    """Backward, clip the gradient norm at 1 and step."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+
+
+class Progress:
+    """Running loss on a tqdm bar, and the full training state saved every few minutes and at the end."""
+
+    def __init__(self, bar, path: Path, state, every_s: float = 180.0) -> None:
+        import time
+
+        self.bar, self.path, self.state, self.every_s = bar, path, state, every_s
+        self.losses: list[float] = []
+        self._clock = time.time
+        self._last_save = self._clock()
+
+    def update(self, loss: float, elapsed: float) -> None:
+        self.losses.append(loss)
+        self.bar.update(1)
+        self.bar.set_postfix(loss=f"{self.mean_loss():.4f}", min=f"{elapsed / 60:.1f}", refresh=False)
+        if self._clock() - self._last_save > self.every_s:
+            save_state(self.state(), self.path)
+            self._last_save = self._clock()
+
+    def mean_loss(self, last: int = 50) -> float:
+        return sum(self.losses[-last:]) / len(self.losses[-last:]) if self.losses else float("nan")
+
+    def close(self) -> None:
+        self.bar.close()
+        save_state(self.state(), self.path)

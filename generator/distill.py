@@ -16,12 +16,11 @@ import random
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from generator.checkpoint import CHECKPOINTS, RUNS, save_state, save_weights
+from generator.checkpoint import CHECKPOINTS, RUNS, Progress, optimizer_step, save_weights
 from generator.dit import FLOW_LEVEL, guided_velocity
 from generator.pipeline import load_dit, resolve
 from generator.scenes import SceneSampler
@@ -74,11 +73,11 @@ def distill(teacher: str = "dit-small", minutes: float = 12.0, batch: int = 32, 
         step, elapsed = st["step"], st["elapsed"]
         print(f"resumed {name} at step {step} ({elapsed / 60:.1f} min)")
     sampler, rng = SceneSampler(seed=5000 + step), random.Random(7 + step)
-    budget, t0, last_save = minutes * 60, time.time() - elapsed, time.time()
+    budget, t0 = minutes * 60, time.time() - elapsed
     bar = tqdm(desc=f"distill {name}", unit="step", initial=step, mininterval=10)
-    losses: list[float] = []
     state = lambda: {"model": student.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),  # noqa: E731
                      "step": step, "elapsed": elapsed}
+    progress = Progress(bar, run / "last.pt", state)
     while (elapsed := time.time() - t0) < budget:
         for g in opt.param_groups:
             g["lr"] = lr * min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * elapsed / budget))
@@ -95,20 +94,11 @@ def distill(teacher: str = "dit-small", minutes: float = 12.0, batch: int = 32, 
         target = distill_targets(student, teacher_model, data, levels, t, xt, text_scale, ref_scale)
         pred = student(xt, t, data.text, data.text_mask, data.refs, None, levels)
         loss = F.mse_loss(pred, target)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
-        opt.step()
+        optimizer_step(opt, student, loss)
         ema_update(ema, student, ema_decay)
         step += 1
-        losses.append(loss.item())
-        bar.update(1)
-        bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}", min=f"{elapsed / 60:.1f}", refresh=False)
-        if time.time() - last_save > 180:
-            save_state(state(), run / "last.pt")
-            last_save = time.time()
-    bar.close()
-    save_state(state(), run / "last.pt")
+        progress.update(loss.item(), elapsed)
+    progress.close()
     cfg = {**tcfg, "shortcut": True, "teacher": teacher_path.name, "text_scale": text_scale, "ref_scale": ref_scale,
            "levels": list(range(BASE_LEVEL + 1)), "default_steps": 4, "distill_steps": step,
            "distill_minutes": round(elapsed / 60, 1)}
@@ -116,7 +106,7 @@ def distill(teacher: str = "dit-small", minutes: float = 12.0, batch: int = 32, 
             f"1, 2, 4, 8, 16 steps) with CFG distilled in (text {text_scale}, references {ref_scale}).\n\n"
             f"- data: generator/scenes.py tasks on seen entities only\n"
             f"- steps: {step} x batch {batch}, {elapsed / 60:.1f} min on 2 shared CPU cores ({threads} thread); "
-            f"final loss (mean of last 50) {np.mean(losses[-50:]) if losses else float('nan'):.4f}\n"
+            f"final loss (mean of last 50) {progress.mean_loss():.4f}\n"
             f"- command: `mmkb train distill --teacher {teacher} --minutes {minutes} --batch {batch}`\n"
             f"- metrics: see benchmarks/results/generation.md\n")
     save_weights(ema, cfg, out, card)

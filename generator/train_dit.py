@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from generator.checkpoint import CHECKPOINTS, RUNS, load_weights, save_state, save_weights
+from generator.checkpoint import CHECKPOINTS, RUNS, Progress, load_weights, optimizer_step, save_weights
 from generator.dit import DIT_PRESETS, DiT
 from generator.scenes import TASKS, Scene, SceneSampler, to_tensor
 from generator.text import TextEncoder
@@ -111,39 +111,30 @@ def train_dit(preset: str = "small", minutes: float = 35.0, batch: int = 32, lr:
         torch.set_rng_state(st["torch_rng"])
         print(f"resumed {name} at step {step} ({elapsed / 60:.1f} min)")
     sampler, rng = SceneSampler(seed=1000 + step), random.Random(step)
-    budget, t0, last_save = minutes * 60, time.time() - elapsed, time.time()
+    budget, t0 = minutes * 60, time.time() - elapsed
     bar = tqdm(desc=f"train dit {preset}", unit="step", initial=step, mininterval=10)
-    losses: list[float] = []
     state = lambda: {"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),  # noqa: E731
                      "step": step, "elapsed": elapsed, "seen": seen, "torch_rng": torch.get_rng_state(),
                      "preset": preset}
+    progress = Progress(bar, run / "last.pt", state)
     while (elapsed := time.time() - t0) < budget:
         frac = elapsed / budget
         for g in opt.param_groups:
             g["lr"] = lr * min(1.0, (step + 1) / 100) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
         data = make_batch(sampler, autoencoder, text, batch, sample_task(rng))
         loss = flow_loss(model, data)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        optimizer_step(opt, model, loss)
         ema_update(ema, model, 0.0 if step < 100 else ema_decay)
         step, seen = step + 1, seen + batch
-        losses.append(loss.item())
-        bar.update(1)
-        bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}", min=f"{elapsed / 60:.1f}", refresh=False)
-        if time.time() - last_save > 180:
-            save_state(state(), run / "last.pt")
-            last_save = time.time()
-    bar.close()
-    save_state(state(), run / "last.pt")
+        progress.update(loss.item(), elapsed)
+    progress.close()
     card = (f"# {name}\n\nDiT `{preset}` ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params; "
             f"width {cfg.width}, depth {cfg.depth}, heads {cfg.heads}, patch {cfg.patch}) over the latents of "
             f"`{Path(vae).name}`; text = frozen all-MiniLM-L6-v2 token features. EMA weights ({ema_decay}).\n\n"
             f"- data: generator/scenes.py tasks {TASKS} on seen entities only (held-out entities never used)\n"
             f"- objective: rectified flow, logit-normal t; drops: 5% both, 10% text, 10% references\n"
             f"- steps: {step} x batch {batch} = {seen} samples, {elapsed / 60:.1f} min on 2 shared CPU cores "
-            f"({threads} thread), AdamW lr {lr}, final loss (mean of last 50) {np.mean(losses[-50:]) if losses else float('nan'):.4f}\n"
+            f"({threads} thread), AdamW lr {lr}, final loss (mean of last 50) {progress.mean_loss():.4f}\n"
             f"- command: `mmkb train dit --preset {preset} --minutes {minutes} --batch {batch}`\n"
             f"- metrics: see benchmarks/results/generation.md\n")
     save_weights(ema, {"kind": "dit", "preset": preset, **cfg.to_dict(), "vae": Path(vae).name,

@@ -7,6 +7,7 @@ modalities the entity's scores are summed with per-modality weights.
 """
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -104,9 +105,10 @@ class ReferenceIndex:
             index.tune(self.settings.target_recall)
         stamp = time.strftime("%Y%m%d-%H%M%S")
         rel = Path("indexes") / modality / f"{stamp}-{len(ids)}"
-        manifest = index.save(self.store.home / rel, embedder=embedder.fingerprint)
+        saved = index.save(self.store.home / rel, embedder=embedder.fingerprint)
+        checksum = json.loads((saved / "manifest.json").read_text())["sha256"]
         version = IndexVersion(modality=modality, embedder=embedder.fingerprint, kind=index.kind, count=len(ids),
-                               dim=index.dim, path=str(rel), checksum=_checksum(manifest, self.store.home / rel))
+                               dim=index.dim, path=str(rel), checksum=checksum)
         self._loaded.pop(modality, None)
         return self.store.activate_index(version)
 
@@ -182,10 +184,3 @@ class ReferenceIndex:
             hit.scores[modality] = max(hit.scores.get(modality, -1.0), score)
             hit.score = sum(self.weights.get(m, 1.0) * s for m, s in hit.scores.items())
 
-
-def _checksum(manifest, directory: Path) -> str:
-    if isinstance(manifest, dict) and "checksum" in manifest:
-        return str(manifest["checksum"])
-    import json
-
-    return str(json.loads((directory / "manifest.json").read_text()).get("checksum", ""))

@@ -166,6 +166,8 @@ class Trainer:
                                  answers=answers, entities=entities, categories=categories, attributes=attributes,
                                  image_embedder=self.image_embedder)
         self.model, self.tok = build_reader(self.rcfg)
+        self.label_ids = {name: {x: i for i, x in enumerate(getattr(self.rcfg, name))}
+                          for name in ("answers", "entities", "categories", "attributes")}
         enc = [p for n, p in self.model.named_parameters() if n.startswith("encoder.")]
         heads = [p for n, p in self.model.named_parameters() if not n.startswith("encoder.")]
         self.opt = torch.optim.AdamW([{"params": enc, "lr": cfg.lr_encoder}, {"params": heads, "lr": cfg.lr_heads}],
@@ -211,10 +213,7 @@ class Trainer:
         qs = [self.rng.choice(self.by_type[self.rng.choice(types)]) for _ in range(self.cfg.batch_closed)]
         images = np.stack([self.features.view(q.entity_key, self.rng) for q in qs])
         batch = make_batch(self.tok, self.rcfg, [q.question for q in qs], images)
-        a = {x: i for i, x in enumerate(self.rcfg.answers)}
-        e = {x: i for i, x in enumerate(self.rcfg.entities)}
-        c = {x: i for i, x in enumerate(self.rcfg.categories)}
-        t = {x: i for i, x in enumerate(self.rcfg.attributes)}
+        a, e, c, t = (self.label_ids[n] for n in ("answers", "entities", "categories", "attributes"))
         targets = {"answer": torch.tensor([a[display_answer(q)] for q in qs]),
                    "entity": torch.tensor([e[q.entity_name] for q in qs]),
                    "category": torch.tensor([c[self._category(self.records[q.entity_key])] for q in qs]),
