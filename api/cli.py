@@ -146,11 +146,14 @@ def index_rollback(modality: str) -> None:
 
 @train_app.command("clip")
 def train_clip(minutes: float = 45.0, steps: Optional[int] = None, config: str = "mmkb-clip-tiny",
-               out: Optional[Path] = None, resume: bool = True) -> None:
-    """Train the shipped open_clip embedder on worldkb (contrastive, image↔text and image↔image)."""
+               out: Optional[Path] = None, resume: bool = True, device: str = "cpu", workers: int = 1,
+               batch_size: int = 256) -> None:
+    """Train the shipped open_clip embedder on worldkb (contrastive, image↔text and image↔image).
+    On a GPU: --device cuda --workers <spare CPU cores> (augmentation runs in the data-loading processes)."""
     from index.clip.train import train_clip as train
 
-    kwargs = {"minutes": minutes, "steps": steps, "config": config, "resume": resume}
+    kwargs = {"minutes": minutes, "steps": steps, "config": config, "resume": resume, "device": device,
+              "workers": workers, "batch_size": batch_size}
     if out is not None:
         kwargs["out"] = out
     path = train(**kwargs)

@@ -87,18 +87,24 @@ def vae(preset: str = "f8c16", minutes: float = 20.0, batch: int = 32, lr: float
 
 
 @train_app.command("dit")
-def dit(preset: str = "small", minutes: float = 35.0, batch: int = 32, lr: float = 1e-3, threads: int = 1,
-        resume: bool = True) -> None:
-    """Train the DiT with rectified flow on all tasks; resumes from runs/dit-<preset>/last.pt."""
+def dit(preset: str = "medium", minutes: float = 35.0, batch: int = 32, lr: float = 1e-3, threads: int = 1,
+        resume: bool = True, device: str = "cpu", workers: int = 0, ema_decay: float = 0.995) -> None:
+    """Train the DiT with rectified flow on all tasks; resumes from runs/dit-<preset>/last.pt.
+    On a GPU: --device cuda --workers 8 (scenes are rendered by the data-loading processes)."""
     from generator.train_dit import train_dit
 
-    console.print(f"checkpoint written to [bold]{train_dit(preset=preset, minutes=minutes, batch=batch, lr=lr, threads=threads, resume=resume)}[/]")
+    out = train_dit(preset=preset, minutes=minutes, batch=batch, lr=lr, threads=threads, resume=resume,
+                    device=device, workers=workers, ema_decay=ema_decay)
+    console.print(f"checkpoint written to [bold]{out}[/]")
 
 
 @train_app.command("distill")
-def distill(teacher: str = "dit-small", minutes: float = 12.0, batch: int = 32, text_scale: float = 3.0,
-            ref_scale: float = 1.5, threads: int = 1, resume: bool = True) -> None:
+def distill(teacher: str = "dit-medium", minutes: float = 12.0, batch: int = 32, text_scale: float = 3.0,
+            ref_scale: float = 1.5, threads: int = 1, resume: bool = True, device: str = "cpu",
+            workers: int = 0) -> None:
     """Distill the DiT into a few-step shortcut model with guidance baked in."""
     from generator.distill import distill as run
 
-    console.print(f"checkpoint written to [bold]{run(teacher=teacher, minutes=minutes, batch=batch, text_scale=text_scale, ref_scale=ref_scale, threads=threads, resume=resume)}[/]")
+    out = run(teacher=teacher, minutes=minutes, batch=batch, text_scale=text_scale, ref_scale=ref_scale,
+              threads=threads, resume=resume, device=device, workers=workers)
+    console.print(f"checkpoint written to [bold]{out}[/]")

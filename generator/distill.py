@@ -25,7 +25,7 @@ from generator.dit import FLOW_LEVEL, guided_velocity
 from generator.pipeline import load_dit, resolve
 from generator.scenes import SceneSampler
 from generator.text import TextEncoder
-from generator.train_dit import DEFAULT_VAE, ema_update, load_vae, make_batch, sample_task
+from generator.train_dit import DEFAULT_VAE, machine_label, batches, ema_update, load_vae
 
 BASE_LEVEL = 4  # d = 1/16: the finest step the student learns from the teacher directly
 
@@ -52,23 +52,26 @@ def distill_targets(student, teacher, batch, levels: torch.Tensor, t: torch.Tens
     return target
 
 
-def distill(teacher: str = "dit-small", minutes: float = 12.0, batch: int = 32, lr: float = 2e-4,
+def distill(teacher: str = "dit-medium", minutes: float = 12.0, batch: int = 32, lr: float = 2e-4,
             text_scale: float = 3.0, ref_scale: float = 1.5, ema_decay: float = 0.99, name: str | None = None,
-            vae: Path = DEFAULT_VAE, threads: int = 1, resume: bool = True, out: Path | None = None) -> Path:
+            vae: Path = DEFAULT_VAE, threads: int = 1, resume: bool = True, out: Path | None = None,
+            device: str = "cpu", workers: int = 0) -> Path:
     torch.set_num_threads(threads)
+    dev = torch.device(device)
     teacher_path = resolve(teacher)
     name = name or f"{teacher_path.name}-fast"
     run, out = RUNS / name, out or CHECKPOINTS / name
     teacher_model, tcfg = load_dit(teacher_path)
+    teacher_model = teacher_model.to(dev)
     student = copy.deepcopy(teacher_model).train().requires_grad_(True)
     with torch.no_grad():  # every step-size level starts as the teacher's instantaneous velocity
         student.d_embed.weight[:FLOW_LEVEL] = student.d_embed.weight[FLOW_LEVEL]
     ema = copy.deepcopy(student).requires_grad_(False)
-    autoencoder, text = load_vae(vae), TextEncoder()
+    autoencoder, text = load_vae(vae).to(dev), TextEncoder(device=dev)
     opt = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=0.0, betas=(0.9, 0.99))
     step, elapsed = 0, 0.0
     if resume and (run / "last.pt").is_file():
-        st = torch.load(run / "last.pt", weights_only=False)
+        st = torch.load(run / "last.pt", weights_only=False, map_location=dev)
         student.load_state_dict(st["model"]); ema.load_state_dict(st["ema"]); opt.load_state_dict(st["opt"])
         step, elapsed = st["step"], st["elapsed"]
         print(f"resumed {name} at step {step} ({elapsed / 60:.1f} min)")
@@ -78,17 +81,18 @@ def distill(teacher: str = "dit-small", minutes: float = 12.0, batch: int = 32, 
     state = lambda: {"model": student.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),  # noqa: E731
                      "step": step, "elapsed": elapsed}
     progress = Progress(bar, run / "last.pt", state)
+    stream = batches(sampler, rng, autoencoder, text, batch, workers, seed=5000 + step)
     while (elapsed := time.time() - t0) < budget:
         for g in opt.param_groups:
             g["lr"] = lr * min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * elapsed / budget))
-        data = make_batch(sampler, autoencoder, text, batch, sample_task(rng))
+        data = next(stream)
         b = data.x.shape[0]
         # half the batch at the base level, the rest spread over the coarser levels 0..BASE_LEVEL-1
-        levels = torch.where(torch.arange(b) < b // 2, BASE_LEVEL, torch.randint(0, BASE_LEVEL, (b,)))
+        levels = torch.where(torch.arange(b) < b // 2, BASE_LEVEL, torch.randint(0, BASE_LEVEL, (b,))).to(dev)
         d = 2.0 ** -levels.float()
         # t on the grid of the level's step (as the sampler visits it); the base level also between
-        k = torch.floor(torch.rand(b) / d)
-        t = torch.where(levels == BASE_LEVEL, torch.rand(b) * (1 - d), k * d).clamp(0, 1 - 1e-4)
+        k = torch.floor(torch.rand(b, device=dev) / d)
+        t = torch.where(levels == BASE_LEVEL, torch.rand(b, device=dev) * (1 - d), k * d).clamp(0, 1 - 1e-4)
         eps = torch.randn_like(data.x)
         xt = (1 - t)[:, None, None, None] * eps + t[:, None, None, None] * data.x
         target = distill_targets(student, teacher_model, data, levels, t, xt, text_scale, ref_scale)
@@ -105,10 +109,11 @@ def distill(teacher: str = "dit-small", minutes: float = 12.0, batch: int = 32, 
     card = (f"# {name}\n\nFew-step student of `{teacher_path.name}`: shortcut model (step-size levels "
             f"1, 2, 4, 8, 16 steps) with CFG distilled in (text {text_scale}, references {ref_scale}).\n\n"
             f"- data: generator/scenes.py tasks on seen entities only\n"
-            f"- steps: {step} x batch {batch}, {elapsed / 60:.1f} min on 2 shared CPU cores ({threads} thread); "
+            f"- steps: {step} x batch {batch}, {elapsed / 60:.1f} min on {machine_label(dev, threads, workers)}; "
             f"final loss (mean of last 50) {progress.mean_loss():.4f}\n"
-            f"- command: `mmkb train distill --teacher {teacher} --minutes {minutes} --batch {batch}`\n"
+            f"- command: `mmkb train distill --teacher {teacher} --minutes {minutes} --batch {batch}"
+            f"{f' --device {device} --workers {workers}' if dev.type != 'cpu' else ''}`\n"
             f"- metrics: see benchmarks/results/generation.md\n")
-    save_weights(ema, cfg, out, card)
+    save_weights(ema.cpu(), cfg, out, card)
     print(f"{name}: {step} steps → {out}")
     return out

@@ -44,8 +44,8 @@ class DiTConfig:
 
 DIT_PRESETS: dict[str, DiTConfig] = {
     "tiny": DiTConfig(width=64, depth=2, heads=2, rope_axes=(8, 12, 12)),
-    "small": DiTConfig(width=128, depth=6, heads=4, rope_axes=(8, 12, 12)),       # trained here (2 CPU cores)
-    "medium": DiTConfig(width=192, depth=6, heads=6, rope_axes=(8, 12, 12)),
+    "small": DiTConfig(width=128, depth=6, heads=4, rope_axes=(8, 12, 12)),       # a 35-minute run on 2 CPU cores
+    "medium": DiTConfig(width=192, depth=6, heads=6, rope_axes=(8, 12, 12)),      # shipped (trained on a GPU)
     "base": DiTConfig(width=384, depth=12, heads=6, rope_axes=(16, 24, 24), qk_norm=True),      # GPU
     "large": DiTConfig(width=768, depth=24, heads=12, rope_axes=(16, 24, 24), qk_norm=True),    # GPU
 }
@@ -55,7 +55,7 @@ def rope_angles(pos: torch.Tensor, axes: tuple[int, ...], theta: float) -> torch
     """(L, 3) integer positions → (L, head_dim / 2) rotation angles, one band of frequencies per axis."""
     out = []
     for i, dim in enumerate(axes):
-        freqs = theta ** (-torch.arange(0, dim, 2, dtype=torch.float32) / dim)
+        freqs = theta ** (-torch.arange(0, dim, 2, dtype=torch.float32, device=pos.device) / dim)
         out.append(pos[:, i, None].float() * freqs)
     return torch.cat(out, dim=-1)
 
@@ -170,19 +170,20 @@ class DiT(nn.Module):
         p = self.cfg.patch
         txt = self.text_in(self.text_norm(text))
         tokens = [self.null_text.expand(b, -1, -1), txt, self.patch_in(self.patchify(x))]
+        dev = x.device
         pos = [torch.zeros(1 + text.shape[1], 3, dtype=torch.long), self.grid(1, h // p, w // p)]
-        keep = [torch.ones(b, 1, dtype=torch.bool), text_mask]
-        keep.append(torch.ones(b, (h // p) * (w // p), dtype=torch.bool))
+        keep = [torch.ones(b, 1, dtype=torch.bool, device=dev), text_mask.to(dev)]
+        keep.append(torch.ones(b, (h // p) * (w // p), dtype=torch.bool, device=dev))
         for i, r in enumerate(refs):
             tokens.append(self.patch_in(self.patchify(r)))
             pos.append(self.grid(2 + i, r.shape[2] // p, r.shape[3] // p))
-            kept = ref_mask[:, i] if ref_mask is not None else torch.ones(b, dtype=torch.bool)
+            kept = ref_mask[:, i].to(dev) if ref_mask is not None else torch.ones(b, dtype=torch.bool, device=dev)
             keep.append(kept[:, None].expand(-1, tokens[-1].shape[1]))
         seq = torch.cat(tokens, dim=1)
-        keep = torch.cat(keep, dim=1).to(x.device)
+        keep = torch.cat(keep, dim=1)
         angles = rope_angles(torch.cat(pos).to(x.device), self.cfg.rope_axes, self.cfg.rope_theta)
         mask = None if bool(keep.all()) else keep[:, None, None, :]
-        m = text_mask.to(txt.dtype)[..., None]
+        m = text_mask.to(dev, txt.dtype)[..., None]
         pooled = (txt * m).sum(1) / m.sum(1).clamp_min(1.0)
         level = level if level is not None else torch.full((b,), FLOW_LEVEL, dtype=torch.long, device=x.device)
         c = self.t_embed(timestep_embedding(t, 256).to(seq.dtype)) + self.d_embed(level) + self.pool_in(pooled)
@@ -209,7 +210,8 @@ def guided_velocity(model: DiT, x: torch.Tensor, t: torch.Tensor, text: torch.Te
     tm = torch.cat([text_mask, no_text, no_text][:k])
     rm = None
     if has_refs:
-        on, off = torch.ones(b, len(refs), dtype=torch.bool), torch.zeros(b, len(refs), dtype=torch.bool)
+        on = torch.ones(b, len(refs), dtype=torch.bool, device=x.device)
+        off = torch.zeros_like(on)
         rm = torch.cat([on, on, off])
     lv = None if level is None else level.repeat(k)
     v = model(x.repeat(k, 1, 1, 1), t.repeat(k), text.repeat(k, 1, 1), tm,
@@ -232,10 +234,10 @@ def euler_sample(model: DiT, noise: torch.Tensor, text: torch.Tensor, text_mask:
         lvl = int(math.log2(steps))
         if 2 ** lvl != steps or lvl >= FLOW_LEVEL:
             raise ValueError(f"a shortcut model takes 1, 2, 4, … {2 ** (FLOW_LEVEL - 1)} steps, not {steps}")
-        level = torch.full((b,), lvl, dtype=torch.long)
+        level = torch.full((b,), lvl, dtype=torch.long, device=noise.device)
     else:
         level = None
     for i in range(steps):
-        t = torch.full((b,), i / steps)
+        t = torch.full((b,), i / steps, device=noise.device)
         x = x + guided_velocity(model, x, t, text, text_mask, refs, text_scale, ref_scale, level) / steps
     return x

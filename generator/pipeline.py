@@ -18,7 +18,7 @@ from generator.scenes import CANVAS, reference_image, to_tensor
 from generator.text import TextEncoder
 from generator.train_dit import load_vae
 
-DEFAULT_DIT, FAST_DIT = "dit-small", "dit-small-fast"
+DEFAULT_DIT, FAST_DIT = "dit-medium", "dit-medium-fast"
 MAX_REFS = 3
 
 

@@ -43,23 +43,72 @@ class Batch:
     scenes: list[Scene]
 
 
+def _device(module: torch.nn.Module) -> torch.device:
+    return next(module.parameters()).device
+
+
 @torch.no_grad()
 def encode_images(vae: VAE, images: list) -> torch.Tensor:
-    return vae.encode(torch.from_numpy(np.stack([to_tensor(im) for im in images])))
+    return encode_arrays(vae, np.stack([to_tensor(im) for im in images]))
+
+
+@torch.no_grad()
+def encode_arrays(vae: VAE, arrays: np.ndarray) -> torch.Tensor:
+    """(B, 3, H, W) float32 in [-1, 1] → latents on the VAE's device."""
+    return vae.encode(torch.from_numpy(arrays).to(_device(vae)))
 
 
 def make_batch(sampler: SceneSampler, vae: VAE, text: TextEncoder, n: int, task: str) -> Batch:
-    scenes = [sampler.sample(task) for _ in range(n)]
-    x = encode_images(vae, [s.target() for s in scenes])
-    refs = [encode_images(vae, [s.refs[i] for s in scenes]) for i in range(len(scenes[0].refs))]
-    feats, mask = text([s.caption for s in scenes])
-    return Batch(x, feats, mask, refs, scenes)
+    return batch_from_scenes([sampler.sample(task) for _ in range(n)], vae, text)
+
+
+def batch_from_scenes(scenes: list[Scene], vae: VAE, text: TextEncoder) -> Batch:
+    raw = raw_batch(scenes)
+    return Batch(encode_arrays(vae, raw["x"]), *text(raw["captions"]),
+                 [encode_arrays(vae, r) for r in raw["refs"]], scenes)
+
+
+def raw_batch(scenes: list[Scene]) -> dict:
+    """The pixel work of a batch (rendering, references), done where the scenes are drawn."""
+    return {"x": np.stack([to_tensor(s.target()) for s in scenes]),
+            "refs": [np.stack([to_tensor(s.refs[i]) for s in scenes]) for i in range(len(scenes[0].refs))],
+            "captions": [s.caption for s in scenes]}
+
+
+class SceneStream(torch.utils.data.IterableDataset):
+    """Rendered training batches from data-loading processes (the GPU path's CPU work); each worker
+    draws its own scenes from its own seed."""
+
+    def __init__(self, seed: int, batch: int) -> None:
+        self.seed, self.batch = seed, batch
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        wid = info.id if info else 0
+        sampler, rng = SceneSampler(seed=self.seed * 1000 + wid), random.Random(self.seed * 1000 + wid + 1)
+        while True:
+            task = sample_task(rng)  # one task per batch, so reference shapes line up
+            yield raw_batch([sampler.sample(task) for _ in range(self.batch)])
+
+
+def batches(sampler: SceneSampler, rng: random.Random, vae: VAE, text: TextEncoder, batch: int,
+            workers: int, seed: int):
+    """Training batches forever: drawn in this process, or by `workers` data-loading processes."""
+    if workers <= 0:
+        while True:
+            yield make_batch(sampler, vae, text, batch, sample_task(rng))
+    loader = torch.utils.data.DataLoader(SceneStream(seed, batch), batch_size=None, num_workers=workers,
+                                         prefetch_factor=4, persistent_workers=True)
+    for raw in loader:
+        yield Batch(encode_arrays(vae, raw["x"].numpy()), *text(raw["captions"]),
+                    [encode_arrays(vae, r.numpy()) for r in raw["refs"]], [])
 
 
 def drop_conditions(b: int, n_refs: int, p_both: float = 0.05, p_text: float = 0.1, p_refs: float = 0.1,
-                    gen: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                    gen: torch.Generator | None = None, device: torch.device | str = "cpu",
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample keep flags for (text, references): both dropped, text only dropped, references only dropped."""
-    r = torch.rand(b, generator=gen)
+    r = torch.rand(b, generator=gen).to(device)
     keep_text = ~((r < p_both) | ((r >= p_both) & (r < p_both + p_text)))
     keep_refs = ~((r < p_both) | ((r >= p_both + p_text) & (r < p_both + p_text + p_refs)))
     if n_refs == 0:  # text-to-image: text drop alone gives the unconditional branch
@@ -71,12 +120,17 @@ def logit_normal(b: int, gen: torch.Generator | None = None) -> torch.Tensor:
     return torch.sigmoid(torch.randn(b, generator=gen))
 
 
+def _randn_like(x: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
+    """Noise drawn on the CPU (the same numbers on any device for a given generator), moved to x's device."""
+    return torch.randn(x.shape, generator=gen).to(x.device) if gen is not None else torch.randn_like(x)
+
+
 def flow_loss(model: DiT, batch: Batch, gen: torch.Generator | None = None) -> torch.Tensor:
     """Rectified flow: x_t = (1 − t)·ε + t·x, regress v = x − ε (t ~ logit-normal, SD3)."""
     b = batch.x.shape[0]
-    keep_text, keep_refs = drop_conditions(b, len(batch.refs), gen=gen)
-    t = logit_normal(b, gen)
-    eps = torch.randn(batch.x.shape, generator=gen)
+    keep_text, keep_refs = drop_conditions(b, len(batch.refs), gen=gen, device=batch.x.device)
+    t = logit_normal(b, gen).to(batch.x.device)
+    eps = _randn_like(batch.x, gen)
     xt = (1 - t)[:, None, None, None] * eps + t[:, None, None, None] * batch.x
     v = model(xt, t, batch.text, batch.text_mask & keep_text[:, None], batch.refs, keep_refs)
     return F.mse_loss(v, batch.x - eps)
@@ -92,23 +146,28 @@ def ema_update(ema: DiT, model: DiT, decay: float) -> None:
         pe.lerp_(pm, 1 - decay)
 
 
-def train_dit(preset: str = "small", minutes: float = 35.0, batch: int = 32, lr: float = 1e-3,
+def train_dit(preset: str = "medium", minutes: float = 35.0, batch: int = 32, lr: float = 1e-3,
               ema_decay: float = 0.995, name: str | None = None, vae: Path = DEFAULT_VAE, threads: int = 1,
-              resume: bool = True, out: Path | None = None) -> Path:
+              resume: bool = True, out: Path | None = None, device: str = "cpu", workers: int = 0) -> Path:
+    """`minutes` of training (resumed from runs/<name>/last.pt); `device` "cuda" trains on a GPU, with
+    `workers` data-loading processes rendering the scenes."""
     torch.set_num_threads(threads)
     name = name or f"dit-{preset}"
     run, out = RUNS / name, out or CHECKPOINTS / name
     cfg = DIT_PRESETS[preset]
-    autoencoder, text = load_vae(vae), TextEncoder()
-    model = DiT(cfg)
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+    autoencoder, text = load_vae(vae).to(dev), TextEncoder(device=dev)
+    model = DiT(cfg).to(dev)
     ema = copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0, betas=(0.9, 0.99))
     step, elapsed, seen = 0, 0.0, 0
     if resume and (run / "last.pt").is_file():
-        st = torch.load(run / "last.pt", weights_only=False)
+        st = torch.load(run / "last.pt", weights_only=False, map_location=dev)
         model.load_state_dict(st["model"]); ema.load_state_dict(st["ema"]); opt.load_state_dict(st["opt"])
         step, elapsed, seen = st["step"], st["elapsed"], st["seen"]
-        torch.set_rng_state(st["torch_rng"])
+        torch.set_rng_state(st["torch_rng"].cpu())
         print(f"resumed {name} at step {step} ({elapsed / 60:.1f} min)")
     sampler, rng = SceneSampler(seed=1000 + step), random.Random(step)
     budget, t0 = minutes * 60, time.time() - elapsed
@@ -117,11 +176,12 @@ def train_dit(preset: str = "small", minutes: float = 35.0, batch: int = 32, lr:
                      "step": step, "elapsed": elapsed, "seen": seen, "torch_rng": torch.get_rng_state(),
                      "preset": preset}
     progress = Progress(bar, run / "last.pt", state)
+    stream = batches(sampler, rng, autoencoder, text, batch, workers, seed=1000 + step)
     while (elapsed := time.time() - t0) < budget:
         frac = elapsed / budget
         for g in opt.param_groups:
             g["lr"] = lr * min(1.0, (step + 1) / 100) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
-        data = make_batch(sampler, autoencoder, text, batch, sample_task(rng))
+        data = next(stream)
         loss = flow_loss(model, data)
         optimizer_step(opt, model, loss)
         ema_update(ema, model, 0.0 if step < 100 else ema_decay)
@@ -133,12 +193,20 @@ def train_dit(preset: str = "small", minutes: float = 35.0, batch: int = 32, lr:
             f"`{Path(vae).name}`; text = frozen all-MiniLM-L6-v2 token features. EMA weights ({ema_decay}).\n\n"
             f"- data: generator/scenes.py tasks {TASKS} on seen entities only (held-out entities never used)\n"
             f"- objective: rectified flow, logit-normal t; drops: 5% both, 10% text, 10% references\n"
-            f"- steps: {step} x batch {batch} = {seen} samples, {elapsed / 60:.1f} min on 2 shared CPU cores "
-            f"({threads} thread), AdamW lr {lr}, final loss (mean of last 50) {progress.mean_loss():.4f}\n"
-            f"- command: `mmkb train dit --preset {preset} --minutes {minutes} --batch {batch}`\n"
+            f"- steps: {step} x batch {batch} = {seen} samples, {elapsed / 60:.1f} min on {machine_label(dev, threads, workers)}, "
+            f"AdamW lr {lr}, final loss (mean of last 50) {progress.mean_loss():.4f}\n"
+            f"- command: `mmkb train dit --preset {preset} --minutes {minutes} --batch {batch} --lr {lr}"
+            f"{f' --device {device} --workers {workers}' if dev.type != 'cpu' else ''}"
+            f"{f' --ema-decay {ema_decay}' if ema_decay != 0.995 else ''}`\n"
             f"- metrics: see benchmarks/results/generation.md\n")
-    save_weights(ema, {"kind": "dit", "preset": preset, **cfg.to_dict(), "vae": Path(vae).name,
+    save_weights(ema.cpu(), {"kind": "dit", "preset": preset, **cfg.to_dict(), "vae": Path(vae).name,
                        "text_encoder": "all-MiniLM-L6-v2", "steps": step, "samples": seen,
                        "minutes": round(elapsed / 60, 1), "shortcut": False}, out, card)
     print(f"{name}: {step} steps → {out}")
     return out
+
+
+def machine_label(dev: torch.device, threads: int, workers: int) -> str:
+    if dev.type == "cuda":
+        return f"{torch.cuda.get_device_name(dev)} ({workers} data-loading processes)"
+    return f"the CPU ({threads} thread{'s' if threads > 1 else ''})"

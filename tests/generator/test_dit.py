@@ -131,3 +131,21 @@ def test_flow_matching_loss_drops_on_a_tiny_overfit():
     after = avg_loss()
     assert after < 0.7 * before, (before, after)
     assert math.isfinite(after)
+
+
+def test_scene_stream_workers_give_one_task_per_batch_and_train(tiny_checkpoints, tmp_path):
+    """The GPU path's data loading (scenes rendered in worker processes) also runs on the CPU."""
+    import random
+
+    from generator.scenes import SceneSampler
+    from generator.text import TextEncoder
+    from generator.train_dit import batches, flow_loss, load_vae
+
+    _, vae_dir = tiny_checkpoints
+    stream = batches(SceneSampler(seed=0), random.Random(0), load_vae(vae_dir), TextEncoder(), 4, workers=1, seed=3)
+    vae = load_vae(vae_dir)
+    model = DiT(DiTConfig(**{**DIT_PRESETS["tiny"].to_dict(), "latent_channels": vae.cfg.latent_channels}))
+    for _ in range(3):
+        b = next(stream)
+        assert b.x.shape[0] == 4 and all(r.shape[0] == 4 for r in b.refs)
+        assert torch.isfinite(flow_loss(model, b))
