@@ -163,6 +163,10 @@ def main() -> None:
             "held_out_compose2": scenes("compose2", True, 13), "held_out_compose3": scenes("compose3", True, 14),
             "seen_t2i_by_name": scenes("t2i", False, 15), "held_out_edit_colour": scenes("edit_colour", True, 16),
             "held_out_edit_move": scenes("edit_move", True, 17), "held_out_edit_swap": scenes("edit_swap", True, 18)}
+    with torch.no_grad():  # the ceiling: the ground-truth scenes through the VAE alone
+        results["vae_round_trip"] = score(to_uint8(teacher.vae.decode(sets["held_out_ref"].x)),
+                                          sets["held_out_ref"].scenes, pixel, embed)
+    print("vae round trip", results["vae_round_trip"], flush=True)
     configs = [("teacher+cfg", teacher, 50), ("teacher+cfg", teacher, 8), ("teacher+cfg", teacher, 4),
                ("teacher+cfg", teacher, 1)]
     if fast is not None:
@@ -239,6 +243,9 @@ def markdown(r: dict) -> str:
     emb = "fidelity_embedder" in (r["held_out_ref_by_steps"][0] if r.get("held_out_ref_by_steps") else {})
     lines = [f"# Generator benchmark\n", f"n = {r['n']} scenes per set; 64x64 images; machine: {r['machine']}\n",
              f"VAE (f8c16) reconstruction on held-out-entity scenes: PSNR {r['vae']['psnr_db']} dB, SSIM {r['vae']['ssim']}\n",
+             *([f"The ceiling — the ground-truth held-out scenes encoded and decoded by the VAE alone: fidelity "
+                f"{pct(r['vae_round_trip']['fidelity_pixel_nn'])} (pixel NN), "
+                f"{pct(r['vae_round_trip'].get('fidelity_embedder'))} (embedder)\n"] if r.get("vae_round_trip") else []),
              "## Held-out entities, one reference: fidelity and speed by steps\n",
              "| model | steps | fidelity (pixel NN) | fidelity (embedder) | bg colour | position | clean bg | ms / image |",
              "|---|---|---|---|---|---|---|---|"]

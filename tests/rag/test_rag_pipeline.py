@@ -109,3 +109,20 @@ def test_ask_command_json(rag, tiny_kb, tiny_reader):
     assert {"answer", "citations", "tags", "p_ret", "retrieved"} <= set(out)
     missing = CliRunner().invoke(app, ["ask", "nope.png", "Q?", "--vlm", str(tiny_reader)])
     assert missing.exit_code == 2 and "image not found" in missing.output
+
+
+def test_srt_orders_and_attribute_tags_pick_sections(rag, tiny_kb):
+    from rag.pipeline import wanted_headings
+
+    assert wanted_headings(["calling code", "currency"]) == {"calling code", "currencies"}
+    assert wanted_headings(["elevation"]) == {"elevation"}  # not a worldkb question type: the tag itself
+    for order in ("retrieval", "relevance"):
+        out = rag(tiny_kb / "images" / "npl.png", "What is the capital of this country?", gamma=0.0,
+                  srt_threshold=0.0, srt_order=order)
+        assert out.citations
+    with pytest.raises(ValueError, match="SRT order"):
+        RAGConfig(srt_order="random")
+
+
+def test_reader_prefers_earlier_documents_by_its_rank_penalty(rag):
+    assert rag.vlm.rank_penalty > 0
