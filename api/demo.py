@@ -126,12 +126,17 @@ tr.hit{{background:#e6f4ea}}img{{vertical-align:middle}}code{{font-size:90%}}</s
 </body></html>"""
 
 
-def run_demo(out: Path | None = None, rebuild: bool = False, k: int = 5) -> Path:
-    settings = get_settings()
-    ref = ReferenceIndex.from_settings(settings)
+def prepare_starter_kb(ref: ReferenceIndex, rebuild: bool = False) -> None:
+    """worldkb ingested (idempotent) and its index built with the current embedders."""
     report = ingest_folder(ref.store, DATA_DIR, show_progress=True)
     console.print(f"worldkb: {report.added} added, {report.updated} updated, {report.unchanged} unchanged")
     ensure_index(ref, rebuild)
+
+
+def run_demo(out: Path | None = None, rebuild: bool = False, k: int = 5) -> Path:
+    settings = get_settings()
+    ref = ReferenceIndex.from_settings(settings)
+    prepare_starter_kb(ref, rebuild)
     results = []
     for text in TEXT_QUERIES:
         t = time.perf_counter()

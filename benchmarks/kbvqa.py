@@ -35,16 +35,6 @@ def fmt(v, digits=3) -> str:
     return "–" if v is None else f"{v:.{digits}f}"
 
 
-def prepare_kb(ref) -> None:
-    """The starter KB ingested and its index built with the current embedders (as `mmkb demo` does)."""
-    from api.demo import ensure_index
-    from index.ingest import ingest_folder
-    from index.worldkb import DATA_DIR
-
-    ingest_folder(ref.store, DATA_DIR, show_progress=True)
-    ensure_index(ref)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--per-split", type=int, default=150)
@@ -54,6 +44,7 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", default=None, help="run only these ablation rows")
     args = ap.parse_args()
 
+    from api.demo import prepare_starter_kb
     from index.config import get_settings
     from rag.evaluate import evaluate
     from rag.kbvqa.datasets import read_infoseek
@@ -65,7 +56,7 @@ def main() -> None:
         build(args.data, per_split=args.per_split)
     examples = read_infoseek(questions)
     rag = MMKBRAG.load(args.vlm)
-    prepare_kb(rag.reference)
+    prepare_starter_kb(rag.reference)  # as `mmkb demo` does: a fresh home gets the KB and its index
     rag(args.data / "images" / f"{examples[0].image_id}.png", examples[0].question)  # warm-up: load everything once
     rows = []
     for name, overrides in ABLATIONS:

@@ -25,7 +25,7 @@ from generator.dit import FLOW_LEVEL, guided_velocity
 from generator.pipeline import load_dit, resolve
 from generator.scenes import SceneSampler
 from generator.text import TextEncoder
-from generator.train_dit import DEFAULT_VAE, machine_label, batches, ema_update, load_vae
+from generator.train_dit import DEFAULT_VAE, batches, ema_update, load_vae, machine_label
 
 BASE_LEVEL = 4  # d = 1/16: the finest step the student learns from the teacher directly
 

@@ -59,11 +59,12 @@ def encode_arrays(vae: VAE, arrays: np.ndarray) -> torch.Tensor:
 
 
 def make_batch(sampler: SceneSampler, vae: VAE, text: TextEncoder, n: int, task: str) -> Batch:
-    return batch_from_scenes([sampler.sample(task) for _ in range(n)], vae, text)
+    scenes = [sampler.sample(task) for _ in range(n)]
+    return encode_batch(raw_batch(scenes), vae, text, scenes)
 
 
-def batch_from_scenes(scenes: list[Scene], vae: VAE, text: TextEncoder) -> Batch:
-    raw = raw_batch(scenes)
+def encode_batch(raw: dict, vae: VAE, text: TextEncoder, scenes: list[Scene]) -> Batch:
+    """A raw batch (pixels as arrays, captions) → latents and text features on the models' device."""
     return Batch(encode_arrays(vae, raw["x"]), *text(raw["captions"]),
                  [encode_arrays(vae, r) for r in raw["refs"]], scenes)
 
@@ -100,8 +101,8 @@ def batches(sampler: SceneSampler, rng: random.Random, vae: VAE, text: TextEncod
     loader = torch.utils.data.DataLoader(SceneStream(seed, batch), batch_size=None, num_workers=workers,
                                          prefetch_factor=4, persistent_workers=True)
     for raw in loader:
-        yield Batch(encode_arrays(vae, raw["x"].numpy()), *text(raw["captions"]),
-                    [encode_arrays(vae, r.numpy()) for r in raw["refs"]], [])
+        yield encode_batch({"x": raw["x"].numpy(), "refs": [r.numpy() for r in raw["refs"]],
+                            "captions": raw["captions"]}, vae, text, [])
 
 
 def drop_conditions(b: int, n_refs: int, p_both: float = 0.05, p_text: float = 0.1, p_refs: float = 0.1,
