@@ -237,6 +237,36 @@ def light(img: Image.Image, rng: np.random.Generator, amount: float = 0.15) -> I
     return _photometric(adjust)(img)
 
 
+# --- drawing style ---------------------------------------------------------------------
+
+def drawn(img: Image.Image, rng: np.random.Generator, colours: tuple[int, int] = (4, 8),
+          line: tuple[int, int] = (1, 2)) -> Image.Image:
+    """The same subject drawn as a flat icon: a few flat colours (no shading or gradients) and
+    dark outlines around the silhouette and between clearly different colour regions, as icon
+    sets such as OpenMoji draw emoji. The palette is the image's own (median cut), so colours
+    keep their hue."""
+    rgba = _rgba(img)
+    alpha = np.asarray(rgba.getchannel("A")) > 127
+    k = int(rng.integers(colours[0], colours[1] + 1))
+    flat = _on(rgba, _white(rgba.size)).convert("RGB").quantize(k, method=Image.Quantize.MEDIANCUT)
+    flat = flat.filter(ImageFilter.ModeFilter(5))  # small regions (anti-aliasing, shading) merge away
+    labels = np.asarray(flat).astype(np.int16)
+    palette = np.asarray(flat.getpalette()[:3 * 256], np.float32).reshape(-1, 3)
+    rgb = palette[labels].astype(np.uint8)
+    regions = np.where(alpha, labels, -1)
+    edge = np.zeros_like(alpha)
+    for axis in (0, 1):
+        other = np.roll(regions, 1, axis)
+        distinct = np.linalg.norm(palette[np.maximum(regions, 0)] - palette[np.maximum(other, 0)], axis=-1) > 80
+        edge |= (regions != other) & (((regions < 0) != (other < 0)) | distinct)
+    edge[0, :] = edge[:, 0] = False  # np.roll wraps around: the first row/column compare with the last
+    width = int(rng.integers(line[0], line[1] + 1))
+    ink = np.asarray(Image.fromarray(edge.astype(np.uint8) * 255).filter(ImageFilter.MaxFilter(2 * width - 1))) > 0
+    rgb[ink] = int(rng.integers(0, 50))
+    silhouette = Image.fromarray((alpha | ink).astype(np.uint8) * 255)
+    return Image.merge("RGBA", (*Image.fromarray(rgb).split(), silhouette))
+
+
 # --- named distortions and the training pipeline ----------------------------------------
 
 def _mixed(img: Image.Image, rng: np.random.Generator) -> Image.Image:

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from index.clip import CHECKPOINT_DIR, register_configs
-from index.clip.augment import augment, augment_light, distort
+from index.clip.augment import augment, augment_light, distort, drawn
 from index.clip.data import HELD_OUT_FRACTION, Entity, load_entities, load_image, split
 from index.embedders import open_rgb
 
@@ -58,6 +58,8 @@ class TrainConfig:
     proxy_weight: float = 1.0
     hard_negative_fraction: float = 0.5
     cross_rendering: float = 0.8  # chance the two views come from different renderings
+    drawn_fraction: float = 0.25  # chance the query view is first redrawn as a flat outlined icon
+    init_from: str | None = None  # warm start: open_clip weights (safetensors) to begin from
     seed: int = 0
     max_entities: int | None = None  # train on the first N entities only (tests)
 
@@ -91,7 +93,10 @@ class Batches(torch.utils.data.IterableDataset):
         return self.preprocess(open_rgb(augment_light(load_image(path), rng)))
 
     def _query_view(self, path: Path, rng: np.random.Generator, distractors: list) -> torch.Tensor:
-        return self.preprocess(open_rgb(augment(load_image(path), rng, distractors)))
+        img = load_image(path)
+        if rng.random() < self.cfg.drawn_fraction:  # another icon set's style (OpenMoji-like)
+            img = drawn(img, rng)
+        return self.preprocess(open_rgb(augment(img, rng, distractors)))
 
     def batch(self, step: int) -> dict[str, torch.Tensor]:
         rng = np.random.default_rng([self.cfg.seed, step])
@@ -119,6 +124,22 @@ class Batches(torch.utils.data.IterableDataset):
         while True:
             yield self.batch(step)
             step += stride
+
+
+def _warm_start(model: torch.nn.Module, path: Path) -> None:
+    """Load open_clip weights (a safetensors file, or a folder holding open_clip_model.safetensors)."""
+    from safetensors.torch import load_file
+
+    file = path / "open_clip_model.safetensors" if path.is_dir() else path
+    if not file.is_file():
+        raise FileNotFoundError(f"--init-from {path}: no such weights file; give an open_clip safetensors file "
+                                f"or a checkpoint folder such as {CHECKPOINT_DIR / 'mmkb-clip-tiny'}")
+    state = {k: v.float() for k, v in load_file(str(file)).items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"--init-from {file} does not fit this config: missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}")
+    print(f"warm start from {file}", file=sys.stderr)
 
 
 def _worker_init(_: int) -> None:
@@ -223,23 +244,36 @@ def _lr(cfg: TrainConfig, progress: float) -> float:
 
 
 def export(model: torch.nn.Module, model_cfg: dict, cfg: TrainConfig, out: Path, summary: dict) -> Path:
-    """fp16 safetensors + config.json + MODEL_CARD.md under `out`."""
+    """fp16 safetensors + config.json + MODEL_CARD.md under `out`; each file is written beside
+    its final name and moved into place, so an interrupted export leaves the old files whole."""
     from safetensors.torch import save_file
 
     out.mkdir(parents=True, exist_ok=True)
     state = {k: (v.half() if v.is_floating_point() else v).contiguous().cpu()
              for k, v in model.state_dict().items()}
     path = out / "open_clip_model.safetensors"
-    save_file(state, str(path), metadata={"format": "pt", "config": cfg.config})
-    (out / "config.json").write_text(json.dumps({"model_cfg": model_cfg, "train_cfg": asdict(cfg),
-                                                 "summary": summary}, indent=2) + "\n")
-    (out / "MODEL_CARD.md").write_text(_model_card(model_cfg, cfg, summary, path))
+    tmp = path.with_suffix(".tmp")
+    save_file(state, str(tmp), metadata={"format": "pt", "config": cfg.config})
+    tmp.replace(path)
+    record = {k: v for k, v in summary.items() if k != "previous_card"}
+    for name, text in [("config.json", json.dumps({"model_cfg": model_cfg, "train_cfg": asdict(cfg),
+                                                   "summary": record}, indent=2) + "\n"),
+                       ("MODEL_CARD.md", _model_card(model_cfg, cfg, summary, path))]:
+        tmp = out / f"{name}.tmp"
+        tmp.write_text(text)
+        tmp.replace(out / name)
     return path
 
 
 def _model_card(model_cfg: dict, cfg: TrainConfig, s: dict, path: Path) -> str:
     size_mb = path.stat().st_size / 1e6
     metrics = "\n".join(f"| {k} | {v:.3f} |" for k, v in s.get("metrics", {}).items())
+    warm = ""
+    if cfg.init_from:
+        warm = f"- Warm start: the weights of `{cfg.init_from}`; how they were trained is under \"Earlier training\"\n"
+    earlier = s.get("previous_card")
+    earlier = ("\n## Earlier training (the warm start's own card)\n\n" + earlier.split("\n", 1)[1].replace("\n## ", "\n### ")
+               if earlier else "")
     return f"""# {cfg.config}
 
 An open_clip model (ModifiedResNet image tower, transformer text tower) trained from
@@ -270,7 +304,9 @@ Held out: {s['held_out']} emoji entities, a fixed {HELD_OUT_FRACTION:.0%} chosen
 Two views per entity, from different renderings with probability {cfg.cross_rendering}: a
 reference-like one (clean, or a slight crop/rotation/exposure change) and a query-like one
 (perspective, rotation, crop/zoom, occlusion, clutter and random backgrounds, blur, noise,
-JPEG, mild brightness/contrast; `index/clip/augment.py`). Loss: symmetric InfoNCE
+JPEG, mild brightness/contrast; `index/clip/augment.py`); {cfg.drawn_fraction:.0%} of query views are first
+redrawn as a flat outlined icon (`augment.drawn`: the image's own palette, dark outlines),
+the way another icon set draws the same emoji. Loss: symmetric InfoNCE
 image↔image + {cfg.text_weight} × image↔caption (one sampled caption for {cfg.text_batch} of the
 entities per step) + {cfg.proxy_weight} × image↔entity proxies
 (one learned vector per training entity, dropped at export), learnable temperatures; half of
@@ -282,7 +318,7 @@ AdamW (lr {cfg.lr}, weight decay {cfg.weight_decay}, warm-up then cosine), batch
 - Time: {s['elapsed_s'] / 60:.1f} min of training on {s['machine']}; the learning rate follows
   the larger of step and time progress, so the step count depends on the machine's other load
 - Command: `{s['command']}` (resumes from `runs/clip/last.pt` when interrupted)
-
+{warm}
 ## Validation at the end of training
 
 Recall@1 on "mixed"-distorted renderings: `val_emoji_r1` = held-out emoji, Twitter → Google
@@ -293,18 +329,21 @@ See `benchmarks/results/entity_recognition.md` for the full benchmark.
 | metric | value |
 |---|---|
 {metrics}
-"""
+{earlier}"""
 
 
 def train_clip(minutes: float | None = 45.0, steps: int | None = 6000, config: str = "mmkb-clip-tiny",
                out: str | Path | None = None, resume: bool = True, run_dir: str | Path = "runs/clip",
                batch_size: int = 256, lr: float = 2e-3, seed: int = 0, workers: int = 1, threads: int = 1,
                save_minutes: float = 3.0, eval_minutes: float = 5.0, max_entities: int | None = None,
-               progress: bool = True, device: str = "cpu") -> Path:
+               progress: bool = True, device: str = "cpu", init_from: str | Path | None = None,
+               drawn_fraction: float = 0.25) -> Path:
     """Train `config` on worldkb for at most `steps` steps or `minutes` minutes of training
     time (either may be None, not both), then export it to `out` (default:
     index/clip/checkpoints/<config>). Returns the exported safetensors path; the run's
-    summary is in `out/config.json`, its per-step history in `run_dir/last.pt`."""
+    summary is in `out/config.json`, its per-step history in `run_dir/last.pt`. `init_from`
+    starts a new run from existing weights of the same config (e.g. the shipped checkpoint)
+    instead of a random init; a run with saved state in `run_dir` resumes from that instead."""
     import open_clip
 
     if not steps and not minutes:
@@ -315,7 +354,8 @@ def train_clip(minutes: float | None = 45.0, steps: int | None = 6000, config: s
     # 40% of the CPU time of a step, so a second compute thread gains little.
     torch.set_num_threads(threads)
     cfg = TrainConfig(config=config, steps=steps, minutes=minutes, batch_size=batch_size, lr=lr, seed=seed,
-                      max_entities=max_entities)
+                      max_entities=max_entities, drawn_fraction=drawn_fraction,
+                      init_from=str(init_from) if init_from else None)
     out = Path(out) if out else CHECKPOINT_DIR / config
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -324,6 +364,11 @@ def train_clip(minutes: float | None = 45.0, steps: int | None = 6000, config: s
     torch.manual_seed(seed)
     model, _, preprocess = open_clip.create_model_and_transforms(config)
     model_cfg = open_clip.get_model_config(config)
+    previous_card = None
+    if init_from:
+        _warm_start(model, Path(init_from))
+        card = (Path(init_from) if Path(init_from).is_dir() else Path(init_from).parent) / "MODEL_CARD.md"
+        previous_card = card.read_text() if card.is_file() else None
     dev = torch.device(device)
     if dev.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
@@ -341,6 +386,10 @@ def train_clip(minutes: float | None = 45.0, steps: int | None = 6000, config: s
     optimizer = torch.optim.AdamW(_param_groups(objective, cfg.weight_decay), lr=lr, betas=(0.9, 0.98), eps=1e-6)
 
     step, elapsed, history, metrics = 0, 0.0, [], {}
+    if init_from:  # proxies start at the entities' reference embeddings, not at random
+        model.eval()  # batch norm: use the running statistics, do not update them
+        with torch.no_grad():
+            objective.proxies.copy_(_embed(model, preprocess, [load_image(e.images[0]) for e in train_set]))
     if resume and state_path.exists():
         state = torch.load(state_path, map_location="cpu", weights_only=False)
         if state["train_cfg"]["config"] == config and state["model_cfg"] == model_cfg \
@@ -414,7 +463,7 @@ def train_clip(minutes: float | None = 45.0, steps: int | None = 6000, config: s
                           + f" + {workers} data-loading process(es)",
                "command": "python -m index.clip.train " + " ".join(map(shlex.quote, sys.argv[1:]))
                if sys.argv and sys.argv[0].endswith("train.py") else f"train_clip(minutes={minutes}, steps={steps})",
-               "first_loss": history[0]["loss"] if history else None}
+               "first_loss": history[0]["loss"] if history else None, "previous_card": previous_card}
     path = export(model, model_cfg, cfg, out, summary)
     print(f"exported {path} (step {step}, {elapsed / 60:.1f} min, {metrics}); training state in {state_path}")
     return path
@@ -434,11 +483,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--max-entities", type=int, default=None)
+    p.add_argument("--init-from", default=None, help="start from these open_clip weights (fine-tuning)")
+    p.add_argument("--drawn-fraction", type=float, default=0.25,
+                   help="share of query views redrawn as flat outlined icons (another icon set's style)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (then give --workers as many CPU cores as spare)")
     args = p.parse_args(argv)
     train_clip(minutes=args.minutes, steps=args.steps, config=args.config, out=args.out, resume=args.resume,
                run_dir=args.run_dir, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-               workers=args.workers, threads=args.threads, max_entities=args.max_entities, device=args.device)
+               workers=args.workers, threads=args.threads, max_entities=args.max_entities, device=args.device,
+               init_from=args.init_from, drawn_fraction=args.drawn_fraction)
 
 
 if __name__ == "__main__":

@@ -53,6 +53,7 @@ class TrainConfig:
     threads: int | None = None
     save_every_s: float = 240.0
     init_from: str | None = None  # warm start: an mmkb-reader export whose weights fit this data
+    trim_common: int = 5000  # export: keep these common word pieces + the KB's (rag.vlm.trim); 0 keeps all
     notes: dict = field(default_factory=dict)
 
 
@@ -367,7 +368,18 @@ class Trainer:
         from transformers import AutoModel
 
         encoder = AutoModel.from_pretrained(str(Path(path) / "encoder"))
-        self.model.encoder.load_state_dict(encoder.state_dict())
+        state = encoder.state_dict()
+        key = "embeddings.word_embeddings.weight"
+        mine = self.model.encoder.state_dict()[key]
+        if state[key].shape != mine.shape:  # a trimmed export: its rows go back to their tokens' places
+            from transformers import AutoTokenizer
+
+            theirs = AutoTokenizer.from_pretrained(str(Path(path) / "encoder")).get_vocab()
+            table = mine.clone()  # pieces the export dropped keep the pretrained rows
+            rows = torch.as_tensor([self.tok.convert_tokens_to_ids(t) for t in theirs])
+            table[rows] = state[key][torch.as_tensor(list(theirs.values()))].to(table.dtype)
+            state[key] = table
+        self.model.encoder.load_state_dict(state)
         heads = {k: v.float() for k, v in load_file(str(Path(path) / "heads.safetensors")).items()}
         mine = self.model.state_dict()
         fit = {k: v for k, v in heads.items() if k in mine and mine[k].shape == v.shape}
@@ -390,6 +402,10 @@ class Trainer:
         out = Path(self.cfg.out)
         tmp = out.with_name(out.name + ".tmp")
         save_reader(self.model, self.tok, tmp)
+        if self.cfg.trim_common:
+            from rag.vlm.trim import trim_checkpoint
+
+            trim_checkpoint(tmp, self.cfg.trim_common)
         card = {"model": "mmkb-reader", "text_encoder": self.rcfg.text_model, "image_embedder": self.image_embedder,
                 "train_config": asdict(self.cfg), "label_stats": self.state.get("label_stats"),
                 "train_minutes": round(self.state.get("elapsed", 0.0) / 60, 1),
@@ -411,9 +427,10 @@ class Trainer:
 
 def train_vlm(read_steps: int = 900, tag_steps: int = 300, out: str = str(CHECKPOINT),
               run_dir: str = str(ROOT / "runs" / "vlm"), entity_limit: int | None = None, threads: int | None = None,
-              resume: bool = True, seed: int = 0, init_from: str | None = None) -> Path:
+              resume: bool = True, seed: int = 0, init_from: str | None = None, trim_common: int = 5000) -> Path:
     cfg = TrainConfig(out=out, run_dir=run_dir, read_steps=read_steps, tag_steps=tag_steps,
-                      entity_limit=entity_limit, threads=threads, seed=seed, init_from=init_from)
+                      entity_limit=entity_limit, threads=threads, seed=seed, init_from=init_from,
+                      trim_common=trim_common)
     return Trainer(cfg).run(resume)
 
 

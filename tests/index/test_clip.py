@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from index.clip import CHECKPOINT_DIR, register_configs, shipped_checkpoint
 from index.clip.augment import DISTORTIONS, augment, distort
@@ -118,3 +118,31 @@ def test_shipped_embedder_recognises_a_flag_icons_flag():
     best = flags[int(np.argmax(vecs @ query))]
     assert best.name.split("-")[0].removesuffix(".png") == "BTN"
     assert (CHECKPOINT_DIR / "mmkb-clip-tiny" / "MODEL_CARD.md").exists()
+
+
+def test_drawn_style_keeps_size_hue_and_draws_dark_outlines():
+    from index.clip.augment import drawn
+
+    img = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
+    ImageDraw.Draw(img).ellipse((8, 8, 56, 56), fill=(250, 200, 30, 255))
+    out = drawn(img, np.random.default_rng(0))
+    assert out.size == img.size and out.mode == "RGBA"
+    arr = np.asarray(out)
+    assert arr[32, 32, :3].tolist() == [250, 200, 30] or np.abs(arr[32, 32, :3].astype(int) - [250, 200, 30]).max() < 12
+    assert arr[32, 8, :3].max() < 60 and arr[32, 8, 3] == 255  # the silhouette's edge is inked
+    assert arr[2, 2, 3] == 0  # outside stays transparent
+
+
+def test_warm_start_continues_from_given_weights(tmp_path, tiny_config):
+    from safetensors.torch import load_file
+
+    from index.clip.train import train_clip
+
+    kw = dict(minutes=5, config=tiny_config, batch_size=8, max_entities=8, workers=0, progress=False)
+    first = train_clip(steps=2, out=tmp_path / "a", run_dir=tmp_path / "run-a", **kw)
+    second = train_clip(steps=1, lr=1e-9, out=tmp_path / "b", run_dir=tmp_path / "run-b", init_from=tmp_path / "a", **kw)
+    a, b = load_file(str(first)), load_file(str(second))
+    assert torch.allclose(a["visual.conv1.weight"].float(), b["visual.conv1.weight"].float(), atol=1e-3)
+    assert "Earlier training" in (tmp_path / "b" / "MODEL_CARD.md").read_text()
+    with pytest.raises(FileNotFoundError, match="init-from"):
+        train_clip(steps=1, out=tmp_path / "c", run_dir=tmp_path / "run-c", init_from=tmp_path / "missing", **kw)

@@ -1,0 +1,21 @@
+"""Fixtures shared by the MMKB-RAG tests."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_reader(tmp_path_factory):
+    """mmkb-reader trained for a few steps on 12 worldkb entities: every stage runs, quality is not the point."""
+    from rag.vlm.train import TrainConfig, Trainer
+
+    root = tmp_path_factory.mktemp("reader")
+    cfg = TrainConfig(out=str(root / "model"), run_dir=str(root / "run"), read_steps=3, tag_steps=2,
+                      entity_limit=12, views_per_image=1, label_questions=24, batch_closed=8, batch_read=4,
+                      batch_tags=6, save_every_s=0)
+    path = Trainer(cfg).run(resume=False)
+    assert (path / "heads.safetensors").exists() and (path / "encoder" / "config.json").exists()
+    assert json.loads((path / "training.json").read_text())["label_stats"]["n_srt"] > 0
+    return path

@@ -1,0 +1,40 @@
+"""Vocabulary trimming of the reader's text encoder (rag.vlm.trim) and warm starts from a trimmed export."""
+from __future__ import annotations
+
+import torch
+
+from rag.vlm.reader import SPECIAL_TOKENS, load_reader, load_text_encoder
+from rag.vlm.trim import trim
+
+KB_TEXT = "The capital of Bhutan is Thimphu. [DOC] Its currency is the ngultrum [Rel]"
+
+
+def test_trimmed_encoder_reads_kept_text_exactly_as_before():
+    encoder, tok = load_text_encoder("all-MiniLM-L6-v2")
+    encoder.eval()
+    before = tok(KB_TEXT, return_tensors="pt")
+    with torch.no_grad():
+        want = encoder(**before).last_hidden_state
+    encoder, small = trim(encoder, tok, [KB_TEXT], common=2000)
+    assert len(small) < 5000 < len(tok)
+    assert encoder.get_input_embeddings().weight.shape[0] == len(small)
+    after = small(KB_TEXT, return_tensors="pt")
+    assert small.convert_ids_to_tokens(after["input_ids"][0]) == tok.convert_ids_to_tokens(before["input_ids"][0])
+    with torch.no_grad():
+        got = encoder(**after).last_hidden_state
+    assert torch.allclose(got, want, atol=1e-5)
+    # dropped words still tokenize, into smaller pieces rather than [UNK]
+    assert small.unk_token not in small.tokenize("an unmistakable zeppelin")
+    assert all(small.convert_tokens_to_ids(t) != small.unk_token_id for t in SPECIAL_TOKENS)
+
+
+def test_training_exports_a_trimmed_reader_and_warm_starts_from_it(tiny_reader, tmp_path):
+    from rag.vlm.train import TrainConfig, Trainer
+
+    model, tok = load_reader(tiny_reader)
+    assert len(tok) < 20000 and model.encoder.get_input_embeddings().weight.shape[0] == len(tok)
+    cfg = TrainConfig(out=str(tmp_path / "model"), run_dir=str(tmp_path / "run"), entity_limit=12)
+    trainer = Trainer(cfg)
+    trainer.warm_start(tiny_reader)  # rows go back to their tokens' places in the full vocabulary
+    row = trainer.model.encoder.get_input_embeddings().weight[trainer.tok.convert_tokens_to_ids("capital")]
+    assert torch.allclose(row, model.encoder.get_input_embeddings().weight[tok.convert_tokens_to_ids("capital")])
