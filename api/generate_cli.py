@@ -88,13 +88,15 @@ def vae(preset: str = "f8c16", minutes: float = 20.0, batch: int = 32, lr: float
 
 @train_app.command("dit")
 def dit(preset: str = "medium", minutes: float = 35.0, batch: int = 32, lr: float = 1e-3, threads: int = 1,
-        resume: bool = True, device: str = "cpu", workers: int = 0, ema_decay: float = 0.995) -> None:
-    """Train the DiT with rectified flow on all tasks; resumes from runs/dit-<preset>/last.pt.
-    On a GPU: --device cuda --workers 8 (scenes are rendered by the data-loading processes)."""
+        resume: bool = True, device: str = "cpu", workers: int = 0, ema_decay: float = 0.995,
+        init_from: Optional[str] = None, name: Optional[str] = None, out: Optional[Path] = None) -> None:
+    """Train the DiT with rectified flow on all tasks; resumes from runs/<name>/last.pt.
+    On a GPU: --device cuda --workers 8 (scenes are rendered by the data-loading processes).
+    Fine-tune the shipped model: --init-from dit-medium --name dit-medium-ft --lr 3e-4."""
     from generator.train_dit import train_dit
 
     out = train_dit(preset=preset, minutes=minutes, batch=batch, lr=lr, threads=threads, resume=resume,
-                    device=device, workers=workers, ema_decay=ema_decay)
+                    device=device, workers=workers, ema_decay=ema_decay, init_from=init_from, name=name, out=out)
     console.print(f"checkpoint written to [bold]{out}[/]")
 
 

@@ -149,9 +149,11 @@ def ema_update(ema: DiT, model: DiT, decay: float) -> None:
 
 def train_dit(preset: str = "medium", minutes: float = 35.0, batch: int = 32, lr: float = 1e-3,
               ema_decay: float = 0.995, name: str | None = None, vae: Path = DEFAULT_VAE, threads: int = 1,
-              resume: bool = True, out: Path | None = None, device: str = "cpu", workers: int = 0) -> Path:
+              resume: bool = True, out: Path | None = None, device: str = "cpu", workers: int = 0,
+              init_from: Path | str | None = None) -> Path:
     """`minutes` of training (resumed from runs/<name>/last.pt); `device` "cuda" trains on a GPU, with
-    `workers` data-loading processes rendering the scenes."""
+    `workers` data-loading processes rendering the scenes. `init_from` (a checkpoint folder of the
+    same preset, e.g. the shipped one) starts a new run from its weights instead of a random init."""
     torch.set_num_threads(threads)
     name = name or f"dit-{preset}"
     run, out = RUNS / name, out or CHECKPOINTS / name
@@ -164,6 +166,17 @@ def train_dit(preset: str = "medium", minutes: float = 35.0, batch: int = 32, lr
     ema = copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0, betas=(0.9, 0.99))
     step, elapsed, seen = 0, 0.0, 0
+    if init_from:
+        from generator.pipeline import resolve
+
+        start_cfg, start = load_weights(resolve(init_from))
+        if start_cfg.get("kind") != "dit" or any(start_cfg.get(k) != v for k, v in cfg.to_dict().items()
+                                                 if k in start_cfg and not isinstance(v, (list, tuple))):
+            raise ValueError(f"--init-from {init_from} is not a DiT of preset {preset!r}; give a checkpoint "
+                             f"trained with --preset {start_cfg.get('preset', '?')} or that preset")
+        model.load_state_dict(start)
+        ema.load_state_dict(start)
+        print(f"warm start from {resolve(init_from)} ({start_cfg.get('samples', '?')} samples before)")
     if resume and (run / "last.pt").is_file():
         st = torch.load(run / "last.pt", weights_only=False, map_location=dev)
         model.load_state_dict(st["model"]); ema.load_state_dict(st["ema"]); opt.load_state_dict(st["opt"])
@@ -198,7 +211,8 @@ def train_dit(preset: str = "medium", minutes: float = 35.0, batch: int = 32, lr
             f"AdamW lr {lr}, final loss (mean of last 50) {progress.mean_loss():.4f}\n"
             f"- command: `mmkb train dit --preset {preset} --minutes {minutes} --batch {batch} --lr {lr}"
             f"{f' --device {device} --workers {workers}' if dev.type != 'cpu' else ''}"
-            f"{f' --ema-decay {ema_decay}' if ema_decay != 0.995 else ''}`\n"
+            f"{f' --ema-decay {ema_decay}' if ema_decay != 0.995 else ''}"
+            f"{f' --init-from {init_from}' if init_from else ''}`\n"
             f"- metrics: see benchmarks/results/generation.md\n")
     save_weights(ema.cpu(), {"kind": "dit", "preset": preset, **cfg.to_dict(), "vae": Path(vae).name,
                        "text_encoder": "all-MiniLM-L6-v2", "steps": step, "samples": seen,

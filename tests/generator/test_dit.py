@@ -149,3 +149,25 @@ def test_scene_stream_workers_give_one_task_per_batch_and_train(tiny_checkpoints
         b = next(stream)
         assert b.x.shape[0] == 4 and all(r.shape[0] == 4 for r in b.refs)
         assert torch.isfinite(flow_loss(model, b))
+
+
+def test_fine_tuning_starts_from_the_given_checkpoint(tmp_path, tiny_checkpoints, monkeypatch):
+    import generator.train_dit
+    from generator.checkpoint import load_weights
+    from generator.pipeline import resolve
+    from generator.train_dit import train_dit
+
+    monkeypatch.setattr(generator.train_dit, "RUNS", tmp_path / "runs")  # training state stays out of the repo
+
+    dit_dir, _ = tiny_checkpoints
+    with pytest.raises(ValueError, match="not a DiT of preset 'medium'"):
+        train_dit(preset="medium", minutes=0.01, batch=2, init_from=dit_dir, name="ft", out=tmp_path / "x",
+                  resume=False)
+    if not (resolve("dit-medium") / "model.safetensors").is_file():
+        pytest.skip("no shipped dit-medium")
+    out = train_dit(preset="medium", minutes=0.02, batch=2, lr=1e-9, init_from="dit-medium", name="dit-ft-test",
+                    out=tmp_path / "ft", resume=False)
+    _, before = load_weights(resolve("dit-medium"))
+    _, after = load_weights(out)
+    assert all(torch.allclose(before[k], after[k], atol=1e-3) for k in before)
+    assert "--init-from dit-medium" in (out / "MODEL_CARD.md").read_text()
