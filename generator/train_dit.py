@@ -169,16 +169,25 @@ def train_dit(preset: str = "medium", minutes: float = 35.0, batch: int = 32, lr
     if init_from:
         from generator.pipeline import resolve
 
-        start_cfg, start = load_weights(resolve(init_from))
-        if start_cfg.get("kind") != "dit" or any(start_cfg.get(k) != v for k, v in cfg.to_dict().items()
-                                                 if k in start_cfg and not isinstance(v, (list, tuple))):
-            raise ValueError(f"--init-from {init_from} is not a DiT of preset {preset!r}; give a checkpoint "
-                             f"trained with --preset {start_cfg.get('preset', '?')} or that preset")
+        start_dir = resolve(init_from)
+        start_cfg, start = load_weights(start_dir)
+        want = cfg.to_dict()
+        differs = [k for k, v in want.items()
+                   if k in start_cfg and (tuple(start_cfg[k]) if isinstance(start_cfg[k], list) else start_cfg[k])
+                   != (tuple(v) if isinstance(v, list) else v)]
+        if start_cfg.get("kind") != "dit" or differs:
+            held = f"a DiT of preset {start_cfg['preset']!r}" if start_cfg.get("preset") else \
+                f"a {start_cfg.get('kind', 'model')} of another shape ({', '.join(differs[:3])} differ)"
+            raise ValueError(f"--init-from {init_from} holds {held}, not of preset {preset!r}: pass the preset it was "
+                             f"trained with, or a {preset!r} checkpoint")
         model.load_state_dict(start)
         ema.load_state_dict(start)
-        print(f"warm start from {resolve(init_from)} ({start_cfg.get('samples', '?')} samples before)")
+        print(f"warm start from {start_dir} ({start_cfg.get('samples', '?')} samples before)")
     if resume and (run / "last.pt").is_file():
         st = torch.load(run / "last.pt", weights_only=False, map_location=dev)
+        if st.get("init_from") != (str(init_from) if init_from else None):
+            raise ValueError(f"{run / 'last.pt'} holds a run that began from {st.get('init_from') or 'a random init'}, "
+                             f"not from {init_from or 'a random init'}: pass --no-resume to start over, or another --name")
         model.load_state_dict(st["model"]); ema.load_state_dict(st["ema"]); opt.load_state_dict(st["opt"])
         step, elapsed, seen = st["step"], st["elapsed"], st["seen"]
         torch.set_rng_state(st["torch_rng"].cpu())
@@ -188,7 +197,7 @@ def train_dit(preset: str = "medium", minutes: float = 35.0, batch: int = 32, lr
     bar = tqdm(desc=f"train dit {preset}", unit="step", initial=step, mininterval=10)
     state = lambda: {"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),  # noqa: E731
                      "step": step, "elapsed": elapsed, "seen": seen, "torch_rng": torch.get_rng_state(),
-                     "preset": preset}
+                     "preset": preset, "init_from": str(init_from) if init_from else None}
     progress = Progress(bar, run / "last.pt", state)
     stream = batches(sampler, rng, autoencoder, text, batch, workers, seed=1000 + step)
     while (elapsed := time.time() - t0) < budget:

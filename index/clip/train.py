@@ -24,7 +24,7 @@ import argparse
 import json
 import math
 import platform
-import shlex
+import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -94,7 +94,7 @@ class Batches(torch.utils.data.IterableDataset):
 
     def _query_view(self, path: Path, rng: np.random.Generator, distractors: list) -> torch.Tensor:
         img = load_image(path)
-        if rng.random() < self.cfg.drawn_fraction:  # another icon set's style (OpenMoji-like)
+        if self.cfg.drawn_fraction and rng.random() < self.cfg.drawn_fraction:  # another icon set's style
             img = drawn(img, rng)
         return self.preprocess(open_rgb(augment(img, rng, distractors)))
 
@@ -126,19 +126,30 @@ class Batches(torch.utils.data.IterableDataset):
             step += stride
 
 
+def _init_path(init_from: str | Path) -> Path:
+    """A warm start's weights: a safetensors file, a checkpoint folder, or a shipped checkpoint's name."""
+    path = Path(init_from)
+    if not path.exists() and (CHECKPOINT_DIR / str(init_from)).is_dir():
+        path = CHECKPOINT_DIR / str(init_from)
+    file = path / "open_clip_model.safetensors" if path.is_dir() else path
+    if not file.is_file():
+        raise FileNotFoundError(f"--init-from {init_from}: no such weights; give an open_clip safetensors file, a "
+                                f"checkpoint folder or a shipped checkpoint's name such as mmkb-clip-tiny")
+    return path
+
+
 def _warm_start(model: torch.nn.Module, path: Path) -> None:
     """Load open_clip weights (a safetensors file, or a folder holding open_clip_model.safetensors)."""
     from safetensors.torch import load_file
 
     file = path / "open_clip_model.safetensors" if path.is_dir() else path
-    if not file.is_file():
-        raise FileNotFoundError(f"--init-from {path}: no such weights file; give an open_clip safetensors file "
-                                f"or a checkpoint folder such as {CHECKPOINT_DIR / 'mmkb-clip-tiny'}")
-    state = {k: v.float() for k, v in load_file(str(file)).items()}
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ValueError(f"--init-from {file} does not fit this config: missing {missing[:5]}, "
-                         f"unexpected {unexpected[:5]}")
+    state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(file)).items()}
+    mine = model.state_dict()
+    misfit = sorted(set(mine) ^ set(state)) + [k for k in mine.keys() & state.keys() if mine[k].shape != state[k].shape]
+    if misfit:
+        raise ValueError(f"--init-from {file} holds weights of another model config ({len(misfit)} tensors differ, "
+                         f"e.g. {misfit[:3]}); give a checkpoint of this config")
+    model.load_state_dict(state)
     print(f"warm start from {file}", file=sys.stderr)
 
 
@@ -244,40 +255,57 @@ def _lr(cfg: TrainConfig, progress: float) -> float:
 
 
 def export(model: torch.nn.Module, model_cfg: dict, cfg: TrainConfig, out: Path, summary: dict) -> Path:
-    """fp16 safetensors + config.json + MODEL_CARD.md under `out`; each file is written beside
-    its final name and moved into place, so an interrupted export leaves the old files whole."""
+    """fp16 safetensors + config.json + MODEL_CARD.md in `out`: written to a folder beside it that
+    then takes its place, so an interrupted export leaves the old checkpoint whole."""
     from safetensors.torch import save_file
 
-    out.mkdir(parents=True, exist_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp, old = out.with_name(out.name + ".tmp"), out.with_name(out.name + ".old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
     state = {k: (v.half() if v.is_floating_point() else v).contiguous().cpu()
              for k, v in model.state_dict().items()}
-    path = out / "open_clip_model.safetensors"
-    tmp = path.with_suffix(".tmp")
-    save_file(state, str(tmp), metadata={"format": "pt", "config": cfg.config})
-    tmp.replace(path)
+    save_file(state, str(tmp / "open_clip_model.safetensors"), metadata={"format": "pt", "config": cfg.config})
     record = {k: v for k, v in summary.items() if k != "previous_card"}
-    for name, text in [("config.json", json.dumps({"model_cfg": model_cfg, "train_cfg": asdict(cfg),
-                                                   "summary": record}, indent=2) + "\n"),
-                       ("MODEL_CARD.md", _model_card(model_cfg, cfg, summary, path))]:
-        tmp = out / f"{name}.tmp"
-        tmp.write_text(text)
-        tmp.replace(out / name)
-    return path
+    (tmp / "config.json").write_text(json.dumps({"model_cfg": model_cfg, "train_cfg": asdict(cfg),
+                                                 "summary": record}, indent=2) + "\n")
+    (tmp / "MODEL_CARD.md").write_text(_model_card(model_cfg, cfg, summary, tmp / "open_clip_model.safetensors"))
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        out.replace(old)
+    tmp.replace(out)
+    shutil.rmtree(old, ignore_errors=True)
+    return out / "open_clip_model.safetensors"
+
+
+def command_line(cfg: TrainConfig, run_dir: Path, out: Path, device: str, workers: int) -> str:
+    """The `mmkb train clip` command that repeats a run (its data and schedule are all in `cfg`)."""
+    parts = ["mmkb train clip", f"--minutes {cfg.minutes}", f"--steps {cfg.steps}", f"--batch-size {cfg.batch_size}",
+             f"--lr {cfg.lr}", f"--seed {cfg.seed}", f"--drawn-fraction {cfg.drawn_fraction}",
+             f"--run-dir {run_dir}", f"--out {out}"]
+    if cfg.init_from:
+        parts.append(f"--init-from {cfg.init_from}")
+    if device != "cpu":
+        parts.append(f"--device {device} --workers {workers}")
+    return " ".join(parts)
 
 
 def _model_card(model_cfg: dict, cfg: TrainConfig, s: dict, path: Path) -> str:
     size_mb = path.stat().st_size / 1e6
     metrics = "\n".join(f"| {k} | {v:.3f} |" for k, v in s.get("metrics", {}).items())
-    warm = ""
+    earlier = s.get("previous_card") or ""
+    warm = origin = ""
     if cfg.init_from:
-        warm = f"- Warm start: the weights of `{cfg.init_from}`; how they were trained is under \"Earlier training\"\n"
-    earlier = s.get("previous_card")
-    earlier = ("\n## Earlier training (the warm start's own card)\n\n" + earlier.split("\n", 1)[1].replace("\n## ", "\n### ")
-               if earlier else "")
+        origin = f"fine-tuned from `{cfg.init_from}` (its own training: \"Earlier training\" below)" if earlier \
+            else f"fine-tuned from `{cfg.init_from}` (no model card came with it)"
+        warm = f"- Warm start: the weights then in `{cfg.init_from}`\n"
+    if earlier:
+        body = earlier.split("\n", 1)[1] if "\n" in earlier else ""  # without its title line
+        earlier = "\n## Earlier training (the warm start's own card)\n" + body.replace("\n## ", "\n### ")
     return f"""# {cfg.config}
 
-An open_clip model (ModifiedResNet image tower, transformer text tower) trained from
-scratch by mmkb on its starter KB, worldkb. It embeds images and texts into one
+An open_clip model (ModifiedResNet image tower, transformer text tower)
+{origin or 'trained from scratch'} by mmkb on its starter KB, worldkb. It embeds images and texts into one
 {model_cfg['embed_dim']}-dimensional space for entity recognition (which country's flag,
 which emoji) and text→image search over the KB.
 
@@ -317,7 +345,7 @@ AdamW (lr {cfg.lr}, weight decay {cfg.weight_decay}, warm-up then cosine), batch
 - Steps: {s['step']} ({s['step'] * cfg.batch_size * 2} image views)
 - Time: {s['elapsed_s'] / 60:.1f} min of training on {s['machine']}; the learning rate follows
   the larger of step and time progress, so the step count depends on the machine's other load
-- Command: `{s['command']}` (resumes from `runs/clip/last.pt` when interrupted)
+- Command: `{s['command']}` (resumes from `{s.get('run_dir', 'runs/clip')}/last.pt` when interrupted)
 {warm}
 ## Validation at the end of training
 
@@ -364,11 +392,11 @@ def train_clip(minutes: float | None = 45.0, steps: int | None = 6000, config: s
     torch.manual_seed(seed)
     model, _, preprocess = open_clip.create_model_and_transforms(config)
     model_cfg = open_clip.get_model_config(config)
+    init_path = _init_path(init_from) if init_from else None
     previous_card = None
-    if init_from:
-        _warm_start(model, Path(init_from))
-        card = (Path(init_from) if Path(init_from).is_dir() else Path(init_from).parent) / "MODEL_CARD.md"
-        previous_card = card.read_text() if card.is_file() else None
+    if init_path is not None:
+        card = (init_path if init_path.is_dir() else init_path.parent) / "MODEL_CARD.md"
+        previous_card = card.read_text() if card.is_file() else None  # before `out` may overwrite it
     dev = torch.device(device)
     if dev.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
@@ -386,20 +414,27 @@ def train_clip(minutes: float | None = 45.0, steps: int | None = 6000, config: s
     optimizer = torch.optim.AdamW(_param_groups(objective, cfg.weight_decay), lr=lr, betas=(0.9, 0.98), eps=1e-6)
 
     step, elapsed, history, metrics = 0, 0.0, [], {}
-    if init_from:  # proxies start at the entities' reference embeddings, not at random
-        model.eval()  # batch norm: use the running statistics, do not update them
-        with torch.no_grad():
-            objective.proxies.copy_(_embed(model, preprocess, [load_image(e.images[0]) for e in train_set]))
+    resumed = False
     if resume and state_path.exists():
         state = torch.load(state_path, map_location="cpu", weights_only=False)
+        if state["train_cfg"].get("init_from") != cfg.init_from:
+            began = state["train_cfg"].get("init_from") or "a random init"
+            raise ValueError(f"{state_path} holds a run that began from {began}, not from "
+                             f"{cfg.init_from or 'a random init'}: pass --no-resume to start over, or another --run-dir")
         if state["train_cfg"]["config"] == config and state["model_cfg"] == model_cfg \
                 and state["objective"]["proxies"].shape == objective.proxies.shape:
             objective.load_state_dict(state["objective"])
             optimizer.load_state_dict(state["optimizer"])
             step, elapsed, history, metrics = state["step"], state["elapsed"], state["history"], state["metrics"]
+            resumed = True
             print(f"resumed {state_path} at step {step} ({elapsed / 60:.1f} min)", file=sys.stderr)
         else:
             print(f"{state_path} is from another configuration: starting afresh", file=sys.stderr)
+    if init_path is not None and not resumed:
+        _warm_start(model, init_path)
+        model.eval()  # proxies start at the entities' reference embeddings, not at random (batch norm: running stats)
+        with torch.no_grad():
+            objective.proxies.copy_(_embed(model, preprocess, [load_image(e.images[0]) for e in train_set]))
 
     def save() -> None:
         tmp = state_path.with_suffix(".tmp")
@@ -461,8 +496,7 @@ def train_clip(minutes: float | None = 45.0, steps: int | None = 6000, config: s
                "machine": (f"{torch.cuda.get_device_name(dev)} GPU" if dev.type == "cuda" else
                            f"{platform.machine()} CPU: {torch.get_num_threads()} compute thread(s)")
                           + f" + {workers} data-loading process(es)",
-               "command": "python -m index.clip.train " + " ".join(map(shlex.quote, sys.argv[1:]))
-               if sys.argv and sys.argv[0].endswith("train.py") else f"train_clip(minutes={minutes}, steps={steps})",
+               "command": command_line(cfg, run_dir, out, device, workers), "run_dir": str(run_dir),
                "first_loss": history[0]["loss"] if history else None, "previous_card": previous_card}
     path = export(model, model_cfg, cfg, out, summary)
     print(f"exported {path} (step {step}, {elapsed / 60:.1f} min, {metrics}); training state in {state_path}")

@@ -53,7 +53,7 @@ class TrainConfig:
     threads: int | None = None
     save_every_s: float = 240.0
     init_from: str | None = None  # warm start: an mmkb-reader export whose weights fit this data
-    trim_common: int = 5000  # export: keep these common word pieces + the KB's (rag.vlm.trim); 0 keeps all
+    trim_common: int = 8000  # export: keep these common word pieces + the KB's (rag.vlm.trim); 0 keeps all
     notes: dict = field(default_factory=dict)
 
 
@@ -363,19 +363,25 @@ class Trainer:
         return lr + ls + lm + 0.5 * rehearse, {"ret": lr.item(), "srt": ls.item(), "mct": lm.item(), **info}
 
     def warm_start(self, path: Path) -> None:
-        """Start from an earlier export (e.g. after the image embedder was retrained); shapes must match."""
+        """Start from an earlier export (e.g. after the image embedder was retrained). Its encoder may
+        have a trimmed vocabulary: each kept row goes back to its token's place, the others keep the
+        pretrained rows. Heads are taken where their shapes fit this data."""
         from safetensors.torch import load_file
         from transformers import AutoModel
 
         encoder = AutoModel.from_pretrained(str(Path(path) / "encoder"))
         state = encoder.state_dict()
         key = "embeddings.word_embeddings.weight"
-        mine = self.model.encoder.state_dict()[key]
-        if state[key].shape != mine.shape:  # a trimmed export: its rows go back to their tokens' places
+        pretrained = self.model.encoder.state_dict()[key]
+        if state[key].shape != pretrained.shape:  # a trimmed export: its rows go back to their tokens' places
             from transformers import AutoTokenizer
 
             theirs = AutoTokenizer.from_pretrained(str(Path(path) / "encoder")).get_vocab()
-            table = mine.clone()  # pieces the export dropped keep the pretrained rows
+            unknown = [t for t in theirs if t not in self.tok.get_vocab()]
+            if unknown:
+                raise ValueError(f"{path}: its tokenizer has pieces this one lacks ({unknown[:5]}); "
+                                 f"it was not trained from {self.rcfg.text_model}")
+            table = pretrained.clone()  # pieces the export dropped keep the pretrained rows
             rows = torch.as_tensor([self.tok.convert_tokens_to_ids(t) for t in theirs])
             table[rows] = state[key][torch.as_tensor(list(theirs.values()))].to(table.dtype)
             state[key] = table
@@ -412,6 +418,7 @@ class Trainer:
                 "answers": len(self.rcfg.answers), "entities": len(self.rcfg.entities),
                 "last_log": self.state["log"][-3:]}
         (tmp / "training.json").write_text(json.dumps(card, indent=1, default=str))
+        (tmp / "MODEL_CARD.md").write_text(self._model_card(card, out / "MODEL_CARD.md"))
         if out.exists():
             import shutil
 
@@ -425,9 +432,33 @@ class Trainer:
         return out
 
 
+    def _model_card(self, card: dict, earlier: Path) -> str:
+        """What this export is, and the card of the model it replaces (a warm start's history) below."""
+        c = self.cfg
+        vocab = json.loads((Path(c.out).with_name(Path(c.out).name + ".tmp") / "encoder" / "config.json").read_text())
+        trimmed = vocab.get("mmkb_trimmed")
+        lines = [
+            "# mmkb-reader", "",
+            f"Exported by `mmkb train vlm` ({time.strftime('%Y-%m-%d')}): {c.read_steps} reading steps, "
+            f"self-labelling of {c.label_questions} questions, {c.tag_steps} tag steps, "
+            f"{card['train_minutes']} min of training; image embedder `{self.image_embedder}`"
+            + (f"; warm start from `{c.init_from}`" if c.init_from else "") + ".",
+            f"- Command: `mmkb train vlm --read-steps {c.read_steps} --tag-steps {c.tag_steps} "
+            f"--trim-common {c.trim_common}" + (f" --init-from {c.init_from}" if c.init_from else "") + "`",
+            f"- Self-labels: {card['label_stats']}",
+            f"- Vocabulary: {trimmed['to']} of {trimmed['from']} pieces (`rag.vlm.trim`, common {trimmed['common']})"
+            if trimmed else "- Vocabulary: the text encoder's full vocabulary",
+            "- Metrics: `python benchmarks/kbvqa.py` (README, benchmarks/results/kbvqa.md)", ""]
+        if earlier.is_file():
+            body = earlier.read_text().split("\n", 1)
+            lines += ["## Earlier card (the model this export replaced)", "",
+                      (body[1] if len(body) > 1 else "").replace("\n## ", "\n### ").replace("\n# ", "\n### ")]
+        return "\n".join(lines) + "\n"
+
+
 def train_vlm(read_steps: int = 900, tag_steps: int = 300, out: str = str(CHECKPOINT),
               run_dir: str = str(ROOT / "runs" / "vlm"), entity_limit: int | None = None, threads: int | None = None,
-              resume: bool = True, seed: int = 0, init_from: str | None = None, trim_common: int = 5000) -> Path:
+              resume: bool = True, seed: int = 0, init_from: str | None = None, trim_common: int = 8000) -> Path:
     cfg = TrainConfig(out=out, run_dir=run_dir, read_steps=read_steps, tag_steps=tag_steps,
                       entity_limit=entity_limit, threads=threads, seed=seed, init_from=init_from,
                       trim_common=trim_common)

@@ -6,92 +6,120 @@ reader is fine-tuned on worldkb, and most of those rows are never used by it. Tr
 - the special tokens, every single character and single-character continuation (`##x`), so any
   text still tokenizes (a dropped word falls back to smaller pieces, never to [UNK] more often);
 - the `common` lowest-id pieces: BERT's vocabulary lists whole words and pieces roughly by
-  frequency, so these are the words user questions are made of;
-- every piece that the given texts (the KB's documents and the question phrasings) use.
+  frequency, so these are the words everyday questions are made of;
+- every piece that the given texts use (for the shipped reader: the KB's names, sections and
+  facts, and the training phrasings of the questions; never the held-out phrasings);
 
-A text made only of kept pieces tokenizes exactly as before (WordPiece takes the longest
-matching piece, and every piece it took is still there), so on that text the trimmed model
-computes the same function. The result is still a standard `save_pretrained` BERT model and
-tokenizer; `python -m rag.vlm.trim CHECKPOINT` trims an exported reader in place.
+and drops BERT's 994 `[unusedN]` placeholders. A text made only of kept pieces tokenizes exactly
+as before (WordPiece takes the longest matching piece, and every piece it took is still there),
+so on that text the trimmed model computes the same function; other words split into more,
+smaller pieces. The result is still a standard `save_pretrained` BERT model and tokenizer;
+`python -m rag.vlm.trim CHECKPOINT` trims an exported reader that has not been trimmed yet.
 """
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import shutil
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 import torch
 
+FIRST_WORD = 1996  # BERT uncased: ids below are specials, [unusedN] and single characters
+
 
 def kept_ids(tokenizer, texts: Iterable[str], common: int) -> list[int]:
     """Token ids to keep, in their original order."""
-    vocab = tokenizer.get_vocab()
     keep = set(tokenizer.all_special_ids)
-    for piece, i in vocab.items():
-        if i < common or len(piece.removeprefix("##")) <= 1:
+    for piece, i in tokenizer.get_vocab().items():
+        if i >= tokenizer.vocab_size or (FIRST_WORD <= i < common) or \
+                (len(piece.removeprefix("##")) <= 1 and not piece.startswith("[unused")):
             keep.add(i)
     for text in texts:
         keep.update(tokenizer(text, add_special_tokens=False)["input_ids"])
     return sorted(keep)
 
 
-def trim(model, tokenizer, texts: Iterable[str], common: int = 5000):
-    """(model, tokenizer) with the word-embedding table cut to `kept_ids`; the model is changed in place."""
-    from transformers import BertTokenizer
+def _wordpiece_tokenizer(pieces: list[str], like):
+    """A BERT tokenizer over `pieces` (ids in list order) with `like`'s settings, on transformers 4 or 5."""
+    from transformers import BertTokenizer, BertTokenizerFast
 
+    kwargs = {k: like.init_kwargs[k] for k in ("do_lower_case", "tokenize_chinese_chars", "strip_accents",
+                                               "model_max_length") if k in like.init_kwargs}
+    kwargs.update({k: getattr(like, k) for k in ("unk_token", "sep_token", "pad_token", "cls_token", "mask_token")})
+    if "vocab" in inspect.signature(BertTokenizer.__init__).parameters:  # transformers 5: a dict will do
+        return BertTokenizer(vocab={p: i for i, p in enumerate(pieces)}, **kwargs)
+    with tempfile.TemporaryDirectory() as tmp:  # transformers 4: from a vocab.txt
+        vocab_file = Path(tmp) / "vocab.txt"
+        vocab_file.write_text("\n".join(pieces) + "\n")
+        return BertTokenizerFast(vocab_file=str(vocab_file), **kwargs)
+
+
+def trim(model, tokenizer, texts: Iterable[str], common: int = 8000):
+    """(model, tokenizer) with the word-embedding table cut to `kept_ids`; the model is changed in place."""
     keep = kept_ids(tokenizer, texts, common)
-    # Tokens added after the base vocabulary (mmkb's [IMG], [Ret] …) go back after it, in order.
-    first_added = tokenizer.vocab_size  # the base vocabulary's size, without added tokens
     inverse = {i: t for t, i in tokenizer.get_vocab().items()}
-    base = [inverse[i] for i in keep if i < first_added]
-    extra = [t for t, i in sorted(tokenizer.get_added_vocab().items(), key=lambda kv: kv[1]) if i >= first_added]
-    kwargs = {k: tokenizer.init_kwargs[k] for k in ("do_lower_case", "tokenize_chinese_chars", "strip_accents",
-                                                     "model_max_length") if k in tokenizer.init_kwargs}
-    new_tok = BertTokenizer(vocab={t: i for i, t in enumerate(base)}, **kwargs)
-    new_tok.add_special_tokens({"additional_special_tokens": extra})
-    order = [tokenizer.convert_tokens_to_ids(t) for t in base + extra]
+    # Tokens added after the base vocabulary (mmkb's [IMG], [Ret] …) go back after it, in order.
+    base = [inverse[i] for i in keep if i < tokenizer.vocab_size]
+    extra = [inverse[i] for i in keep if i >= tokenizer.vocab_size]
+    new_tok = _wordpiece_tokenizer(base, tokenizer)
+    if extra:
+        key = ("extra_special_tokens" if "replace_extra_special_tokens" in
+               inspect.signature(new_tok.add_special_tokens).parameters else "additional_special_tokens")
+        new_tok.add_special_tokens({key: extra})
+    order = torch.as_tensor([tokenizer.convert_tokens_to_ids(t) for t in base + extra])
+    if [new_tok.convert_tokens_to_ids(t) for t in base + extra] != list(range(len(order))):
+        raise RuntimeError("the trimmed tokenizer did not keep the pieces in order; nothing was changed")
     table = model.get_input_embeddings().weight.detach()
-    emb = torch.nn.Embedding(len(order), table.shape[1], padding_idx=new_tok.pad_token_id)
+    emb = torch.nn.Embedding(len(order), table.shape[1], padding_idx=new_tok.pad_token_id,
+                             dtype=table.dtype, device=table.device)
     with torch.no_grad():
-        emb.weight.copy_(table[torch.as_tensor(order)])
+        emb.weight.copy_(table[order.to(table.device)])
     model.set_input_embeddings(emb)
     model.config.vocab_size = len(order)
-    if hasattr(model.config, "pad_token_id"):
-        model.config.pad_token_id = new_tok.pad_token_id
+    model.config.pad_token_id = new_tok.pad_token_id
+    model.config.mmkb_trimmed = {"from": len(tokenizer), "to": len(order), "common": common}
     return model, new_tok
 
 
 def corpus_texts() -> list[str]:
-    """What the shipped reader reads: the starter KB's records and every question phrasing."""
-    from rag.kbvqa.questions import TYPES
+    """What the shipped reader is trained to read: the starter KB's names, aliases, sections and
+    facts, and the training phrasings of every question type (not the held-out ones)."""
     from index.worldkb import DATA_DIR
+    from rag.kbvqa.questions import TYPES
 
-    texts = [line for line in (DATA_DIR / "manifest.jsonl").read_text().splitlines() if line.strip()]
+    texts = []
+    for line in (DATA_DIR / "manifest.jsonl").read_text().splitlines():
+        if not line.strip():
+            continue
+        rec = json.loads(line)
+        texts += [rec["name"], *rec.get("aliases", []), json.dumps(rec.get("facts", {}), ensure_ascii=False)]
+        texts += [f"{s.get('heading', '')} {s.get('text', '')}" for s in rec.get("sections", [])]
     for qt in TYPES.values():
-        for value in vars(qt).values():
-            if isinstance(value, (list, tuple)):
-                texts += [v for v in value if isinstance(v, str)]
-            elif isinstance(value, str):
-                texts.append(value)
+        texts += [*qt.train, qt.heading, qt.name.replace("_", " ")]
     return texts
 
 
-def trim_checkpoint(path: Path, common: int = 5000) -> tuple[int, int]:
-    """Trim an exported reader's encoder in place (written beside, then swapped). Returns (before, after) rows."""
+def trim_checkpoint(path: Path, common: int = 8000) -> tuple[int, int]:
+    """Trim an exported reader's encoder: written beside it, then swapped in. Returns (before, after) sizes."""
     from transformers import AutoModel, AutoTokenizer
 
     encoder_dir = Path(path) / "encoder"
+    if not (encoder_dir / "config.json").is_file():
+        raise FileNotFoundError(f"{path} has no encoder/config.json: give an exported mmkb-reader folder")
+    if "mmkb_trimmed" in json.loads((encoder_dir / "config.json").read_text()):
+        raise ValueError(f"{encoder_dir} is trimmed already; trim the untrimmed export (or retrain) instead")
     tokenizer = AutoTokenizer.from_pretrained(str(encoder_dir))
     model = AutoModel.from_pretrained(str(encoder_dir), dtype=torch.float16)
-    before = model.get_input_embeddings().weight.shape[0]
+    before = len(tokenizer)
     model, tokenizer = trim(model, tokenizer, corpus_texts(), common)
-    tmp = encoder_dir.with_name("encoder.tmp")
+    tmp, old = encoder_dir.with_name("encoder.tmp"), encoder_dir.with_name("encoder.old")
     shutil.rmtree(tmp, ignore_errors=True)
     model.half().save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
-    old = encoder_dir.with_name("encoder.old")
     shutil.rmtree(old, ignore_errors=True)
     encoder_dir.replace(old)
     tmp.replace(encoder_dir)
@@ -102,7 +130,7 @@ def trim_checkpoint(path: Path, common: int = 5000) -> tuple[int, int]:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("checkpoint", type=Path, help="an exported mmkb-reader folder")
-    ap.add_argument("--common", type=int, default=5000, help="keep the pieces below this id (common English)")
+    ap.add_argument("--common", type=int, default=8000, help="keep the pieces below this id (common English)")
     args = ap.parse_args(argv)
     before, after = trim_checkpoint(args.checkpoint, args.common)
     print(json.dumps({"checkpoint": str(args.checkpoint), "vocabulary_before": before, "vocabulary_after": after}))

@@ -128,7 +128,7 @@ def test_drawn_style_keeps_size_hue_and_draws_dark_outlines():
     out = drawn(img, np.random.default_rng(0))
     assert out.size == img.size and out.mode == "RGBA"
     arr = np.asarray(out)
-    assert arr[32, 32, :3].tolist() == [250, 200, 30] or np.abs(arr[32, 32, :3].astype(int) - [250, 200, 30]).max() < 12
+    assert np.abs(arr[32, 32, :3].astype(int) - [250, 200, 30]).max() < 12  # the fill keeps its colour
     assert arr[32, 8, :3].max() < 60 and arr[32, 8, 3] == 255  # the silhouette's edge is inked
     assert arr[2, 2, 3] == 0  # outside stays transparent
 
@@ -140,9 +140,13 @@ def test_warm_start_continues_from_given_weights(tmp_path, tiny_config):
 
     kw = dict(minutes=5, config=tiny_config, batch_size=8, max_entities=8, workers=0, progress=False)
     first = train_clip(steps=2, out=tmp_path / "a", run_dir=tmp_path / "run-a", **kw)
-    second = train_clip(steps=1, lr=1e-9, out=tmp_path / "b", run_dir=tmp_path / "run-b", init_from=tmp_path / "a", **kw)
+    second = train_clip(steps=1, lr=1e-9, seed=1, out=tmp_path / "b", run_dir=tmp_path / "run-b",
+                        init_from=tmp_path / "a", **kw)
     a, b = load_file(str(first)), load_file(str(second))
-    assert torch.allclose(a["visual.conv1.weight"].float(), b["visual.conv1.weight"].float(), atol=1e-3)
-    assert "Earlier training" in (tmp_path / "b" / "MODEL_CARD.md").read_text()
+    assert torch.allclose(a["visual.conv1.weight"].float(), b["visual.conv1.weight"].float(), atol=1e-4)
+    card = (tmp_path / "b" / "MODEL_CARD.md").read_text()
+    assert "fine-tuned from" in card and "Earlier training" in card and f"--init-from {tmp_path / 'a'}" in card
     with pytest.raises(FileNotFoundError, match="init-from"):
         train_clip(steps=1, out=tmp_path / "c", run_dir=tmp_path / "run-c", init_from=tmp_path / "missing", **kw)
+    with pytest.raises(ValueError, match="no-resume"):  # a saved run that began elsewhere is not silently resumed
+        train_clip(steps=2, out=tmp_path / "b", run_dir=tmp_path / "run-a", init_from=tmp_path / "b", **kw)
