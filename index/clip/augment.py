@@ -257,6 +257,8 @@ def drawn(img: Image.Image, rng: np.random.Generator, colours: tuple[int, int] =
     edge = np.zeros_like(alpha)
     for axis in (0, 1):
         other = np.roll(regions, 1, axis)
+        # Ink only where neighbouring palette colours differ by more than 80 (of 441, RGB distance):
+        # shading steps of one surface stay unlined, real parts (eyes, a flag's bands) get a line.
         distinct = np.linalg.norm(palette[np.maximum(regions, 0)] - palette[np.maximum(other, 0)], axis=-1) > 80
         edge |= (regions != other) & (((regions < 0) != (other < 0)) | distinct)
     edge[0, :] = edge[:, 0] = False  # np.roll wraps around: the first row/column compare with the last
