@@ -19,6 +19,7 @@ fine-tune MiniLM, and meets it.
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -174,6 +175,13 @@ def load_reader(path: Path, device: str = "cpu") -> tuple[MMKBReader, object]:
     cfg = ReaderConfig.load(path / "config.json")
     tokenizer = AutoTokenizer.from_pretrained(str(path / "encoder"))
     encoder = AutoModel.from_pretrained(str(path / "encoder"), dtype=torch.float32)
+    if getattr(encoder.config, "mmkb_trimmed", None):  # back onto the full pretrained vocabulary
+        from rag.vlm.trim import expand
+
+        try:
+            encoder, tokenizer = expand(encoder, tokenizer, cfg.text_model)
+        except (RuntimeError, OSError) as err:  # the pretrained text model is not installed: read trimmed
+            warnings.warn(f"{path}: reading with its trimmed vocabulary ({err})", stacklevel=2)
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     model = MMKBReader(cfg, encoder, ids)
     heads = {k: v.float() for k, v in load_file(str(path / "heads.safetensors")).items()}

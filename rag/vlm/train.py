@@ -369,23 +369,15 @@ class Trainer:
         from safetensors.torch import load_file
         from transformers import AutoModel
 
-        encoder = AutoModel.from_pretrained(str(Path(path) / "encoder"))
-        state = encoder.state_dict()
-        key = "embeddings.word_embeddings.weight"
-        pretrained = self.model.encoder.state_dict()[key]
-        if state[key].shape != pretrained.shape:  # a trimmed export: its rows go back to their tokens' places
+        encoder = AutoModel.from_pretrained(str(Path(path) / "encoder"), dtype=torch.float32)
+        if getattr(encoder.config, "mmkb_trimmed", None):  # its rows go back to their tokens' places
             from transformers import AutoTokenizer
 
-            theirs = AutoTokenizer.from_pretrained(str(Path(path) / "encoder")).get_vocab()
-            unknown = [t for t in theirs if t not in self.tok.get_vocab()]
-            if unknown:
-                raise ValueError(f"{path}: its tokenizer has pieces this one lacks ({unknown[:5]}); "
-                                 f"it was not trained from {self.rcfg.text_model}")
-            table = pretrained.clone()  # pieces the export dropped keep the pretrained rows
-            rows = torch.as_tensor([self.tok.convert_tokens_to_ids(t) for t in theirs])
-            table[rows] = state[key][torch.as_tensor(list(theirs.values()))].to(table.dtype)
-            state[key] = table
-        self.model.encoder.load_state_dict(state)
+            from rag.vlm.trim import expand
+
+            encoder, _ = expand(encoder, AutoTokenizer.from_pretrained(str(Path(path) / "encoder")),
+                                self.rcfg.text_model)
+        self.model.encoder.load_state_dict(encoder.state_dict())
         heads = {k: v.float() for k, v in load_file(str(Path(path) / "heads.safetensors")).items()}
         mine = self.model.state_dict()
         fit = {k: v for k, v in heads.items() if k in mine and mine[k].shape == v.shape}

@@ -13,8 +13,11 @@ reader is fine-tuned on worldkb, and most of those rows are never used by it. Tr
 and drops BERT's 994 `[unusedN]` placeholders. A text made only of kept pieces tokenizes exactly
 as before (WordPiece takes the longest matching piece, and every piece it took is still there),
 so on that text the trimmed model computes the same function; other words split into more,
-smaller pieces. The result is still a standard `save_pretrained` BERT model and tokenizer;
-`python -m rag.vlm.trim CHECKPOINT` trims an exported reader that has not been trimmed yet.
+smaller pieces. The result is still a standard `save_pretrained` BERT model and tokenizer, so it
+loads on its own; mmkb's `load_reader` goes further and `expand`s it back onto the full pretrained
+vocabulary of the installed all-MiniLM-L6-v2 (rows of pieces the fine-tuning never read are the
+pretrained ones), so nothing is lost in mmkb. `python -m rag.vlm.trim CHECKPOINT` trims an export
+that has not been trimmed yet.
 """
 from __future__ import annotations
 
@@ -83,6 +86,34 @@ def trim(model, tokenizer, texts: Iterable[str], common: int = 8000):
     model.config.pad_token_id = new_tok.pad_token_id
     model.config.mmkb_trimmed = {"from": len(tokenizer), "to": len(order), "common": common}
     return model, new_tok
+
+
+def expand(model, tokenizer, text_model: str):
+    """The inverse of `trim` for reading: a trimmed encoder back on the full vocabulary of the
+    pretrained `text_model` it was fine-tuned from. Kept pieces keep their fine-tuned rows; dropped
+    pieces get the pretrained rows (fine-tuning does not move rows of pieces it never reads).
+    Returns (model, full tokenizer); the model is changed in place."""
+    from rag.vlm.reader import load_text_encoder
+
+    base, full = load_text_encoder(text_model)
+    ours = tokenizer.get_vocab()
+    unknown = [t for t in ours if t not in full.get_vocab()]
+    if unknown:
+        raise ValueError(f"the trimmed vocabulary has pieces {unknown[:5]} that {text_model} lacks: "
+                         f"it was not fine-tuned from {text_model}")
+    trimmed = model.get_input_embeddings().weight.detach()
+    table = base.get_input_embeddings().weight.detach().to(trimmed.dtype, copy=True)
+    rows = torch.as_tensor([full.convert_tokens_to_ids(t) for t in ours])
+    table[rows] = trimmed[torch.as_tensor(list(ours.values()))].to(table.device)
+    emb = torch.nn.Embedding(*table.shape, padding_idx=full.pad_token_id, dtype=table.dtype, device=trimmed.device)
+    with torch.no_grad():
+        emb.weight.copy_(table)
+    model.set_input_embeddings(emb)
+    model.config.vocab_size = len(table)
+    model.config.pad_token_id = full.pad_token_id
+    if hasattr(model.config, "mmkb_trimmed"):
+        del model.config.mmkb_trimmed
+    return model, full
 
 
 def corpus_texts() -> list[str]:

@@ -31,10 +31,30 @@ def test_trimmed_encoder_reads_kept_text_exactly_as_before():
 def test_training_exports_a_trimmed_reader_and_warm_starts_from_it(tiny_reader, tmp_path):
     from rag.vlm.train import TrainConfig, Trainer
 
-    model, tok = load_reader(tiny_reader)
-    assert len(tok) < 20000 and model.encoder.get_input_embeddings().weight.shape[0] == len(tok)
+    from transformers import AutoTokenizer
+
+    assert len(AutoTokenizer.from_pretrained(str(tiny_reader / "encoder"))) < 20000  # the export is trimmed
+    model, tok = load_reader(tiny_reader)  # and reads with the full vocabulary again
+    assert len(tok) == 30522 + len(SPECIAL_TOKENS) == model.encoder.get_input_embeddings().weight.shape[0]
     cfg = TrainConfig(out=str(tmp_path / "model"), run_dir=str(tmp_path / "run"), entity_limit=12)
     trainer = Trainer(cfg)
     trainer.warm_start(tiny_reader)  # rows go back to their tokens' places in the full vocabulary
     row = trainer.model.encoder.get_input_embeddings().weight[trainer.tok.convert_tokens_to_ids("capital")]
     assert torch.allclose(row, model.encoder.get_input_embeddings().weight[tok.convert_tokens_to_ids("capital")])
+
+
+def test_expand_restores_the_full_vocabulary_with_the_fine_tuned_rows():
+    from rag.vlm.trim import expand
+
+    encoder, tok = load_text_encoder("all-MiniLM-L6-v2")
+    with torch.no_grad():  # as if fine-tuned: the kept rows move
+        encoder.get_input_embeddings().weight[tok.convert_tokens_to_ids("capital")] += 1.0
+    moved = encoder.get_input_embeddings().weight[tok.convert_tokens_to_ids("capital")].clone()
+    encoder, small = trim(encoder, tok, [KB_TEXT], common=2000)
+    encoder, full = expand(encoder, small, "all-MiniLM-L6-v2")
+    assert len(full) == len(tok) and full.tokenize("an unmistakable zeppelin") == tok.tokenize("an unmistakable zeppelin")
+    table = encoder.get_input_embeddings().weight
+    assert torch.equal(table[full.convert_tokens_to_ids("capital")], moved)
+    base, _ = load_text_encoder("all-MiniLM-L6-v2")
+    z = full.convert_tokens_to_ids("zeppelin")
+    assert torch.equal(table[z], base.get_input_embeddings().weight[z])
