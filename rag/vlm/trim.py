@@ -93,17 +93,24 @@ def expand(model, tokenizer, text_model: str):
     pretrained `text_model` it was fine-tuned from. Kept pieces keep their fine-tuned rows; dropped
     pieces get the pretrained rows (fine-tuning does not move rows of pieces it never reads).
     Returns (model, full tokenizer); the model is changed in place."""
-    from rag.vlm.reader import load_text_encoder
+    from transformers import AutoModel, AutoTokenizer
 
-    base, full = load_text_encoder(text_model)
-    ours = tokenizer.get_vocab()
-    unknown = [t for t in ours if t not in full.get_vocab()]
+    from index.embedders import _resolve_sentence_model
+    from rag.vlm.reader import SPECIAL_TOKENS
+
+    path = str(_resolve_sentence_model(text_model))
+    full = AutoTokenizer.from_pretrained(path)
+    full.add_special_tokens({"additional_special_tokens": SPECIAL_TOKENS})
+    ours, known = tokenizer.get_vocab(), full.get_vocab()  # get_vocab builds a new dict per call
+    unknown = [t for t in ours if t not in known]
     if unknown:
         raise ValueError(f"the trimmed vocabulary has pieces {unknown[:5]} that {text_model} lacks: "
                          f"it was not fine-tuned from {text_model}")
     trimmed = model.get_input_embeddings().weight.detach()
-    table = base.get_input_embeddings().weight.detach().to(trimmed.dtype, copy=True)
-    rows = torch.as_tensor([full.convert_tokens_to_ids(t) for t in ours])
+    pretrained = AutoModel.from_pretrained(path).get_input_embeddings().weight.detach()
+    table = torch.zeros(len(full), trimmed.shape[1], dtype=trimmed.dtype)  # added tokens: all kept, set below
+    table[:len(pretrained)] = pretrained
+    rows = torch.as_tensor([known[t] for t in ours])
     table[rows] = trimmed[torch.as_tensor(list(ours.values()))].to(table.device)
     emb = torch.nn.Embedding(*table.shape, padding_idx=full.pad_token_id, dtype=table.dtype, device=trimmed.device)
     with torch.no_grad():
