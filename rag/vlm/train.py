@@ -410,7 +410,7 @@ class Trainer:
                 "answers": len(self.rcfg.answers), "entities": len(self.rcfg.entities),
                 "last_log": self.state["log"][-3:]}
         (tmp / "training.json").write_text(json.dumps(card, indent=1, default=str))
-        (tmp / "MODEL_CARD.md").write_text(self._model_card(card, out / "MODEL_CARD.md"))
+        (tmp / "MODEL_CARD.md").write_text(self._model_card(card, tmp, out / "MODEL_CARD.md"))
         if out.exists():
             import shutil
 
@@ -423,12 +423,10 @@ class Trainer:
             tmp.replace(out)
         return out
 
-
-    def _model_card(self, card: dict, earlier: Path) -> str:
+    def _model_card(self, card: dict, export: Path, earlier: Path) -> str:
         """What this export is, and the card of the model it replaces (a warm start's history) below."""
         c = self.cfg
-        vocab = json.loads((Path(c.out).with_name(Path(c.out).name + ".tmp") / "encoder" / "config.json").read_text())
-        trimmed = vocab.get("mmkb_trimmed")
+        trimmed = json.loads((export / "encoder" / "config.json").read_text()).get("mmkb_trimmed")
         lines = [
             "# mmkb-reader", "",
             f"Exported by `mmkb train vlm` ({time.strftime('%Y-%m-%d')}): {c.read_steps} reading steps, "

@@ -34,6 +34,7 @@ def test_training_exports_a_trimmed_reader_and_warm_starts_from_it(tiny_reader, 
     from transformers import AutoTokenizer
 
     assert len(AutoTokenizer.from_pretrained(str(tiny_reader / "encoder"))) < 20000  # the export is trimmed
+    assert "- Vocabulary: " in (tiny_reader / "MODEL_CARD.md").read_text()  # and says so in its card
     model, tok = load_reader(tiny_reader)  # and reads with the full vocabulary again
     assert len(tok) == 30522 + len(SPECIAL_TOKENS) == model.encoder.get_input_embeddings().weight.shape[0]
     cfg = TrainConfig(out=str(tmp_path / "model"), run_dir=str(tmp_path / "run"), entity_limit=12)
