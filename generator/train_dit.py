@@ -167,21 +167,17 @@ def train_dit(preset: str = "medium", minutes: float = 35.0, batch: int = 32, lr
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0, betas=(0.9, 0.99))
     step, elapsed, seen = 0, 0.0, 0
     if init_from:
-        from generator.pipeline import resolve
+        from generator.pipeline import load_dit, resolve
 
         start_dir = resolve(init_from)
-        start_cfg, start = load_weights(start_dir)
-        want = cfg.to_dict()
-        differs = [k for k, v in want.items()
-                   if k in start_cfg and (tuple(start_cfg[k]) if isinstance(start_cfg[k], list) else start_cfg[k])
-                   != (tuple(v) if isinstance(v, list) else v)]
-        if start_cfg.get("kind") != "dit" or differs:
+        start, start_cfg = load_dit(start_dir)
+        if start_cfg.get("kind") != "dit" or start.cfg != cfg:
             held = f"a DiT of preset {start_cfg['preset']!r}" if start_cfg.get("preset") else \
-                f"a {start_cfg.get('kind', 'model')} of another shape ({', '.join(differs[:3])} differ)"
+                f"a {start_cfg.get('kind', 'model')} of another shape"
             raise ValueError(f"--init-from {init_from} holds {held}, not of preset {preset!r}: pass the preset it was "
                              f"trained with, or a {preset!r} checkpoint")
-        model.load_state_dict(start)
-        ema.load_state_dict(start)
+        model.load_state_dict(start.state_dict())
+        ema.load_state_dict(start.state_dict())
         print(f"warm start from {start_dir} ({start_cfg.get('samples', '?')} samples before)")
     if resume and (run / "last.pt").is_file():
         st = torch.load(run / "last.pt", weights_only=False, map_location=dev)

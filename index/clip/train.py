@@ -40,6 +40,7 @@ from index.clip import CHECKPOINT_DIR, register_configs
 from index.clip.augment import augment, augment_light, distort, drawn
 from index.clip.data import HELD_OUT_FRACTION, Entity, load_entities, load_image, split
 from index.embedders import open_rgb
+from index.files import replace_dir
 
 
 @dataclass
@@ -126,8 +127,8 @@ class Batches(torch.utils.data.IterableDataset):
             step += stride
 
 
-def _init_path(init_from: str | Path) -> Path:
-    """A warm start's weights: a safetensors file, a checkpoint folder, or a shipped checkpoint's name."""
+def _init_file(init_from: str | Path) -> Path:
+    """A warm start's weights file, from a safetensors file, a checkpoint folder or a shipped checkpoint's name."""
     path = Path(init_from)
     if not path.exists() and (CHECKPOINT_DIR / str(init_from)).is_dir():
         path = CHECKPOINT_DIR / str(init_from)
@@ -135,14 +136,13 @@ def _init_path(init_from: str | Path) -> Path:
     if not file.is_file():
         raise FileNotFoundError(f"--init-from {init_from}: no such weights; give an open_clip safetensors file, a "
                                 f"checkpoint folder or a shipped checkpoint's name such as mmkb-clip-tiny")
-    return path
+    return file
 
 
-def _warm_start(model: torch.nn.Module, path: Path) -> None:
-    """Load open_clip weights (a safetensors file, or a folder holding open_clip_model.safetensors)."""
+def _warm_start(model: torch.nn.Module, file: Path) -> None:
+    """Load open_clip weights from a safetensors file into `model` (same config)."""
     from safetensors.torch import load_file
 
-    file = path / "open_clip_model.safetensors" if path.is_dir() else path
     state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(file)).items()}
     mine = model.state_dict()
     misfit = sorted(set(mine) ^ set(state)) + [k for k in mine.keys() & state.keys() if mine[k].shape != state[k].shape]
@@ -260,7 +260,7 @@ def export(model: torch.nn.Module, model_cfg: dict, cfg: TrainConfig, out: Path,
     from safetensors.torch import save_file
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp, old = out.with_name(out.name + ".tmp"), out.with_name(out.name + ".old")
+    tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     state = {k: (v.half() if v.is_floating_point() else v).contiguous().cpu()
@@ -270,12 +270,7 @@ def export(model: torch.nn.Module, model_cfg: dict, cfg: TrainConfig, out: Path,
     (tmp / "config.json").write_text(json.dumps({"model_cfg": model_cfg, "train_cfg": asdict(cfg),
                                                  "summary": record}, indent=2) + "\n")
     (tmp / "MODEL_CARD.md").write_text(_model_card(model_cfg, cfg, summary, tmp / "open_clip_model.safetensors"))
-    shutil.rmtree(old, ignore_errors=True)
-    if out.exists():
-        out.replace(old)
-    tmp.replace(out)
-    shutil.rmtree(old, ignore_errors=True)
-    return out / "open_clip_model.safetensors"
+    return replace_dir(tmp, out) / "open_clip_model.safetensors"
 
 
 def command_line(cfg: TrainConfig, run_dir: Path, out: Path, device: str, workers: int) -> str:
@@ -392,11 +387,9 @@ def train_clip(minutes: float | None = 45.0, steps: int | None = 6000, config: s
     torch.manual_seed(seed)
     model, _, preprocess = open_clip.create_model_and_transforms(config)
     model_cfg = open_clip.get_model_config(config)
-    init_path = _init_path(init_from) if init_from else None
-    previous_card = None
-    if init_path is not None:
-        card = (init_path if init_path.is_dir() else init_path.parent) / "MODEL_CARD.md"
-        previous_card = card.read_text() if card.is_file() else None  # before `out` may overwrite it
+    init_file = _init_file(init_from) if init_from else None
+    card = init_file.parent / "MODEL_CARD.md" if init_file else None
+    previous_card = card.read_text() if card and card.is_file() else None  # before `out` may overwrite it
     dev = torch.device(device)
     if dev.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
@@ -430,8 +423,8 @@ def train_clip(minutes: float | None = 45.0, steps: int | None = 6000, config: s
             print(f"resumed {state_path} at step {step} ({elapsed / 60:.1f} min)", file=sys.stderr)
         else:
             print(f"{state_path} is from another configuration: starting afresh", file=sys.stderr)
-    if init_path is not None and not resumed:
-        _warm_start(model, init_path)
+    if init_file is not None and not resumed:
+        _warm_start(model, init_file)
         model.eval()  # proxies start at the entities' reference embeddings, not at random (batch norm: running stats)
         with torch.no_grad():
             objective.proxies.copy_(_embed(model, preprocess, [load_image(e.images[0]) for e in train_set]))

@@ -16,7 +16,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import shutil
 import subprocess
 import tarfile
@@ -28,6 +27,7 @@ from typing import Any
 from PIL import Image
 from tqdm import tqdm
 
+from index.files import replace_dir
 from index.worldkb.facts import country_facts, country_sections, emoji_sections
 
 NPM_PACKAGES = {
@@ -230,9 +230,4 @@ def build_worldkb(out: Path, cache: Path | None = None) -> Path:
         for rec in countries + emoji:
             fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
     write_licenses(tmp)
-    old = out.with_name(out.name + ".old")
-    if out.exists():
-        os.replace(out, old)
-    os.replace(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
-    return out
+    return replace_dir(tmp, out)

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from index.files import replace_dir
 from rag.kbvqa.datasets import answer_parts
 from rag.kbvqa.questions import QUESTION_TYPES, TYPES, Question, answer_sentence, iter_questions, load_records
 from rag.vlm.inputs import best_span, make_batch, span_targets
@@ -411,17 +412,7 @@ class Trainer:
                 "last_log": self.state["log"][-3:]}
         (tmp / "training.json").write_text(json.dumps(card, indent=1, default=str))
         (tmp / "MODEL_CARD.md").write_text(self._model_card(card, tmp, out / "MODEL_CARD.md"))
-        if out.exists():
-            import shutil
-
-            old = out.with_name(out.name + ".old")
-            shutil.rmtree(old, ignore_errors=True)
-            out.replace(old)
-            tmp.replace(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.replace(out)
-        return out
+        return replace_dir(tmp, out)
 
     def _model_card(self, card: dict, export: Path, earlier: Path) -> str:
         """What this export is, and the card of the model it replaces (a warm start's history) below."""

@@ -31,6 +31,8 @@ from pathlib import Path
 
 import torch
 
+from index.files import replace_dir
+
 FIRST_WORD = 1996  # BERT uncased: ids below are specials, [unusedN] and single characters
 
 
@@ -73,8 +75,9 @@ def trim(model, tokenizer, texts: Iterable[str], common: int = 8000):
         key = ("extra_special_tokens" if "replace_extra_special_tokens" in
                inspect.signature(new_tok.add_special_tokens).parameters else "additional_special_tokens")
         new_tok.add_special_tokens({key: extra})
-    order = torch.as_tensor([tokenizer.convert_tokens_to_ids(t) for t in base + extra])
-    if [new_tok.convert_tokens_to_ids(t) for t in base + extra] != list(range(len(order))):
+    order = torch.as_tensor(keep)  # sorted ids: the base pieces, then the added tokens
+    new_ids = new_tok.get_vocab()
+    if [new_ids[t] for t in base + extra] != list(range(len(order))):
         raise RuntimeError("the trimmed tokenizer did not keep the pieces in order; nothing was changed")
     table = model.get_input_embeddings().weight.detach()
     emb = torch.nn.Embedding(len(order), table.shape[1], padding_idx=new_tok.pad_token_id,
@@ -154,14 +157,11 @@ def trim_checkpoint(path: Path, common: int = 8000) -> tuple[int, int]:
     model = AutoModel.from_pretrained(str(encoder_dir), dtype=torch.float16)
     before = len(tokenizer)
     model, tokenizer = trim(model, tokenizer, corpus_texts(), common)
-    tmp, old = encoder_dir.with_name("encoder.tmp"), encoder_dir.with_name("encoder.old")
+    tmp = encoder_dir.with_name("encoder.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.half().save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
-    shutil.rmtree(old, ignore_errors=True)
-    encoder_dir.replace(old)
-    tmp.replace(encoder_dir)
-    shutil.rmtree(old)
+    replace_dir(tmp, encoder_dir)
     return before, len(tokenizer)
 
 
