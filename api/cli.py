@@ -148,15 +148,18 @@ def index_rollback(modality: str) -> None:
 def train_clip(minutes: float = 45.0, steps: Optional[int] = None, config: str = "mmkb-clip-tiny",
                out: Optional[Path] = None, resume: bool = True, device: str = "cpu", workers: int = 1,
                batch_size: int = 256, lr: float = 2e-3, seed: int = 0, init_from: Optional[Path] = None,
-               drawn_fraction: float = 0.25, run_dir: Path = Path("runs/clip")) -> None:
+               drawn_fraction: float = 0.25, resize_mode: str = "squash",
+               run_dir: Path = Path("runs/clip")) -> None:
     """Train the shipped open_clip embedder on worldkb (contrastive, image↔text and image↔image).
     On a GPU: --device cuda --workers <spare CPU cores> (augmentation runs in the data-loading processes).
-    Fine-tune the shipped weights: --init-from index/clip/checkpoints/mmkb-clip-tiny --lr 5e-4."""
+    Fine-tune the shipped weights: --init-from index/clip/checkpoints/mmkb-clip-tiny --lr 5e-4.
+    --resize-mode squash (default) fits the whole image into the square input; shortest is open_clip's
+    centre crop."""
     from index.clip.train import train_clip as train
 
     kwargs = {"minutes": minutes, "steps": steps, "config": config, "resume": resume, "device": device,
               "workers": workers, "batch_size": batch_size, "lr": lr, "seed": seed, "init_from": init_from,
-              "drawn_fraction": drawn_fraction, "run_dir": run_dir}
+              "drawn_fraction": drawn_fraction, "resize_mode": resize_mode, "run_dir": run_dir}
     if out is not None:
         kwargs["out"] = out
     path = train(**kwargs)

@@ -98,7 +98,7 @@ class ImageEmbedder:
     def __init__(self, spec: str, device: str | None = None) -> None:
         import open_clip
 
-        from index.clip import register_configs, shipped_checkpoint
+        from index.clip import register_configs, resize_mode_of, shipped_checkpoint
 
         register_configs()
         name, _, pretrained = spec.partition(":")
@@ -116,8 +116,10 @@ class ImageEmbedder:
             self.trained = False
             torch.manual_seed(0)
         self.fingerprint = f"{spec}@{_weights_id(pretrained)}"  # what an index built with it records
+        # Weights trained with another resize mode than open_clip's default say so beside them.
+        mode = resize_mode_of(pretrained) if pretrained and Path(pretrained).is_file() else None
         self.model, _, self.preprocess = open_clip.create_model_and_transforms(
-            name, pretrained=pretrained, device=self.device)
+            name, pretrained=pretrained, device=self.device, image_resize_mode=mode)
         self.model.eval()
         self.tokenizer = open_clip.get_tokenizer(name)
         self.dim = int(self.model.text_projection.shape[1] if hasattr(self.model, "text_projection")

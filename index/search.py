@@ -22,6 +22,7 @@ from index.store import EntityStore, IndexVersion
 from index.vectors import VectorIndex
 
 MODALITIES = ("text", "image")
+TIE_DECIMALS = 5  # scores equal to this many decimals are a tie (float32 cosines of identical images)
 
 
 class IndexNotBuiltError(RuntimeError):
@@ -150,8 +151,7 @@ class ReferenceIndex:
         if image is not None:
             q = self.image_embedder().encode_images([image])
             self._collect("image", q, fetch, kinds, keys, hits)
-        ranked = sorted(hits.values(), key=lambda h: -h.score)
-        return ranked[:k]
+        return self._ranked(hits)[:k]
 
     def search_embedding(self, modality: str, query: np.ndarray, k: int = 10, kinds: Sequence[str] | None = None,
                          keys: Sequence[str] | None = None, per_modality: int | None = None) -> list[EntityHit]:
@@ -159,7 +159,18 @@ class ReferenceIndex:
         hits: dict[str, EntityHit] = {}
         self._collect(modality, np.asarray(query, np.float32).reshape(1, -1), per_modality or max(4 * k, 20),
                       kinds, keys, hits)
-        return sorted(hits.values(), key=lambda h: -h.score)[:k]
+        return self._ranked(hits)[:k]
+
+    def _ranked(self, hits: dict[str, EntityHit]) -> list[EntityHit]:
+        """Best score first; entities tied on score (the same picture under several keys) go by
+        prominence, so a French flag names France before the regions that fly it."""
+        ranked = sorted(hits.values(), key=lambda h: -h.score)
+        scores = [round(h.score, TIE_DECIMALS) for h in ranked]
+        if len(set(scores)) == len(scores):
+            return ranked
+        tied = [h.key for h, s in zip(ranked, scores) if scores.count(s) > 1]
+        prior = self.store.prominence(tied)
+        return sorted(ranked, key=lambda h: (-round(h.score, TIE_DECIMALS), -prior.get(h.key, 0.0)))
 
     def _collect(self, modality: str, query: np.ndarray, fetch: int, kinds, keys,
                  hits: dict[str, EntityHit]) -> None:

@@ -1,8 +1,10 @@
 """mmkb's own open_clip configs and the trainer for the shipped image/text embedder."""
+import json
 from pathlib import Path
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
 CHECKPOINT_DIR = Path(__file__).parent / "checkpoints"
+RESIZE_MODES = ("squash", "shortest")
 
 
 def register_configs() -> None:
@@ -17,3 +19,21 @@ def shipped_checkpoint(name: str) -> Path | None:
     """The trained weights shipped for one of mmkb's configs, if present."""
     path = CHECKPOINT_DIR / name / "open_clip_model.safetensors"
     return path if path.exists() else None
+
+
+def resize_mode_of(weights: str | Path | None) -> str | None:
+    """The resize mode the weights were trained with, from the export's `open_clip_config.json`
+    (or mmkb's `config.json`) beside them; None when neither says (open_clip's default applies)."""
+    if not weights:
+        return None
+    folder = Path(weights).parent
+    for name in ("open_clip_config.json", "config.json"):
+        path = folder / name
+        if path.is_file():
+            try:
+                mode = json.loads(path.read_text()).get("preprocess_cfg", {}).get("resize_mode")
+            except (ValueError, AttributeError):
+                continue
+            if mode:
+                return mode
+    return None

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from index.clip import CHECKPOINT_DIR, register_configs
+from index.clip import CHECKPOINT_DIR, RESIZE_MODES, register_configs
 from index.clip.augment import augment, augment_light, distort, drawn
 from index.clip.data import HELD_OUT_FRACTION, Entity, load_entities, load_image, split
 from index.embedders import open_rgb
@@ -61,6 +61,9 @@ class TrainConfig:
     cross_rendering: float = 0.8  # chance the two views come from different renderings
     drawn_fraction: float = 0.25  # chance the query view is first redrawn as a flat outlined icon
     init_from: str | None = None  # warm start: open_clip weights (safetensors) to begin from
+    # How an image becomes the square input: "squash" (the whole image, aspect not kept) or open_clip's
+    # "shortest" (resize the short side, centre crop: cuts the hoist and fly ends off a 4:3 flag).
+    resize_mode: str = "squash"
     seed: int = 0
     max_entities: int | None = None  # train on the first N entities only (tests)
 
@@ -267,8 +270,13 @@ def export(model: torch.nn.Module, model_cfg: dict, cfg: TrainConfig, out: Path,
              for k, v in model.state_dict().items()}
     save_file(state, str(tmp / "open_clip_model.safetensors"), metadata={"format": "pt", "config": cfg.config})
     record = {k: v for k, v in summary.items() if k != "previous_card"}
-    (tmp / "config.json").write_text(json.dumps({"model_cfg": model_cfg, "train_cfg": asdict(cfg),
-                                                 "summary": record}, indent=2) + "\n")
+    preprocess_cfg = {"resize_mode": cfg.resize_mode}
+    (tmp / "config.json").write_text(json.dumps({"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg,
+                                                 "train_cfg": asdict(cfg), "summary": record}, indent=2) + "\n")
+    # open_clip's own folder format: `create_model_and_transforms("local-dir:<out>")` reads the
+    # model and its preprocessing from it.
+    (tmp / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg},
+                                                          indent=2) + "\n")
     (tmp / "MODEL_CARD.md").write_text(_model_card(model_cfg, cfg, summary, tmp / "open_clip_model.safetensors"))
     return replace_dir(tmp, out) / "open_clip_model.safetensors"
 
@@ -277,12 +285,17 @@ def command_line(cfg: TrainConfig, run_dir: Path, out: Path, device: str, worker
     """The `mmkb train clip` command that repeats a run (its data and schedule are all in `cfg`)."""
     parts = ["mmkb train clip", f"--minutes {cfg.minutes}", f"--steps {cfg.steps}", f"--batch-size {cfg.batch_size}",
              f"--lr {cfg.lr}", f"--seed {cfg.seed}", f"--drawn-fraction {cfg.drawn_fraction}",
+             f"--resize-mode {cfg.resize_mode}",
              f"--run-dir {run_dir}", f"--out {out}"]
     if cfg.init_from:
         parts.append(f"--init-from {cfg.init_from}")
     if device != "cpu":
         parts.append(f"--device {device} --workers {workers}")
     return " ".join(parts)
+
+
+_RESIZE_WORDS = {"squash": "the whole image resized to the square input (aspect not kept, nothing cut off)",
+                 "shortest": "open_clip's default preprocessing (resize the short side, centre crop)"}
 
 
 def _model_card(model_cfg: dict, cfg: TrainConfig, s: dict, path: Path) -> str:
@@ -305,10 +318,11 @@ An open_clip model (ModifiedResNet image tower, transformer text tower)
 which emoji) and text→image search over the KB.
 
 - Parameters: {s['params'] / 1e6:.2f} M ({s['params_visual'] / 1e6:.2f} M image tower); weights fp16,
-  {size_mb:.1f} MB; input {model_cfg['vision_cfg']['image_size']} px (open_clip's default
-  preprocessing: resize the short side, centre crop).
-- Load: `index.clip.register_configs(); open_clip.create_model_and_transforms("{cfg.config}",
-  pretrained="{path.name}")`, or `index.embedders.load_image_embedder("{cfg.config}")`.
+  {size_mb:.1f} MB; input {model_cfg['vision_cfg']['image_size']} px, {_RESIZE_WORDS[cfg.resize_mode]}.
+- Load: `open_clip.create_model_and_transforms("local-dir:<this folder>")` (model and preprocessing
+  from `open_clip_config.json`); or `index.clip.register_configs(); open_clip.create_model_and_transforms(
+  "{cfg.config}", pretrained="{path.name}", image_resize_mode="{cfg.resize_mode}")`; or
+  `index.embedders.load_image_embedder("{cfg.config}")`.
 
 ## Data
 
@@ -360,7 +374,7 @@ def train_clip(minutes: float | None = 45.0, steps: int | None = 6000, config: s
                batch_size: int = 256, lr: float = 2e-3, seed: int = 0, workers: int = 1, threads: int = 1,
                save_minutes: float = 3.0, eval_minutes: float = 5.0, max_entities: int | None = None,
                progress: bool = True, device: str = "cpu", init_from: str | Path | None = None,
-               drawn_fraction: float = 0.25) -> Path:
+               drawn_fraction: float = 0.25, resize_mode: str = "squash") -> Path:
     """Train `config` on worldkb for at most `steps` steps or `minutes` minutes of training
     time (either may be None, not both), then export it to `out` (default:
     index/clip/checkpoints/<config>). Returns the exported safetensors path; the run's
@@ -378,14 +392,16 @@ def train_clip(minutes: float | None = 45.0, steps: int | None = 6000, config: s
     torch.set_num_threads(threads)
     cfg = TrainConfig(config=config, steps=steps, minutes=minutes, batch_size=batch_size, lr=lr, seed=seed,
                       max_entities=max_entities, drawn_fraction=drawn_fraction,
-                      init_from=str(init_from) if init_from else None)
+                      init_from=str(init_from) if init_from else None, resize_mode=resize_mode)
     out = Path(out) if out else CHECKPOINT_DIR / config
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     state_path = run_dir / "last.pt"
 
     torch.manual_seed(seed)
-    model, _, preprocess = open_clip.create_model_and_transforms(config)
+    if resize_mode not in RESIZE_MODES:
+        raise ValueError(f"unknown resize mode {resize_mode!r}; choose from {', '.join(RESIZE_MODES)}")
+    model, _, preprocess = open_clip.create_model_and_transforms(config, image_resize_mode=resize_mode)
     model_cfg = open_clip.get_model_config(config)
     init_file = _init_file(init_from) if init_from else None
     card = init_file.parent / "MODEL_CARD.md" if init_file else None
@@ -513,12 +529,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--init-from", default=None, help="start from these open_clip weights (fine-tuning)")
     p.add_argument("--drawn-fraction", type=float, default=0.25,
                    help="share of query views redrawn as flat outlined icons (another icon set's style)")
+    p.add_argument("--resize-mode", choices=RESIZE_MODES, default="squash",
+                   help="squash: the whole image into the square input; shortest: open_clip's centre crop")
     p.add_argument("--device", default="cpu", help="cpu or cuda (then give --workers as many CPU cores as spare)")
     args = p.parse_args(argv)
     train_clip(minutes=args.minutes, steps=args.steps, config=args.config, out=args.out, resume=args.resume,
                run_dir=args.run_dir, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                workers=args.workers, threads=args.threads, max_entities=args.max_entities, device=args.device,
-               init_from=args.init_from, drawn_fraction=args.drawn_fraction)
+               init_from=args.init_from, drawn_fraction=args.drawn_fraction, resize_mode=args.resize_mode)
 
 
 if __name__ == "__main__":

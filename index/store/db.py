@@ -142,6 +142,19 @@ class EntityStore:
         return {r[0]: {"image_id": r[0], "path": r[1], "style": r[2], "image_source": r[3],
                        "entity_id": r[4], "key": r[5], "name": r[6], "kind": r[7]} for r in rows}
 
+    def prominence(self, keys: Sequence[str]) -> dict[str, float]:
+        """Entity key → how prominent it is, for breaking ties between entities that share a picture
+        (France and its overseas regions fly one flag): the `prominence` attribute if the manifest
+        gave one, else the population fact, else 0."""
+        with self._sessions() as s:
+            rows = s.execute(select(Entity.key, Entity.attributes).where(Entity.key.in_(list(keys)))).all()
+        out = {}
+        for key, attrs in rows:
+            attrs = attrs or {}
+            value = attrs.get("prominence", (attrs.get("facts") or {}).get("population"))
+            out[key] = float(value) if isinstance(value, (int, float)) else 0.0
+        return out
+
     def entity_images(self, keys: Sequence[str]) -> dict[str, list[tuple[int, Path]]]:
         """Entity key → (image id, absolute path) of each of its images."""
         with self._sessions() as s:

@@ -88,6 +88,32 @@ def test_training_lowers_the_loss_and_exports_a_loadable_fp16_checkpoint(tmp_pat
     assert "Held out" in card and json.loads((tmp_path / "ckpt" / "config.json").read_text())["model_cfg"] == TINY
 
 
+def _resize(preprocess):
+    return next(t for t in preprocess.transforms if type(t).__name__ == "Resize")
+
+
+def test_export_says_its_resize_mode_and_every_loader_uses_it(tmp_path, tiny_config):
+    """Flags are 4:3: trained on squashed whole images, the weights must be read the same way."""
+    import open_clip
+
+    from index.clip import resize_mode_of
+    from index.clip.train import train_clip
+    from index.embedders import ImageEmbedder
+
+    kw = dict(steps=1, config=tiny_config, batch_size=8, max_entities=8, workers=0, progress=False)
+    squash = train_clip(out=tmp_path / "sq", run_dir=tmp_path / "run-sq", **kw)
+    crop = train_clip(out=tmp_path / "crop", run_dir=tmp_path / "run-crop", resize_mode="shortest", **kw)
+    assert (resize_mode_of(squash), resize_mode_of(crop), resize_mode_of(tmp_path / "none.safetensors")) == \
+        ("squash", "shortest", None)
+    _, _, local = open_clip.create_model_and_transforms(f"local-dir:{tmp_path / 'sq'}")
+    assert _resize(local).size == (32, 32)  # both sides: the whole image, squashed
+    assert _resize(ImageEmbedder(f"{tiny_config}:{squash}").preprocess).size == (32, 32)
+    assert _resize(ImageEmbedder(f"{tiny_config}:{crop}").preprocess).size == 32  # short side, then a crop
+    assert "image_resize_mode=\"squash\"" in (tmp_path / "sq" / "MODEL_CARD.md").read_text()
+    with pytest.raises(ValueError, match="resize mode"):
+        train_clip(out=tmp_path / "x", run_dir=tmp_path / "run-x", resize_mode="pad", **kw)
+
+
 def test_training_resumes_from_its_saved_state(tmp_path, tiny_config):
     from index.clip.train import train_clip
 

@@ -60,3 +60,36 @@ def test_index_built_with_other_weights_is_refused(ref, monkeypatch):
     ref._loaded.clear()
     with pytest.raises(IndexNotBuiltError, match="mmkb index build"):
         ref.vector_index("image")
+
+
+def test_entities_sharing_a_picture_rank_by_prominence(home, tmp_path):
+    """Saint Martin flies the French flag: an image of it names France first, whatever the order
+    the entities were ingested in; a `prominence` attribute overrides the population."""
+    import json
+
+    from index.config import get_settings
+    from tests.conftest import _flag
+
+    kb = tmp_path / "kb"
+    (kb / "images").mkdir(parents=True)
+    _flag([(0, 35, 149), (255, 255, 255), (237, 41, 57)], kb / "images" / "tricolour.png")
+    _flag([(0, 0, 0), (221, 0, 0), (255, 206, 0)], kb / "images" / "deu.png")
+    rows = [("country:MAF", "Saint Martin", {"facts": {"population": 38659}}, "tricolour"),
+            ("country:FRA", "France", {"facts": {"population": 67391582}}, "tricolour"),
+            ("country:DEU", "Germany", {"facts": {"population": 83240525}}, "deu"),
+            ("country:XFR", "Tiny France", {"prominence": 1e9}, None)]
+    with open(kb / "manifest.jsonl", "w") as fh:
+        for key, name, attrs, image in rows:
+            images = [{"path": f"images/{image}.png", "source": "test", "license": "CC0", "style": "flag"}] if image else []
+            fh.write(json.dumps({"key": key, "kind": "country", "name": name, **attrs, "images": images,
+                                 "sections": [{"heading": "name", "text": f"{name}.", "source": "test"}]}) + "\n")
+    settings = get_settings()
+    store = EntityStore(settings.db_url, settings.home_dir)
+    ingest_folder(store, kb, show_progress=False)
+    ref = ReferenceIndex(store, settings)
+    ref.build(["image"], show_progress=False)
+    hits = ref.search(image=kb / "images" / "tricolour.png", k=3)
+    assert [h.key for h in hits[:2]] == ["country:FRA", "country:MAF"]
+    assert hits[0].score == pytest.approx(hits[1].score, abs=1e-5)
+    assert store.prominence(["country:XFR", "country:FRA", "country:DEU"]) == \
+        {"country:XFR": 1e9, "country:FRA": 67391582.0, "country:DEU": 83240525.0}
