@@ -41,6 +41,10 @@ class TrainConfig:
     out: str = str(CHECKPOINT)
     run_dir: str = str(ROOT / "runs" / "vlm")
     views_per_image: int = 3
+    # Share of the query views first redrawn as a flat outlined icon (index.clip.augment.drawn), as the
+    # embedder's training does: another icon set's emoji (OpenMoji) look like that, and the RET labels
+    # must see the views on which the closed-book answer fails.
+    drawn_fraction: float = 0.25
     read_steps: int = 900
     tag_steps: int = 300
     batch_closed: int = 48
@@ -90,17 +94,26 @@ class Features:
     """Frozen image embeddings: augmented query views per entity and one reference vector per entity."""
 
     def __init__(self, records: list[dict], keys: set[str], cfg: TrainConfig, embedder_name: str) -> None:
-        from index.clip.augment import augment
+        from index.clip.augment import augment, drawn
         from index.embedders import load_image_embedder, open_rgb
         from index.worldkb import DATA_DIR
 
-        cache = Path(cfg.run_dir) / f"features-{embedder_name.replace('/', '_')}-{len(keys)}-{cfg.views_per_image}.npz"
+        embedder = load_image_embedder(embedder_name)
+        # Keyed by the weights too: retrained weights under the same name must not reuse old features.
+        tag = "".join(c if c.isalnum() or c in "-_.@" else "_" for c in embedder.fingerprint)
+        cache = Path(cfg.run_dir) / f"features-{tag}-{len(keys)}-{cfg.views_per_image}-d{cfg.drawn_fraction:g}.npz"
         if cache.exists():
             data = np.load(cache, allow_pickle=True)
             self.entity_vec, self.views = data["entity_vec"].item(), data["views"].item()
             return
-        embedder = load_image_embedder(embedder_name)
         rng = np.random.default_rng(cfg.seed)
+
+        def query_view(im):
+            im = im.convert("RGBA")
+            if cfg.drawn_fraction and rng.random() < cfg.drawn_fraction:
+                im = drawn(im, rng)
+            return augment(im, rng).convert("RGB")
+
         self.entity_vec, self.views = {}, {}
         for rec in tqdm(records, desc="embedding reference images and views"):
             imgs = [open_rgb(DATA_DIR / im["path"]) for im in rec["images"]]
@@ -110,8 +123,7 @@ class Features:
             v = clean.mean(0)
             self.entity_vec[rec["key"]] = v / max(np.linalg.norm(v), 1e-8)
             if rec["key"] in keys:
-                views = [augment(im.convert("RGBA"), rng).convert("RGB") for im in imgs
-                         for _ in range(cfg.views_per_image)]
+                views = [query_view(im) for im in imgs for _ in range(cfg.views_per_image)]
                 self.views[rec["key"]] = embedder.encode_images(views)
         cache.parent.mkdir(parents=True, exist_ok=True)
         np.savez(cache, entity_vec=np.array(self.entity_vec, dtype=object), views=np.array(self.views, dtype=object))
@@ -425,7 +437,8 @@ class Trainer:
             f"{card['train_minutes']} min of training; image embedder `{self.image_embedder}`"
             + (f"; warm start from `{c.init_from}`" if c.init_from else "") + ".",
             f"- Command: `mmkb train vlm --read-steps {c.read_steps} --tag-steps {c.tag_steps} "
-            f"--trim-common {c.trim_common}" + (f" --init-from {c.init_from}" if c.init_from else "") + "`",
+            f"--trim-common {c.trim_common} --drawn-fraction {c.drawn_fraction} --seed {c.seed}"
+            + (f" --init-from {c.init_from}" if c.init_from else "") + "`",
             f"- Self-labels: {card['label_stats']}",
             f"- Vocabulary: {trimmed['to']} of {trimmed['from']} pieces (`rag.vlm.trim`, common {trimmed['common']})"
             if trimmed else "- Vocabulary: the text encoder's full vocabulary",
@@ -439,10 +452,11 @@ class Trainer:
 
 def train_vlm(read_steps: int = 900, tag_steps: int = 300, out: str = str(CHECKPOINT),
               run_dir: str = str(ROOT / "runs" / "vlm"), entity_limit: int | None = None, threads: int | None = None,
-              resume: bool = True, seed: int = 0, init_from: str | None = None, trim_common: int = 8000) -> Path:
+              resume: bool = True, seed: int = 0, init_from: str | None = None, trim_common: int = 8000,
+              drawn_fraction: float = 0.25) -> Path:
     cfg = TrainConfig(out=out, run_dir=run_dir, read_steps=read_steps, tag_steps=tag_steps,
                       entity_limit=entity_limit, threads=threads, seed=seed, init_from=init_from,
-                      trim_common=trim_common)
+                      trim_common=trim_common, drawn_fraction=drawn_fraction)
     return Trainer(cfg).run(resume)
 
 

@@ -54,3 +54,35 @@ def test_semantic_tags_become_queries_and_two_way_is_a_softmax():
     assert SemanticTags().queries() == []
     p = two_way(np.array([2.0, 0.0]), np.array([0.0, 0.0]))
     assert p[0] == pytest.approx(np.exp(2) / (np.exp(2) + 1)) and p[1] == pytest.approx(0.5)
+
+
+def test_reader_features_are_keyed_by_the_embedder_weights_and_include_drawn_views(tmp_path, monkeypatch):
+    """Retrained embedder weights under the same name make new features; with drawn_fraction 1
+    every query view is first redrawn as an outlined icon."""
+    import numpy as np
+
+    import index.clip.augment
+    import index.embedders
+    from rag.vlm.train import Features, TrainConfig
+
+    encoded, redrawn = [], []
+
+    class Fake:
+        def __init__(self, fingerprint):
+            self.fingerprint = fingerprint
+
+        def encode_images(self, images):
+            encoded.extend(images)
+            return np.ones((len(images), 4), np.float32)
+
+    real_drawn = index.clip.augment.drawn
+    monkeypatch.setattr(index.clip.augment, "drawn", lambda im, rng: redrawn.append(im) or real_drawn(im, rng))
+    records = [r for r in load_records() if r["key"] == "emoji:1F600"]
+    n = len(records[0]["images"])
+    cfg = TrainConfig(run_dir=str(tmp_path), views_per_image=1, drawn_fraction=1.0)
+    for weights in ("mmkb-clip-tiny@aaaa", "mmkb-clip-tiny@bbbb", "mmkb-clip-tiny@aaaa"):
+        monkeypatch.setattr(index.embedders, "load_image_embedder", lambda name, w=weights: Fake(w))
+        Features(records, {"emoji:1F600"}, cfg, "mmkb-clip-tiny")
+    assert sorted(p.name.split("-")[3] for p in tmp_path.glob("features-*.npz")) == ["tiny@aaaa", "tiny@bbbb"]
+    assert len(encoded) == 2 * 2 * n  # references and views, twice: the third call read its cache
+    assert len(redrawn) == 2 * n  # every query view was redrawn first
