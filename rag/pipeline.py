@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from index.embedders import open_rgb
-from index.search import ReferenceIndex
+from index.search import TIE_DECIMALS, ReferenceIndex
 from rag.vlm.base import Document, SemanticTags
 
 MODES = ("no-rag", "naive-rag", "mmkb-rag")
@@ -130,15 +130,30 @@ class MMKBRAG:
         cfg = self.config
         fused: dict[str, float] = {}
         names: dict[str, str] = {}
-        for h in self.reference.search_embedding("image", image_vec, k=cfg.k_entities):
-            fused[h.key] = fused.get(h.key, 0.0) + h.score
+        image_hits = self.reference.search_embedding("image", image_vec, k=cfg.k_entities)
+        for h in image_hits:  # best first; entities sharing a picture in order of prominence
+            fused[h.key] = h.score
             names[h.key] = h.name
         weight = cfg.tag_weight * (tags.entity_confidence or 1.0)  # backends without a confidence: 1
+        bonus: dict[str, float] = {}
         for query in tags.queries()[:1] if weight > 0 else []:
             for h in self.reference.search(text=query, k=cfg.k_entities):
-                fused[h.key] = fused.get(h.key, 0.0) + weight * h.scores.get("text", 0.0)
+                bonus[h.key] = bonus.get(h.key, 0.0) + weight * h.scores.get("text", 0.0)
                 names[h.key] = h.name
-        keys = sorted(fused, key=lambda k: -fused[k])[:cfg.k_entities]
+        # Entities with the same picture (Norway, Svalbard, Bouvet Island) tie on the image, and the
+        # entity tag, guessed from that same picture, cannot tell them apart either: the group shares
+        # its best tag bonus, so the prominence order of the image ranking decides among them.
+        groups: dict[float, list[str]] = {}
+        for h in image_hits:
+            groups.setdefault(round(h.score, TIE_DECIMALS), []).append(h.key)
+        for members in groups.values():
+            best = max(bonus.get(k, 0.0) for k in members)
+            for k in members:
+                if best:
+                    bonus[k] = best
+        for k, b in bonus.items():
+            fused[k] = fused.get(k, 0.0) + b
+        keys = sorted(fused, key=lambda k: -round(fused[k], TIE_DECIMALS))[:cfg.k_entities]  # stable: ties keep image order
         q = " ".join([question, *tags.attributes])
         qvec = self.reference.text_embedder().encode([q])
         hits = self.reference.search_embedding("text", qvec, k=len(keys), keys=keys, per_modality=8 * len(keys))

@@ -111,3 +111,35 @@ def test_srt_orders_and_attribute_tags_pick_sections(rag, tiny_kb):
 
 def test_reader_prefers_earlier_documents_by_its_rank_penalty(rag):
     assert rag.vlm.rank_penalty > 0
+
+
+def test_entities_sharing_a_picture_are_not_reordered_by_the_entity_tag():
+    """Norway and Svalbard fly one flag: the image ties them (Norway first, by prominence), and
+    an entity tag guessed from that same flag ("Svalbard") cannot break the tie; against a
+    visually different entity the tag still counts."""
+    from index.search import EntityHit, Match
+    from rag.vlm.base import SemanticTags
+
+    class Ref:
+        def search_embedding(self, modality, query, k=10, keys=None, per_modality=None):
+            if modality == "image":
+                return [EntityHit("country:NOR", "Norway", "country", 0.9),
+                        EntityHit("country:SJM", "Svalbard", "country", 0.9),
+                        EntityHit("country:DNK", "Denmark", "country", 0.88)]
+            return [EntityHit(k_, k_, "country", 0.5, matches=[Match("text", i, 0.5, "capital", f"{k_} capital")])
+                    for i, k_ in enumerate(keys)]
+
+        def search(self, text, k=10):
+            named = "country:DNK" if text.startswith("Denmark") else "country:SJM"
+            return [EntityHit(named, named, "country", 0.9, scores={"text": 0.9})]
+
+        def text_embedder(self):
+            return type("T", (), {"encode": staticmethod(lambda texts: np.zeros((1, 4), np.float32))})()
+
+    pipe = MMKBRAG(vlm=None, reference=Ref(), config=RAGConfig(tag_weight=0.1))
+    tags = SemanticTags(entity="Svalbard", entity_confidence=1.0, category="country", attributes=["capital"])
+    docs = pipe.retrieve(np.zeros(4, np.float32), "What is the capital of this country?", tags, k_docs=3)
+    assert [d.entity_key for d in docs] == ["country:NOR", "country:SJM", "country:DNK"]
+    tags = SemanticTags(entity="Denmark", entity_confidence=1.0, category="country", attributes=["capital"])
+    with_dnk = pipe.retrieve(np.zeros(4, np.float32), "What is the capital of this country?", tags, k_docs=3)
+    assert with_dnk[0].entity_key == "country:DNK"  # 0.88 + 0.1 × 0.9 beats the tied pair's 0.9
