@@ -117,7 +117,7 @@ class ImageEmbedder:
             torch.manual_seed(0)
         self.fingerprint = f"{spec}@{_weights_id(pretrained)}"  # what an index built with it records
         # Weights trained with another resize mode than open_clip's default say so beside them.
-        mode = resize_mode_of(pretrained) if pretrained and Path(pretrained).is_file() else None
+        mode = resize_mode_of(pretrained)
         self.model, _, self.preprocess = open_clip.create_model_and_transforms(
             name, pretrained=pretrained, device=self.device, image_resize_mode=mode)
         self.model.eval()

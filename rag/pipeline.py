@@ -128,32 +128,30 @@ class MMKBRAG:
     def retrieve(self, image_vec: np.ndarray, question: str, tags: SemanticTags, k_docs: int) -> list[Citation]:
         """Candidate entities from the image and the tags, then their sections closest to the question."""
         cfg = self.config
-        fused: dict[str, float] = {}
         names: dict[str, str] = {}
         image_hits = self.reference.search_embedding("image", image_vec, k=cfg.k_entities)
-        for h in image_hits:  # best first; entities sharing a picture in order of prominence
-            fused[h.key] = h.score
-            names[h.key] = h.name
+        # Best first; entities sharing a picture come tied, in order of prominence.
+        fused = {h.key: round(h.score, TIE_DECIMALS) for h in image_hits}
+        names.update((h.key, h.name) for h in image_hits)
         weight = cfg.tag_weight * (tags.entity_confidence or 1.0)  # backends without a confidence: 1
-        bonus: dict[str, float] = {}
+        tag_bonus: dict[str, float] = {}
         for query in tags.queries()[:1] if weight > 0 else []:
             for h in self.reference.search(text=query, k=cfg.k_entities):
-                bonus[h.key] = bonus.get(h.key, 0.0) + weight * h.scores.get("text", 0.0)
+                tag_bonus[h.key] = tag_bonus.get(h.key, 0.0) + weight * h.scores.get("text", 0.0)
                 names[h.key] = h.name
         # Entities with the same picture (Norway, Svalbard, Bouvet Island) tie on the image, and the
         # entity tag, guessed from that same picture, cannot tell them apart either: the group shares
         # its best tag bonus, so the prominence order of the image ranking decides among them.
         groups: dict[float, list[str]] = {}
-        for h in image_hits:
-            groups.setdefault(round(h.score, TIE_DECIMALS), []).append(h.key)
+        for key, score in fused.items():
+            groups.setdefault(score, []).append(key)
         for members in groups.values():
-            best = max(bonus.get(k, 0.0) for k in members)
-            for k in members:
-                if best:
-                    bonus[k] = best
-        for k, b in bonus.items():
-            fused[k] = fused.get(k, 0.0) + b
-        keys = sorted(fused, key=lambda k: -round(fused[k], TIE_DECIMALS))[:cfg.k_entities]  # stable: ties keep image order
+            best = max(tag_bonus.get(k, 0.0) for k in members)
+            if best:
+                tag_bonus.update((k, best) for k in members)
+        for key, extra in tag_bonus.items():
+            fused[key] = fused.get(key, 0.0) + extra
+        keys = sorted(fused, key=lambda k: -fused[k])[:cfg.k_entities]  # stable: ties keep the image order
         q = " ".join([question, *tags.attributes])
         qvec = self.reference.text_embedder().encode([q])
         hits = self.reference.search_embedding("text", qvec, k=len(keys), keys=keys, per_modality=8 * len(keys))

@@ -24,7 +24,7 @@ def shipped_checkpoint(name: str) -> Path | None:
 def resize_mode_of(weights: str | Path | None) -> str | None:
     """The resize mode the weights were trained with, from the export's `open_clip_config.json`
     (or mmkb's `config.json`) beside them; None when neither says (open_clip's default applies)."""
-    if not weights:
+    if not weights or not Path(weights).is_file():  # an open_clip pretrained tag, or nothing
         return None
     folder = Path(weights).parent
     for name in ("open_clip_config.json", "config.json"):

@@ -336,6 +336,16 @@ def augment(img: Image.Image, rng: np.random.Generator, distractors: Sequence[Im
     return _finish(out, img.mode)
 
 
+def query_view(img: Image.Image, rng: np.random.Generator, drawn_fraction: float = 0.0,
+               distractors: Sequence[Image.Image] = ()) -> Image.Image:
+    """A query-like training view: with probability `drawn_fraction` first redrawn as a flat
+    outlined icon (another icon set's style), then `augment`ed. Give `img` with its alpha: the
+    outline follows the silhouette."""
+    if drawn_fraction and rng.random() < drawn_fraction:
+        img = drawn(img, rng)
+    return augment(img, rng, distractors)
+
+
 def augment_light(img: Image.Image, rng: np.random.Generator) -> Image.Image:
     """A reference-like training view: the rendering as the index holds it, or nearly so."""
     if rng.random() < 0.5:

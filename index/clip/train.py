@@ -14,7 +14,8 @@ from a few look-alike groups (an emoji subcategory, the countries) as hard negat
 The run keeps a full training state in `run_dir/last.pt`, saved every few minutes and
 resumed automatically; the learning rate follows the larger of step and time progress, so a
 run that is stopped by `minutes` still ends its cosine schedule. The result is exported as
-fp16 safetensors that `open_clip.create_model_and_transforms(config, pretrained=...)` loads.
+fp16 safetensors with an `open_clip_config.json` (model and preprocessing), which
+`open_clip.create_model_and_transforms("local-dir:<folder>")` loads.
 
     python -m index.clip.train --minutes 45
 """
@@ -37,7 +38,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from index.clip import CHECKPOINT_DIR, RESIZE_MODES, register_configs
-from index.clip.augment import augment, augment_light, distort, drawn
+from index.clip.augment import augment_light, distort, query_view
 from index.clip.data import HELD_OUT_FRACTION, Entity, load_entities, load_image, split
 from index.embedders import open_rgb
 from index.files import replace_dir
@@ -97,10 +98,7 @@ class Batches(torch.utils.data.IterableDataset):
         return self.preprocess(open_rgb(augment_light(load_image(path), rng)))
 
     def _query_view(self, path: Path, rng: np.random.Generator, distractors: list) -> torch.Tensor:
-        img = load_image(path)
-        if self.cfg.drawn_fraction and rng.random() < self.cfg.drawn_fraction:  # another icon set's style
-            img = drawn(img, rng)
-        return self.preprocess(open_rgb(augment(img, rng, distractors)))
+        return self.preprocess(open_rgb(query_view(load_image(path), rng, self.cfg.drawn_fraction, distractors)))
 
     def batch(self, step: int) -> dict[str, torch.Tensor]:
         rng = np.random.default_rng([self.cfg.seed, step])
@@ -386,6 +384,8 @@ def train_clip(minutes: float | None = 45.0, steps: int | None = 6000, config: s
     if not steps and not minutes:
         raise ValueError("train_clip needs `steps` or `minutes` to know when to stop")
 
+    if resize_mode not in RESIZE_MODES:
+        raise ValueError(f"unknown resize mode {resize_mode!r}; choose from {', '.join(RESIZE_MODES)}")
     register_configs()
     # One compute thread plus one data-loading process use the 2 cores; augmentation is about
     # 40% of the CPU time of a step, so a second compute thread gains little.
@@ -399,8 +399,6 @@ def train_clip(minutes: float | None = 45.0, steps: int | None = 6000, config: s
     state_path = run_dir / "last.pt"
 
     torch.manual_seed(seed)
-    if resize_mode not in RESIZE_MODES:
-        raise ValueError(f"unknown resize mode {resize_mode!r}; choose from {', '.join(RESIZE_MODES)}")
     model, _, preprocess = open_clip.create_model_and_transforms(config, image_resize_mode=resize_mode)
     model_cfg = open_clip.get_model_config(config)
     init_file = _init_file(init_from) if init_from else None
@@ -430,6 +428,10 @@ def train_clip(minutes: float | None = 45.0, steps: int | None = 6000, config: s
             began = state["train_cfg"].get("init_from") or "a random init"
             raise ValueError(f"{state_path} holds a run that began from {began}, not from "
                              f"{cfg.init_from or 'a random init'}: pass --no-resume to start over, or another --run-dir")
+        trained_mode = state["train_cfg"].get("resize_mode", "shortest")  # runs before the option: open_clip's
+        if trained_mode != cfg.resize_mode:
+            raise ValueError(f"{state_path} holds a run trained with --resize-mode {trained_mode}: pass that, "
+                             "or --no-resume to start over, or another --run-dir")
         if state["train_cfg"]["config"] == config and state["model_cfg"] == model_cfg \
                 and state["objective"]["proxies"].shape == objective.proxies.shape:
             objective.load_state_dict(state["objective"])

@@ -151,8 +151,10 @@ class EntityStore:
         out = {}
         for key, attrs in rows:
             attrs = attrs or {}
-            value = attrs.get("prominence", (attrs.get("facts") or {}).get("population"))
-            out[key] = float(value) if isinstance(value, (int, float)) else 0.0
+            value = attrs.get("prominence")
+            if value is None:
+                value = (attrs.get("facts") or {}).get("population")
+            out[key] = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
         return out
 
     def entity_images(self, keys: Sequence[str]) -> dict[str, list[tuple[int, Path]]]:

@@ -94,36 +94,33 @@ class Features:
     """Frozen image embeddings: augmented query views per entity and one reference vector per entity."""
 
     def __init__(self, records: list[dict], keys: set[str], cfg: TrainConfig, embedder_name: str) -> None:
-        from index.clip.augment import augment, drawn
+        from index.clip.augment import query_view
+        from index.clip.data import load_image
         from index.embedders import load_image_embedder, open_rgb
         from index.worldkb import DATA_DIR
 
         embedder = load_image_embedder(embedder_name)
         # Keyed by the weights too: retrained weights under the same name must not reuse old features.
         tag = "".join(c if c.isalnum() or c in "-_.@" else "_" for c in embedder.fingerprint)
-        cache = Path(cfg.run_dir) / f"features-{tag}-{len(keys)}-{cfg.views_per_image}-d{cfg.drawn_fraction:g}.npz"
+        cache = Path(cfg.run_dir) / (f"features-{tag}-{len(keys)}-{cfg.views_per_image}-d{cfg.drawn_fraction:g}"
+                                     f"-s{cfg.seed}.npz")
         if cache.exists():
             data = np.load(cache, allow_pickle=True)
             self.entity_vec, self.views = data["entity_vec"].item(), data["views"].item()
             return
         rng = np.random.default_rng(cfg.seed)
 
-        def query_view(im):
-            im = im.convert("RGBA")
-            if cfg.drawn_fraction and rng.random() < cfg.drawn_fraction:
-                im = drawn(im, rng)
-            return augment(im, rng).convert("RGB")
-
         self.entity_vec, self.views = {}, {}
         for rec in tqdm(records, desc="embedding reference images and views"):
-            imgs = [open_rgb(DATA_DIR / im["path"]) for im in rec["images"]]
+            imgs = [load_image(DATA_DIR / im["path"]) for im in rec["images"]]  # with alpha, for the views
             if not imgs:
                 continue
-            clean = embedder.encode_images(imgs)
+            clean = embedder.encode_images([open_rgb(im) for im in imgs])
             v = clean.mean(0)
             self.entity_vec[rec["key"]] = v / max(np.linalg.norm(v), 1e-8)
             if rec["key"] in keys:
-                views = [query_view(im) for im in imgs for _ in range(cfg.views_per_image)]
+                views = [open_rgb(query_view(im, rng, cfg.drawn_fraction)) for im in imgs
+                         for _ in range(cfg.views_per_image)]
                 self.views[rec["key"]] = embedder.encode_images(views)
         cache.parent.mkdir(parents=True, exist_ok=True)
         np.savez(cache, entity_vec=np.array(self.entity_vec, dtype=object), views=np.array(self.views, dtype=object))
@@ -423,7 +420,8 @@ class Trainer:
                 "answers": len(self.rcfg.answers), "entities": len(self.rcfg.entities),
                 "last_log": self.state["log"][-3:]}
         (tmp / "training.json").write_text(json.dumps(card, indent=1, default=str))
-        (tmp / "MODEL_CARD.md").write_text(self._model_card(card, tmp, out / "MODEL_CARD.md"))
+        earlier = Path(self.cfg.init_from) / "MODEL_CARD.md" if self.cfg.init_from else out / "MODEL_CARD.md"
+        (tmp / "MODEL_CARD.md").write_text(self._model_card(card, tmp, earlier))
         return replace_dir(tmp, out)
 
     def _model_card(self, card: dict, export: Path, earlier: Path) -> str:

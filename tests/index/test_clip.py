@@ -112,6 +112,9 @@ def test_export_says_its_resize_mode_and_every_loader_uses_it(tmp_path, tiny_con
     assert "image_resize_mode=\"squash\"" in (tmp_path / "sq" / "MODEL_CARD.md").read_text()
     with pytest.raises(ValueError, match="resize mode"):
         train_clip(out=tmp_path / "x", run_dir=tmp_path / "run-x", resize_mode="pad", **kw)
+    assert not (tmp_path / "run-x").exists()  # refused before anything was written
+    with pytest.raises(ValueError, match="--resize-mode squash"):  # a saved run keeps its preprocessing
+        train_clip(out=tmp_path / "sq", run_dir=tmp_path / "run-sq", resize_mode="shortest", **kw)
 
 
 def test_training_resumes_from_its_saved_state(tmp_path, tiny_config):

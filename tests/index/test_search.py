@@ -63,8 +63,8 @@ def test_index_built_with_other_weights_is_refused(ref, monkeypatch):
 
 
 def test_entities_sharing_a_picture_rank_by_prominence(home, tmp_path):
-    """Saint Martin flies the French flag: an image of it names France first, whatever the order
-    the entities were ingested in; a `prominence` attribute overrides the population."""
+    """Saint Martin flies the French flag: an image of it names France first, not the entity
+    the index returns first among equals; a `prominence` attribute overrides the population."""
     import json
 
     from index.config import get_settings
@@ -74,10 +74,12 @@ def test_entities_sharing_a_picture_rank_by_prominence(home, tmp_path):
     (kb / "images").mkdir(parents=True)
     _flag([(0, 35, 149), (255, 255, 255), (237, 41, 57)], kb / "images" / "tricolour.png")
     _flag([(0, 0, 0), (221, 0, 0), (255, 206, 0)], kb / "images" / "deu.png")
-    rows = [("country:MAF", "Saint Martin", {"facts": {"population": 38659}}, "tricolour"),
-            ("country:FRA", "France", {"facts": {"population": 67391582}}, "tricolour"),
+    # FAISS returns tied vectors latest-added first: France goes in first, so only the tie-break
+    # puts it first.
+    rows = [("country:FRA", "France", {"facts": {"population": 67391582}}, "tricolour"),
+            ("country:MAF", "Saint Martin", {"facts": {"population": 38659}}, "tricolour"),
             ("country:DEU", "Germany", {"facts": {"population": 83240525}}, "deu"),
-            ("country:XFR", "Tiny France", {"prominence": 1e9}, None)]
+            ("country:XFR", "Tiny France", {"prominence": 1e9, "facts": {"population": 10}}, None)]
     with open(kb / "manifest.jsonl", "w") as fh:
         for key, name, attrs, image in rows:
             images = [{"path": f"images/{image}.png", "source": "test", "license": "CC0", "style": "flag"}] if image else []
