@@ -193,11 +193,19 @@ def _rag(mode: str, ret: bool, srt: bool, mct: bool, vlm: Optional[str]):
 
 
 @app.command("ask")
-def ask(image: Path, question: str, mode: str = "mmkb-rag", ret: bool = True, srt: bool = True, mct: bool = True,
+def ask(image_arg: Annotated[Optional[Path], typer.Argument(metavar="[IMAGE]", show_default=False)] = None,
+        question_arg: Annotated[Optional[str], typer.Argument(metavar="[QUESTION]", show_default=False)] = None,
+        image: Annotated[Optional[Path], typer.Option("--image", help="the image (or give it first)")] = None,
+        question: Annotated[Optional[str], typer.Option("--question", help="the question (or give it second)")] = None,
+        mode: str = "mmkb-rag", ret: bool = True, srt: bool = True, mct: bool = True,
         vlm: Optional[str] = None, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Answer a question about an image, with citations (KB-VQA)."""
+    """Answer a question about an image, with citations (KB-VQA):
+    mmkb ask --image P --question Q, or mmkb ask P Q."""
     from index.search import IndexNotBuiltError
 
+    image, question = image or image_arg, question or question_arg
+    if image is None or not question:
+        _fail("give an image and a question: mmkb ask --image P --question \"What is the capital of this country?\"")
     if not image.is_file():
         _fail(f"image not found: {image}")
     rag = _rag(mode, ret, srt, mct, vlm)

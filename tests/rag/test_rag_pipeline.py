@@ -94,6 +94,12 @@ def test_ask_command_json(rag, tiny_kb, tiny_reader):
     assert {"answer", "citations", "tags", "p_ret", "retrieved"} <= set(out)
     missing = CliRunner().invoke(app, ["ask", "nope.png", "Q?", "--vlm", str(tiny_reader)])
     assert missing.exit_code == 2 and "image not found" in missing.output
+    named = CliRunner().invoke(app, ["ask", "--image", str(tiny_kb / "images" / "btn.png"), "--question",
+                                     "What is the capital of this country?", "--vlm", str(tiny_reader), "--json"])
+    assert named.exit_code == 0, named.output
+    assert json.loads(named.stdout)["question"] == "What is the capital of this country?"
+    no_question = CliRunner().invoke(app, ["ask", "--image", str(tiny_kb / "images" / "btn.png")])
+    assert no_question.exit_code == 2 and "give an image and a question" in no_question.output
 
 
 def test_srt_orders_and_attribute_tags_pick_sections(rag, tiny_kb):
