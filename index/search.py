@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -164,13 +165,11 @@ class ReferenceIndex:
     def _ranked(self, hits: dict[str, EntityHit]) -> list[EntityHit]:
         """Best score first; entities tied on score (the same picture under several keys) go by
         prominence, so a French flag names France before the regions that fly it."""
-        ranked = sorted(hits.values(), key=lambda h: -h.score)
-        scores = [round(h.score, TIE_DECIMALS) for h in ranked]
-        if len(set(scores)) == len(scores):
-            return ranked
-        tied = [h.key for h, s in zip(ranked, scores) if scores.count(s) > 1]
-        prior = self.store.prominence(tied)
-        return sorted(ranked, key=lambda h: (-round(h.score, TIE_DECIMALS), -prior.get(h.key, 0.0)))
+        score = {key: round(h.score, TIE_DECIMALS) for key, h in hits.items()}
+        counts = Counter(score.values())
+        tied = [key for key, s in score.items() if counts[s] > 1]
+        prior = self.store.prominence(tied) if tied else {}
+        return sorted(hits.values(), key=lambda h: (-score[h.key], -prior.get(h.key, 0.0)))
 
     def _collect(self, modality: str, query: np.ndarray, fetch: int, kinds, keys,
                  hits: dict[str, EntityHit]) -> None:

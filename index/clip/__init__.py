@@ -23,17 +23,11 @@ def shipped_checkpoint(name: str) -> Path | None:
 
 def resize_mode_of(weights: str | Path | None) -> str | None:
     """The resize mode the weights were trained with, from the export's `open_clip_config.json`
-    (or mmkb's `config.json`) beside them; None when neither says (open_clip's default applies)."""
+    beside them; None when it does not say (open_clip's default applies)."""
     if not weights or not Path(weights).is_file():  # an open_clip pretrained tag, or nothing
         return None
-    folder = Path(weights).parent
-    for name in ("open_clip_config.json", "config.json"):
-        path = folder / name
-        if path.is_file():
-            try:
-                mode = json.loads(path.read_text()).get("preprocess_cfg", {}).get("resize_mode")
-            except (ValueError, AttributeError):
-                continue
-            if mode:
-                return mode
-    return None
+    path = Path(weights).parent / "open_clip_config.json"
+    try:
+        return json.loads(path.read_text()).get("preprocess_cfg", {}).get("resize_mode")
+    except (OSError, ValueError, AttributeError):  # missing or not open_clip's format
+        return None

@@ -109,7 +109,6 @@ class Features:
             self.entity_vec, self.views = data["entity_vec"].item(), data["views"].item()
             return
         rng = np.random.default_rng(cfg.seed)
-
         self.entity_vec, self.views = {}, {}
         for rec in tqdm(records, desc="embedding reference images and views"):
             imgs = [load_image(DATA_DIR / im["path"]) for im in rec["images"]]  # with alpha, for the views
