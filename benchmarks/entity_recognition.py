@@ -42,6 +42,7 @@ from PIL import Image  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from a checkout
+from index.clip import DEFAULT_CONFIG  # noqa: E402
 from index.clip.augment import DISTORTIONS, distort  # noqa: E402
 from index.clip.data import Entity, is_held_out, load_entities, load_image  # noqa: E402
 from index.embedders import ImageEmbedder, open_rgb  # noqa: E402
@@ -294,7 +295,7 @@ def markdown(report: dict) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="mmkb-clip-tiny", help="an open_clip spec for ImageEmbedder")
+    p.add_argument("--model", default=DEFAULT_CONFIG, help="an open_clip spec for ImageEmbedder")
     p.add_argument("--distortions", nargs="+", default=list(DISTORTIONS), choices=DISTORTIONS)
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     p.add_argument("--seed", type=int, default=0)

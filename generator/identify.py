@@ -38,6 +38,9 @@ class EmbedderIdentifier:
         self.trained = self.embedder.trained
         self.assets = assets or load_assets()
         self.keys = [a.key for a in self.assets]
+        self.fingerprint = self.embedder.fingerprint  # name@weights: retrained weights get their own cache
+        if cache is not None:
+            cache = cache.with_name(f"{cache.stem}-{self.fingerprint.replace('/', '_')}{cache.suffix}")
         if cache is not None and cache.is_file():
             self.bank = np.load(cache)
         else:

@@ -6,6 +6,8 @@ from pathlib import Path
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from index.clip import DEFAULT_CONFIG
+
 
 class Settings(BaseSettings):
     """Where mmkb keeps its data and which models it uses; every field is `MMKB_<NAME>`."""
@@ -15,7 +17,7 @@ class Settings(BaseSettings):
     home: Path = Path("~/.mmkb")
     database_url: str | None = None  # default: SQLite file under `home`
     text_embedder: str = "all-MiniLM-L6-v2"
-    image_embedder: str = "mmkb-clip-tiny"  # an open_clip model name, optionally "name:pretrained"
+    image_embedder: str = DEFAULT_CONFIG  # an open_clip model name, optionally "name:pretrained"
     vlm: str = "mmkb-reader"  # or a path to an mmkb-reader export, or hf:<path> for a transformers VLM
     device: str = "auto"  # "auto" picks cuda when torch sees a GPU
     memory_budget_mb: int = 4096  # FAISS index type is chosen to fit this

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from index.clip import CHECKPOINT_DIR, RESIZE_MODES, register_configs
+from index.clip import CHECKPOINT_DIR, DEFAULT_CONFIG, RESIZE_MODES, register_configs
 from index.clip.augment import augment_light, distort, query_view
 from index.clip.data import HELD_OUT_FRACTION, Entity, load_entities, load_image, split
 from index.embedders import open_rgb
@@ -48,7 +48,7 @@ from index.files import replace_dir
 class TrainConfig:
     """Everything that defines a run besides the model config (saved with the checkpoint)."""
 
-    config: str = "mmkb-clip-tiny"
+    config: str = DEFAULT_CONFIG
     steps: int | None = 6000  # None: stop by time only
     minutes: float | None = 45.0  # None: stop by steps only
     batch_size: int = 256
@@ -136,8 +136,17 @@ def _init_file(init_from: str | Path) -> Path:
     file = path / "open_clip_model.safetensors" if path.is_dir() else path
     if not file.is_file():
         raise FileNotFoundError(f"--init-from {init_from}: no such weights; give an open_clip safetensors file, a "
-                                f"checkpoint folder or a shipped checkpoint's name such as mmkb-clip-tiny")
+                                f"checkpoint folder or a shipped checkpoint's name such as {DEFAULT_CONFIG}")
     return file
+
+
+def _image_size_of(weights: Path) -> int | None:
+    """The input size an export was trained at, from its `open_clip_config.json` (None: unknown)."""
+    try:
+        cfg = json.loads((weights.parent / "open_clip_config.json").read_text())
+        return int(cfg["model_cfg"]["vision_cfg"]["image_size"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _warm_start(model: torch.nn.Module, file: Path) -> None:
@@ -146,12 +155,30 @@ def _warm_start(model: torch.nn.Module, file: Path) -> None:
 
     state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(file)).items()}
     mine = model.state_dict()
+    pool = "visual.attnpool.positional_embedding"
+    if pool in state and pool in mine and state[pool].shape != mine[pool].shape:
+        state[pool] = resize_pool_positions(state[pool], mine[pool].shape[0])
+        print(f"warm start from another input size: attention-pool positions resized to {mine[pool].shape[0] - 1}",
+              file=sys.stderr)
     misfit = sorted(set(mine) ^ set(state)) + [k for k in mine.keys() & state.keys() if mine[k].shape != state[k].shape]
     if misfit:
         raise ValueError(f"--init-from {file} holds weights of another model config ({len(misfit)} tensors differ, "
                          f"e.g. {misfit[:3]}); give a checkpoint of this config")
     model.load_state_dict(state)
     print(f"warm start from {file}", file=sys.stderr)
+
+
+def resize_pool_positions(positions: torch.Tensor, tokens: int) -> torch.Tensor:
+    """A ModifiedResNet attention pool's position embeddings (the pooled token, then a square
+    grid) resized to `tokens` rows by bilinear interpolation of the grid, so weights trained at
+    one input size warm-start a model of another (the convolutions do not depend on it)."""
+    old, new = math.isqrt(positions.shape[0] - 1), math.isqrt(tokens - 1)
+    if old * old + 1 != positions.shape[0] or new * new + 1 != tokens:
+        raise ValueError(f"attention-pool positions of {positions.shape[0]} and {tokens} rows are not "
+                         "a pooled token plus a square grid")
+    grid = positions[1:].reshape(1, old, old, -1).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid, size=(new, new), mode="bilinear", align_corners=False)
+    return torch.cat([positions[:1], grid.permute(0, 2, 3, 1).reshape(new * new, -1)])
 
 
 def _worker_init(_: int) -> None:
@@ -281,7 +308,7 @@ def export(model: torch.nn.Module, model_cfg: dict, cfg: TrainConfig, out: Path,
 
 def command_line(cfg: TrainConfig, run_dir: Path, out: Path, device: str, workers: int) -> str:
     """The `mmkb train clip` command that repeats a run (its data and schedule are all in `cfg`)."""
-    parts = ["mmkb train clip", f"--minutes {cfg.minutes}", f"--steps {cfg.steps}", f"--batch-size {cfg.batch_size}",
+    parts = ["mmkb train clip", f"--config {cfg.config}", f"--minutes {cfg.minutes}", f"--steps {cfg.steps}", f"--batch-size {cfg.batch_size}",
              f"--lr {cfg.lr}", f"--seed {cfg.seed}", f"--drawn-fraction {cfg.drawn_fraction}",
              f"--resize-mode {cfg.resize_mode}",
              f"--run-dir {run_dir}", f"--out {out}"]
@@ -304,7 +331,12 @@ def _model_card(model_cfg: dict, cfg: TrainConfig, s: dict, path: Path) -> str:
     if cfg.init_from:
         origin = f"fine-tuned from `{cfg.init_from}` (its own training: \"Earlier training\" below)" if earlier \
             else f"fine-tuned from `{cfg.init_from}` (no model card came with it)"
-        warm = f"- Warm start: the weights then in `{cfg.init_from}`\n"
+        warm = f"- Warm start: the weights then in `{cfg.init_from}`"
+        size = model_cfg["vision_cfg"]["image_size"]
+        if s.get("init_image_size") and s["init_image_size"] != size:
+            warm += (f", trained at a {s['init_image_size']} px input (the convolutions carry over; the "
+                     f"attention pool's position embeddings were resized to the {size} px grid)")
+        warm += "\n"
     if earlier:
         body = earlier.split("\n", 1)[1] if "\n" in earlier else ""  # without its title line
         earlier = "\n## Earlier training (the warm start's own card)\n" + body.replace("\n## ", "\n### ")
@@ -367,7 +399,7 @@ See `benchmarks/results/entity_recognition.md` for the full benchmark.
 {earlier}"""
 
 
-def train_clip(minutes: float | None = 45.0, steps: int | None = 6000, config: str = "mmkb-clip-tiny",
+def train_clip(minutes: float | None = 45.0, steps: int | None = 6000, config: str = DEFAULT_CONFIG,
                out: str | Path | None = None, resume: bool = True, run_dir: str | Path = "runs/clip",
                batch_size: int = 256, lr: float = 2e-3, seed: int = 0, workers: int = 1, threads: int = 1,
                save_minutes: float = 3.0, eval_minutes: float = 5.0, max_entities: int | None = None,
@@ -404,6 +436,7 @@ def train_clip(minutes: float | None = 45.0, steps: int | None = 6000, config: s
     init_file = _init_file(init_from) if init_from else None
     card = init_file.parent / "MODEL_CARD.md" if init_file else None
     previous_card = card.read_text() if card and card.is_file() else None  # before `out` may overwrite it
+    init_image_size = _image_size_of(init_file) if init_file else None
     dev = torch.device(device)
     if dev.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
@@ -508,7 +541,8 @@ def train_clip(minutes: float | None = 45.0, steps: int | None = 6000, config: s
                            f"{platform.machine()} CPU: {torch.get_num_threads()} compute thread(s)")
                           + f" + {workers} data-loading process(es)",
                "command": command_line(cfg, run_dir, out, device, workers), "run_dir": str(run_dir),
-               "first_loss": history[0]["loss"] if history else None, "previous_card": previous_card}
+               "first_loss": history[0]["loss"] if history else None, "previous_card": previous_card,
+               "init_image_size": init_image_size}
     path = export(model, model_cfg, cfg, out, summary)
     print(f"exported {path} (step {step}, {elapsed / 60:.1f} min, {metrics}); training state in {state_path}")
     return path
@@ -518,7 +552,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m index.clip.train", description=train_clip.__doc__)
     p.add_argument("--minutes", type=float, default=45.0)
     p.add_argument("--steps", type=int, default=6000)
-    p.add_argument("--config", default="mmkb-clip-tiny")
+    p.add_argument("--config", default=DEFAULT_CONFIG, help="mmkb-clip-tiny (shipped, 32 px) or mmkb-clip-tiny-64 (64 px)")
     p.add_argument("--out", default=None, help="export folder (default: index/clip/checkpoints/<config>)")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--run-dir", default="runs/clip")

@@ -27,6 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from index.clip import DEFAULT_CONFIG
 from rag.vlm.base import NOREL, NORET, REL, RET
 
 IMG, DIMG, DOC = "[IMG]", "[DIMG]", "[DOC]"
@@ -44,7 +45,7 @@ class ReaderConfig:
     categories: list[str] = field(default_factory=list)
     attributes: list[str] = field(default_factory=list)  # question types
     text_model: str = "all-MiniLM-L6-v2"
-    image_embedder: str = "mmkb-clip-tiny"
+    image_embedder: str = DEFAULT_CONFIG
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self), indent=1, ensure_ascii=False))

@@ -80,3 +80,29 @@ def test_cli_edit_and_errors(tiny_checkpoints, tmp_path):
     r = CliRunner().invoke(app, ["generate", "--prompt", "x", "--n", "0", "--out", str(out),
                                  "--model", str(tiny_checkpoints[0])])
     assert r.exit_code == 2 and "at least 1" in r.output
+
+
+def test_embedder_judge_caches_reference_embeddings_per_weights(tmp_path, monkeypatch):
+    """A retrained embedder must not reuse the reference embeddings another set of weights made."""
+    import numpy as np
+
+    import index.embedders
+    from generator.identify import EmbedderIdentifier
+    from generator.scenes import Asset
+
+    class Fake:
+        trained = True
+
+        def __init__(self, fingerprint: str, value: float) -> None:
+            self.fingerprint, self.value = fingerprint, value
+
+        def encode_images(self, images):
+            return np.full((len(images), 4), self.value, dtype=np.float32)
+
+    assets = (Asset("country:BTN", "country", "Bhutan", "flag", "BTN.png"),)
+    for fingerprint, value in [("clip@aaaa", 1.0), ("clip@bbbb", 2.0), ("clip@aaaa", 3.0)]:
+        monkeypatch.setattr(index.embedders, "load_image_embedder", lambda fp=fingerprint, v=value: Fake(fp, v))
+        judge = EmbedderIdentifier(assets, cache=tmp_path / "bank.npy")
+        assert judge.fingerprint == fingerprint
+    assert judge.bank[0, 0] == 1.0  # the first weights' file, reused for the same weights only
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bank-clip@aaaa.npy", "bank-clip@bbbb.npy"]

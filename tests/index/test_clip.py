@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from index.clip import CHECKPOINT_DIR, register_configs, shipped_checkpoint
+from index.clip import CHECKPOINT_DIR, DEFAULT_CONFIG, register_configs, shipped_checkpoint
 from index.clip.augment import DISTORTIONS, augment, distort
 from index.clip.data import is_held_out, load_entities, split
 from index.worldkb import DATA_DIR
@@ -117,6 +117,36 @@ def test_export_says_its_resize_mode_and_every_loader_uses_it(tmp_path, tiny_con
         train_clip(out=tmp_path / "sq", run_dir=tmp_path / "run-sq", resize_mode="shortest", **kw)
 
 
+def test_attention_pool_positions_resize_to_another_grid():
+    from index.clip.train import resize_pool_positions
+
+    positions = torch.cat([torch.full((1, 4), 7.0), torch.ones(1, 4)])  # pooled token + a 1x1 grid
+    bigger = resize_pool_positions(positions, 5)
+    assert bigger.shape == (5, 4) and torch.equal(bigger[0], positions[0]) and torch.allclose(bigger[1:], torch.ones(4, 4))
+    with pytest.raises(ValueError, match="square grid"):
+        resize_pool_positions(positions, 4)
+
+
+def test_weights_of_another_input_size_warm_start_a_model(tmp_path, tiny_config):
+    """The 32 px weights start the 64 px model: the convolutions carry over, the pool's positions are resized."""
+    import open_clip
+
+    from index.clip.train import train_clip
+
+    folder = tmp_path / "configs"
+    folder.mkdir()
+    (folder / "mmkb-clip-test-64.json").write_text(json.dumps({**TINY, "vision_cfg": {**TINY["vision_cfg"],
+                                                                                      "image_size": 64}}))
+    open_clip.add_model_config(folder)
+    kw = dict(steps=1, batch_size=8, max_entities=8, workers=0, progress=False)
+    small = train_clip(config=tiny_config, out=tmp_path / "32", run_dir=tmp_path / "run-32", **kw)
+    big = train_clip(config="mmkb-clip-test-64", init_from=small.parent, out=tmp_path / "64",
+                     run_dir=tmp_path / "run-64", **kw)
+    _, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{big.parent}")
+    assert _resize(preprocess).size == (64, 64)
+    assert "trained at a 32 px input" in (tmp_path / "64" / "MODEL_CARD.md").read_text()
+
+
 def test_training_resumes_from_its_saved_state(tmp_path, tiny_config):
     from index.clip.train import train_clip
 
@@ -134,19 +164,19 @@ def test_training_needs_a_stopping_rule():
         train_clip(minutes=None, steps=None)
 
 
-@pytest.mark.skipif(shipped_checkpoint("mmkb-clip-tiny") is None, reason="no shipped checkpoint")
+@pytest.mark.skipif(shipped_checkpoint(DEFAULT_CONFIG) is None, reason="no shipped checkpoint")
 def test_shipped_embedder_recognises_a_flag_icons_flag():
     from index.embedders import load_image_embedder
 
     register_configs()
-    emb = load_image_embedder("mmkb-clip-tiny", "cpu")
+    emb = load_image_embedder(DEFAULT_CONFIG, "cpu")
     assert emb.trained
     flags = sorted((DATA_DIR / "images" / "flags").glob("*.png"))
     vecs = emb.encode_images(flags)
     query = emb.encode_images([QUERY_DIR / "flags" / "bt.png"])[0]
     best = flags[int(np.argmax(vecs @ query))]
     assert best.name.split("-")[0].removesuffix(".png") == "BTN"
-    assert (CHECKPOINT_DIR / "mmkb-clip-tiny" / "MODEL_CARD.md").exists()
+    assert (CHECKPOINT_DIR / DEFAULT_CONFIG / "MODEL_CARD.md").exists()
 
 
 def test_drawn_style_keeps_size_hue_and_draws_dark_outlines():

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 
+from index.clip import DEFAULT_CONFIG
 from index.ingest import ingest_folder
 from index.search import IndexNotBuiltError, ReferenceIndex
 from index.store import EntityStore
@@ -54,8 +55,8 @@ def test_rebuild_keeps_the_old_version_for_rollback(ref):
 def test_index_built_with_other_weights_is_refused(ref, monkeypatch):
     """Retrained weights under the same model name still make the old index stale."""
     ref.build(["text", "image"], show_progress=False)
-    assert ref.store.active_index("image").embedder.startswith("mmkb-clip-tiny@")
-    other = type("Other", (), {"fingerprint": "mmkb-clip-tiny@0123456789ab"})()
+    assert ref.store.active_index("image").embedder.startswith(f"{DEFAULT_CONFIG}@")
+    other = type("Other", (), {"fingerprint": f"{DEFAULT_CONFIG}@0123456789ab"})()
     monkeypatch.setattr(ref, "image_embedder", lambda: other)
     ref._loaded.clear()
     with pytest.raises(IndexNotBuiltError, match="mmkb index build"):
