@@ -150,7 +150,8 @@ def _image_size_of(weights: Path) -> int | None:
 
 
 def _warm_start(model: torch.nn.Module, file: Path) -> None:
-    """Load open_clip weights from a safetensors file into `model` (same config)."""
+    """Load open_clip weights from a safetensors file into `model`: the same config, or the same
+    network at another input size (the attention pool's positions are then resized)."""
     from safetensors.torch import load_file
 
     state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(file)).items()}
@@ -308,9 +309,9 @@ def export(model: torch.nn.Module, model_cfg: dict, cfg: TrainConfig, out: Path,
 
 def command_line(cfg: TrainConfig, run_dir: Path, out: Path, device: str, workers: int) -> str:
     """The `mmkb train clip` command that repeats a run (its data and schedule are all in `cfg`)."""
-    parts = ["mmkb train clip", f"--config {cfg.config}", f"--minutes {cfg.minutes}", f"--steps {cfg.steps}", f"--batch-size {cfg.batch_size}",
-             f"--lr {cfg.lr}", f"--seed {cfg.seed}", f"--drawn-fraction {cfg.drawn_fraction}",
-             f"--resize-mode {cfg.resize_mode}",
+    parts = ["mmkb train clip", f"--config {cfg.config}", f"--minutes {cfg.minutes}", f"--steps {cfg.steps}",
+             f"--batch-size {cfg.batch_size}", f"--lr {cfg.lr}", f"--seed {cfg.seed}",
+             f"--drawn-fraction {cfg.drawn_fraction}", f"--resize-mode {cfg.resize_mode}",
              f"--run-dir {run_dir}", f"--out {out}"]
     if cfg.init_from:
         parts.append(f"--init-from {cfg.init_from}")
@@ -552,7 +553,8 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m index.clip.train", description=train_clip.__doc__)
     p.add_argument("--minutes", type=float, default=45.0)
     p.add_argument("--steps", type=int, default=6000)
-    p.add_argument("--config", default=DEFAULT_CONFIG, help="mmkb-clip-tiny (shipped, 32 px) or mmkb-clip-tiny-64 (64 px)")
+    p.add_argument("--config", default=DEFAULT_CONFIG,
+                   help="mmkb-clip-tiny (shipped, 32 px) or mmkb-clip-tiny-64 (64 px)")
     p.add_argument("--out", default=None, help="export folder (default: index/clip/checkpoints/<config>)")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--run-dir", default="runs/clip")
