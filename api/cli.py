@@ -10,6 +10,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from index.clip import DEFAULT_CONFIG
+
 app = typer.Typer(help="mmkb: multimodal knowledge-based retrieval-augmented generation.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
 data_app = typer.Typer(help="Build the starter KB from registry packages.", no_args_is_help=True)
@@ -145,7 +147,7 @@ def index_rollback(modality: str) -> None:
 
 
 @train_app.command("clip")
-def train_clip(minutes: float = 45.0, steps: Optional[int] = None, config: str = "mmkb-clip-tiny",
+def train_clip(minutes: float = 45.0, steps: Optional[int] = None, config: str = DEFAULT_CONFIG,
                out: Optional[Path] = None, resume: bool = True, device: str = "cpu", workers: int = 1,
                batch_size: int = 256, lr: float = 2e-3, seed: int = 0, init_from: Optional[Path] = None,
                drawn_fraction: float = 0.25, resize_mode: str = "squash",

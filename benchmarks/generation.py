@@ -173,7 +173,7 @@ def main() -> None:
         configs += [("few-step", fast, 16), ("few-step", fast, 8), ("few-step", fast, 4), ("few-step", fast, 1)]
     quality = []
     t0 = time.time()
-    judge = embed.fingerprint.replace("/", "_") if embed else "noemb"  # rows judged by other weights are not reused
+    judge = embed.cache_tag if embed else "noemb"  # rows judged by other weights are not reused
     cache = RowCache(RUNS / "generation_bench" / f"rows-n{args.n}-{judge}.json")
     for label, pipe, steps in configs:  # fidelity vs steps on the held-out reference set
         row = {"model": label, "steps": steps, **cache.get(pipe, "held_out_ref", steps, True, compute=lambda: score(

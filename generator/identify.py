@@ -39,8 +39,9 @@ class EmbedderIdentifier:
         self.assets = assets or load_assets()
         self.keys = [a.key for a in self.assets]
         self.fingerprint = self.embedder.fingerprint  # name@weights: retrained weights get their own cache
+        self.cache_tag = self.fingerprint.replace("/", "_")  # usable in a file name
         if cache is not None:
-            cache = cache.with_name(f"{cache.stem}-{self.fingerprint.replace('/', '_')}{cache.suffix}")
+            cache = cache.with_name(f"{cache.stem}-{self.cache_tag}{cache.suffix}")
         if cache is not None and cache.is_file():
             self.bank = np.load(cache)
         else:

@@ -26,13 +26,22 @@ def shipped_checkpoint(name: str) -> Path | None:
     return path if path.exists() else None
 
 
+def export_config(weights: str | Path | None) -> dict | None:
+    """The `open_clip_config.json` an export writes beside its weights ({model_cfg, preprocess_cfg});
+    None for an open_clip pretrained tag, or when the file is missing or not open_clip's format."""
+    if not weights or not Path(weights).is_file():
+        return None
+    try:
+        cfg = json.loads((Path(weights).parent / "open_clip_config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return cfg if isinstance(cfg, dict) else None
+
+
 def resize_mode_of(weights: str | Path | None) -> str | None:
     """The resize mode the weights were trained with, from the export's `open_clip_config.json`
     beside them; None when it does not say (open_clip's default applies)."""
-    if not weights or not Path(weights).is_file():  # an open_clip pretrained tag, or nothing
-        return None
-    path = Path(weights).parent / "open_clip_config.json"
     try:
-        return json.loads(path.read_text()).get("preprocess_cfg", {}).get("resize_mode")
-    except (OSError, ValueError, AttributeError):  # missing or not open_clip's format
+        return (export_config(weights) or {}).get("preprocess_cfg", {}).get("resize_mode")
+    except AttributeError:  # not open_clip's format
         return None

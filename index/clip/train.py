@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from index.clip import CHECKPOINT_DIR, DEFAULT_CONFIG, RESIZE_MODES, register_configs
+from index.clip import CHECKPOINT_DIR, DEFAULT_CONFIG, RESIZE_MODES, export_config, register_configs
 from index.clip.augment import augment_light, distort, query_view
 from index.clip.data import HELD_OUT_FRACTION, Entity, load_entities, load_image, split
 from index.embedders import open_rgb
@@ -143,9 +143,8 @@ def _init_file(init_from: str | Path) -> Path:
 def _image_size_of(weights: Path) -> int | None:
     """The input size an export was trained at, from its `open_clip_config.json` (None: unknown)."""
     try:
-        cfg = json.loads((weights.parent / "open_clip_config.json").read_text())
-        return int(cfg["model_cfg"]["vision_cfg"]["image_size"])
-    except (OSError, ValueError, KeyError, TypeError):
+        return int(export_config(weights)["model_cfg"]["vision_cfg"]["image_size"])
+    except (ValueError, KeyError, TypeError):
         return None
 
 
