@@ -2,7 +2,9 @@
 
 Stage "read": closed-book answers, entity/category/attribute tags from the image and question, and
 extractive reading (SQuAD-2-style: a document that does not answer points at [CLS]).
-Stage "label": the model's own answers make the tag labels (MMKB-RAG, arXiv 2504.10074, Sec. 3):
+Stage "label": the model's own answers make the tag labels (MMKB-RAG, arXiv 2504.10074, Sec. 3),
+  on query views of the images that reading never trained on (a view it was trained on is answered
+  from memory, so its labels would say [NoRet] where a new photo of the entity is answered wrong):
   RET  [NoRet] when its closed-book answer is right, else [Ret];
   SRT  [Rel] when its answer read from the document is right (this covers "wrong without it and
        right with it"), [NoRel] when it is wrong with the document (this covers "right without and
@@ -41,6 +43,9 @@ class TrainConfig:
     out: str = str(CHECKPOINT)
     run_dir: str = str(ROOT / "runs" / "vlm")
     views_per_image: int = 3
+    # Held-out query views per image, for self-labelling only: the closed-book answer on them is what
+    # a new photo gets, not a memorised training view's.
+    label_views_per_image: int = 2
     # Share of the query views first redrawn as a flat outlined icon (index.clip.augment.drawn), as the
     # embedder's training does: another icon set's emoji (OpenMoji) look like that, and the RET labels
     # must see the views on which the closed-book answer fails.
@@ -103,13 +108,15 @@ class Features:
         # Keyed by the weights too: retrained weights under the same name must not reuse old features.
         tag = "".join(c if c.isalnum() or c in "-_.@" else "_" for c in embedder.fingerprint)
         cache = Path(cfg.run_dir) / (f"features-{tag}-{len(keys)}-{cfg.views_per_image}-d{cfg.drawn_fraction:g}"
-                                     f"-s{cfg.seed}.npz")
+                                     f"-h{cfg.label_views_per_image}-s{cfg.seed}.npz")
         if cache.exists():
             data = np.load(cache, allow_pickle=True)
             self.entity_vec, self.views = data["entity_vec"].item(), data["views"].item()
+            self.label_views = data["label_views"].item()
             return
-        rng = np.random.default_rng(cfg.seed)
-        self.entity_vec, self.views = {}, {}
+        # Two generators: the training views are the same whatever the number of held-out views.
+        rng, held_rng = np.random.default_rng(cfg.seed), np.random.default_rng([cfg.seed, 1])
+        self.entity_vec, self.views, self.label_views = {}, {}, {}
         for rec in tqdm(records, desc="embedding reference images and views"):
             imgs = [load_image(DATA_DIR / im["path"]) for im in rec["images"]]  # with alpha, for the views
             if not imgs:
@@ -120,13 +127,23 @@ class Features:
             if rec["key"] in keys:
                 views = [open_rgb(query_view(im, rng, cfg.drawn_fraction)) for im in imgs
                          for _ in range(cfg.views_per_image)]
-                self.views[rec["key"]] = embedder.encode_images(views)
+                held = [open_rgb(query_view(im, held_rng, cfg.drawn_fraction)) for im in imgs
+                        for _ in range(cfg.label_views_per_image)]
+                vecs = embedder.encode_images(views + held)
+                self.views[rec["key"]], self.label_views[rec["key"]] = vecs[:len(views)], vecs[len(views):]
         cache.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(cache, entity_vec=np.array(self.entity_vec, dtype=object), views=np.array(self.views, dtype=object))
+        np.savez(cache, entity_vec=np.array(self.entity_vec, dtype=object), views=np.array(self.views, dtype=object),
+                 label_views=np.array(self.label_views, dtype=object))
 
     def view(self, key: str, rng: random.Random) -> np.ndarray:
+        """A training view of the entity's images."""
         v = self.views[key]
         return v[rng.randrange(len(v))]
+
+    def label_view(self, key: str, rng: random.Random) -> np.ndarray:
+        """A held-out view (never trained on; the training views when there are none)."""
+        v = self.label_views.get(key)
+        return self.view(key, rng) if v is None or not len(v) else v[rng.randrange(len(v))]
 
     def neighbours(self, keys: list[str], k: int = 8) -> dict[str, list[str]]:
         """Look-alike entities of the same kind: the hard negatives for reading and tags."""
@@ -320,7 +337,7 @@ class Trainer:
             self.tok.sep_token_id, self.tok.cls_token_id, self.tok.pad_token_id}
         for i in tqdm(range(0, len(pool), 32), desc="self-labelling"):
             qs = pool[i:i + 32]
-            views = [self.features.view(q.entity_key, self.rng) for q in qs]
+            views = [self.features.label_view(q.entity_key, self.rng) for q in qs]
             batch = make_batch(self.tok, self.rcfg, [q.question for q in qs], np.stack(views))
             pred = self.model.closed_book(self.model.encode(**batch.model_inputs()))["answer"].argmax(-1).tolist()
             for q, v, p in zip(qs, views, pred):

@@ -58,7 +58,7 @@ def test_semantic_tags_become_queries_and_two_way_is_a_softmax():
 
 def test_reader_features_are_keyed_by_the_embedder_weights_and_include_drawn_views(tmp_path, monkeypatch):
     """Retrained embedder weights under the same name make new features; with drawn_fraction 1
-    every query view is first redrawn as an outlined icon."""
+    every query view, training and held-out, is first redrawn as an outlined icon."""
     import numpy as np
 
     import index.clip.augment
@@ -79,10 +79,41 @@ def test_reader_features_are_keyed_by_the_embedder_weights_and_include_drawn_vie
     monkeypatch.setattr(index.clip.augment, "drawn", lambda im, rng: redrawn.append(im) or real_drawn(im, rng))
     records = [r for r in load_records() if r["key"] == "emoji:1F600"]
     n = len(records[0]["images"])
-    cfg = TrainConfig(run_dir=str(tmp_path), views_per_image=1, drawn_fraction=1.0)
+    cfg = TrainConfig(run_dir=str(tmp_path), views_per_image=1, label_views_per_image=1, drawn_fraction=1.0)
     for weights in ("mmkb-clip-tiny@aaaa", "mmkb-clip-tiny@bbbb", "mmkb-clip-tiny@aaaa"):
         monkeypatch.setattr(index.embedders, "load_image_embedder", lambda name, w=weights: Fake(w))
         Features(records, {"emoji:1F600"}, cfg, "mmkb-clip-tiny")
     assert sorted(p.name.split("-")[3] for p in tmp_path.glob("features-*.npz")) == ["tiny@aaaa", "tiny@bbbb"]
-    assert len(encoded) == 2 * 2 * n  # references and views, twice: the third call read its cache
-    assert len(redrawn) == 2 * n  # every query view was redrawn first
+    assert len(encoded) == 2 * 3 * n  # references, views and held-out views, twice: the third call read its cache
+    assert len(redrawn) == 2 * 2 * n  # every query view was redrawn first
+
+
+def test_self_labels_come_from_views_reading_never_trained_on(tmp_path, monkeypatch):
+    """RET/SRT labels are made on held-out views: a view the closed-book head trained on is answered
+    from memory, and its [NoRet] would not hold for a new photo of the entity."""
+    import numpy as np
+
+    import index.embedders
+    from rag.vlm.train import Features, TrainConfig
+
+    class Fake:
+        fingerprint = "mmkb-clip-tiny@cccc"
+
+        def encode_images(self, images):
+            return np.random.default_rng(len(images)).normal(size=(len(images), 4)).astype(np.float32)
+
+    monkeypatch.setattr(index.embedders, "load_image_embedder", lambda name: Fake())
+    records = [r for r in load_records() if r["key"] == "emoji:1F600"]
+    cfg = TrainConfig(run_dir=str(tmp_path), views_per_image=2, label_views_per_image=1)
+    feats = Features(records, {"emoji:1F600"}, cfg, "mmkb-clip-tiny")
+    n = len(records[0]["images"])
+    train_views, held = feats.views["emoji:1F600"], feats.label_views["emoji:1F600"]
+    assert len(train_views) == 2 * n and len(held) == n
+    import random
+
+    rng = random.Random(0)
+    for _ in range(10):
+        v = feats.label_view("emoji:1F600", rng)
+        assert any(np.array_equal(v, h) for h in held) and not any(np.array_equal(v, t) for t in train_views)
+    again = Features(records, {"emoji:1F600"}, cfg, "mmkb-clip-tiny")  # from the cache
+    assert np.array_equal(again.label_views["emoji:1F600"], held)
