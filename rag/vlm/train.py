@@ -57,7 +57,9 @@ class TrainConfig:
     batch_tags: int = 24
     lr_encoder: float = 5e-5
     lr_heads: float = 1e-3
-    label_questions: int = 2400
+    # Self-labelled questions, half about entities reading trained on and half about calibration
+    # entities it never saw (the RET head must learn both sides of its knowledge boundary).
+    label_questions: int = 3600
     entity_limit: int | None = None  # tiny runs for tests
     seed: int = 0
     threads: int | None = None
@@ -330,8 +332,10 @@ class Trainer:
         if self.state["stage"] != "label":
             return
         self.model.eval()
-        pool = self.calibration + self.rng.sample(self.closed, min(len(self.closed), self.cfg.label_questions // 2))
-        pool = self.rng.sample(pool, min(len(pool), self.cfg.label_questions))
+        half = self.cfg.label_questions // 2
+        pool = (self.rng.sample(self.calibration, min(len(self.calibration), half))
+                + self.rng.sample(self.closed, min(len(self.closed), self.cfg.label_questions - half)))
+        self.rng.shuffle(pool)
         ret, srt, mct = [], [], []
         skip = {self.tok.convert_tokens_to_ids(t) for t in (IMG, DIMG, DOC)} | {
             self.tok.sep_token_id, self.tok.cls_token_id, self.tok.pad_token_id}
@@ -356,7 +360,8 @@ class Trainer:
                 mct.append((q.question, v, docs, [1 if k == q.entity_key else 0 for k, _ in docs]))
         self.state["labels"] = {"ret": ret, "srt": srt, "mct": mct}
         stats = {"ret_share": float(np.mean([r[-1] for r in ret])), "rel_share": float(np.mean([s[-1] for s in srt])),
-                 "n_ret": len(ret), "n_srt": len(srt), "n_mct": len(mct)}
+                 "n_ret": len(ret), "n_srt": len(srt), "n_mct": len(mct),
+                 "known_share": float(np.mean([q.entity_split == "train" for q in pool]))}
         self.state["label_stats"] = stats
         print("self-labelled:", stats)
         self.state.update(stage="tags", step=0)
