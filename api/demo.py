@@ -103,7 +103,8 @@ def _answer_block(a: dict) -> str:
                     + (f" · P([Rel]) {c.relevance:.2f}" if c.relevance is not None else "")
                     + f" — {html.escape(c.text)}</li>" for c in out.citations)
     how = ("retrieved" if out.retrieved else "answered without retrieval") + (
-        f", P([Ret]) {out.p_ret:.2f}" if out.p_ret is not None else "")
+        f", P([Ret]) {out.p_ret:.2f}" if out.p_ret is not None else "") + (
+        f", familiarity {out.familiarity:.2f}" if out.familiarity is not None else "")
     return (f'<h2><img src="{_thumb(a["image"], 96)}"> {html.escape(a["question"])}</h2>'
             f"<p><b>{html.escape(out.answer)}</b> ({how}; {a['ms']:.0f} ms; tags: "
             f"{html.escape(str(out.tags.entity))} / {html.escape(str(out.tags.category))})</p><ul>{cites}</ul>")

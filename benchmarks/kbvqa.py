@@ -25,10 +25,18 @@ ABLATIONS = [
     ("+SRT", {"mode": "mmkb-rag", "use_ret": False, "use_srt": True, "use_mct": False}),
     ("+SRT+MCT", {"mode": "mmkb-rag", "use_ret": False, "use_srt": True, "use_mct": True}),
     ("RET+SRT+MCT (mmkb-rag)", {"mode": "mmkb-rag", "use_ret": True, "use_srt": True, "use_mct": True}),
+    # RET from the tag alone, without its image side (rag.vlm.familiarity): what the paper's tag does here.
+    ("RET+SRT+MCT, RET tag alone", {"mode": "mmkb-rag", "use_ret": True, "use_srt": True, "use_mct": True,
+                                    "familiarity_gate": False}),
     # γ = 0.5 is the paper's threshold; the shipped RET head is over-confident in its closed-book
     # answers, and γ = 0.1 did best on a worldkb dev set (seed 1, disjoint from this benchmark).
     ("RET+SRT+MCT, γ=0.1", {"mode": "mmkb-rag", "use_ret": True, "use_srt": True, "use_mct": True, "gamma": 0.1}),
 ]
+
+
+def slug(name: str) -> str:
+    """A row's predictions file name: "RET+SRT+MCT, γ=0.1" → "ret-srt-mct-γ-0-1"."""
+    return "-".join("".join(c if c.isalnum() else " " for c in name.lower()).split())
 
 
 def fmt(v, digits=3) -> str:
@@ -64,7 +72,7 @@ def main() -> None:
             continue
         t = time.time()
         summary = evaluate(rag, examples, args.data / "images",
-                           args.data / f"predictions-{name.split()[0].strip('+').lower() or 'x'}.jsonl", **overrides)
+                           args.data / f"predictions-{slug(name)}.jsonl", **overrides)
         summary["name"], summary["config"], summary["wall_s"] = name, overrides, round(time.time() - t, 1)
         rows.append(summary)
         print(name, {k: summary[k] for k in ("per_split", "overall", "all", "retrieval_recall", "skipped_retrieval",

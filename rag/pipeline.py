@@ -29,6 +29,9 @@ class RAGConfig:
     use_srt: bool = True
     use_mct: bool = True
     gamma: float = 0.5  # RET threshold: retrieve when P([Ret]) >= gamma
+    # RET's image side: also retrieve when the image is unlike every entity the VLM trained on (its
+    # familiarity is below the threshold calibrated in training; rag.vlm.familiarity), whatever the tag says.
+    familiarity_gate: bool = True
     k_entities: int = 5
     k_docs: int = 5
     # Entity candidates: image→image score + tag_weight × P(entity tag) × the entity tag's text score.
@@ -93,6 +96,7 @@ class RAGAnswer:
     citations: list[Citation] = field(default_factory=list)
     candidates: list[Citation] = field(default_factory=list)
     timings_ms: dict[str, float] = field(default_factory=dict)
+    familiarity: float | None = None  # highest cosine to the entities the VLM trained on
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -197,17 +201,22 @@ class MMKBRAG:
         lap("vlm_no_docs")
         if cfg.mode == "no-rag":
             return RAGAnswer(question, closed_answer, cfg.mode, False, None, tags, timings_ms=timings)
+        fam = None
         if cfg.mode == "mmkb-rag" and cfg.use_ret:
             p_ret = p_ret_value
-            if p_ret < cfg.gamma:
-                return RAGAnswer(question, closed_answer, cfg.mode, False, p_ret, tags, timings_ms=timings)
+            fam_values = self.vlm.familiarity([vec]) if cfg.familiarity_gate and hasattr(self.vlm, "familiarity") else None
+            fam = None if fam_values is None else float(fam_values[0])
+            new_entity = fam is not None and fam < self.vlm.familiarity_threshold
+            if p_ret < cfg.gamma and not new_entity:
+                return RAGAnswer(question, closed_answer, cfg.mode, False, p_ret, tags, timings_ms=timings,
+                                 familiarity=fam)
         cands = self.retrieve(vec, question, tags, cfg.k_docs)
         lap("retrieve")
         docs = self._documents(cands)
         if cfg.mode == "naive-rag" or not (cfg.use_srt or cfg.use_mct):
             answer, _, _ = self.vlm.read(vec, question, docs) if docs else ("", 0, -1)
             lap("read")
-            return RAGAnswer(question, answer or closed_answer, cfg.mode, True, p_ret, tags, cands, cands, timings)
+            return RAGAnswer(question, answer or closed_answer, cfg.mode, True, p_ret, tags, cands, cands, timings, fam)
         kept = list(range(len(docs)))
         if cfg.use_srt:
             rel = self.vlm.relevance([vec] * len(docs), [question] * len(docs), docs)
@@ -233,4 +242,4 @@ class MMKBRAG:
         answer, _, _ = self.vlm.read(vec, question, chosen)
         lap("read")
         return RAGAnswer(question, answer or closed_answer, cfg.mode, True, p_ret, tags,
-                         [cands[i] for i in kept], cands, timings)
+                         [cands[i] for i in kept], cands, timings, fam)

@@ -19,17 +19,32 @@ class ReaderVLM:
 
     rank_penalty = 1.0  # see read()
 
-    def __init__(self, model: MMKBReader, tokenizer, image_embedder=None, name: str = "mmkb-reader") -> None:
+    def __init__(self, model: MMKBReader, tokenizer, image_embedder=None, name: str = "mmkb-reader",
+                 memory: tuple[np.ndarray, float] | None = None) -> None:
         self.model, self.tokenizer, self.name = model.eval(), tokenizer, name
         self.cfg = model.cfg
+        # The entities it trained on, as image embeddings, and the familiarity below which an image
+        # shows an entity new to it (rag.vlm.familiarity); None: an export made before it existed.
+        self.memory, self.familiarity_threshold = memory if memory else (None, None)
         self._image_embedder = image_embedder
         self._skip = {tokenizer.convert_tokens_to_ids(t) for t in (IMG, DIMG, DOC)} | {
             tokenizer.sep_token_id, tokenizer.cls_token_id, tokenizer.pad_token_id}
 
     @classmethod
     def load(cls, path: Path | str, device: str = "cpu") -> ReaderVLM:
+        from rag.vlm import familiarity
+
         model, tokenizer = load_reader(Path(path), device)
-        return cls(model, tokenizer, name=str(path))
+        return cls(model, tokenizer, name=str(path), memory=familiarity.load(Path(path)))
+
+    def familiarity(self, images) -> np.ndarray | None:
+        """How close each image is to the entities this reader trained on (highest cosine), or None
+        without a memory."""
+        if self.memory is None:
+            return None
+        from rag.vlm.familiarity import familiarity
+
+        return familiarity(self.embed_images(images), self.memory)
 
     @property
     def image_embedder(self):

@@ -204,6 +204,10 @@ class Trainer:
         self.state = {"stage": "read", "step": 0, "labels": None, "log": []}
         self.started = time.time()
 
+    def knowledge_sets(self) -> tuple[set[str], set[str]]:
+        """(entities whose facts reading trains on, calibration entities it never learns)."""
+        return {q.entity_key for q in self.closed}, {q.entity_key for q in self.calibration}
+
     @staticmethod
     def _category(rec: dict) -> str:
         return "country" if rec["kind"] == "country" else f"emoji: {rec.get('category', '')}"
@@ -435,10 +439,17 @@ class Trainer:
             from rag.vlm.trim import trim_checkpoint
 
             trim_checkpoint(tmp, self.cfg.trim_common)
+        from rag.vlm import familiarity
+
+        known, novel = self.knowledge_sets()
+        fam_stats = None
+        if known and novel:
+            memory, threshold, fam_stats = familiarity.build(self.features, known, novel, seed=self.cfg.seed)
+            familiarity.save(tmp, memory, threshold, fam_stats)
         card = {"model": "mmkb-reader", "text_encoder": self.rcfg.text_model, "image_embedder": self.image_embedder,
                 "train_config": asdict(self.cfg), "label_stats": self.state.get("label_stats"),
                 "train_minutes": round(self.state.get("elapsed", 0.0) / 60, 1),
-                "answers": len(self.rcfg.answers), "entities": len(self.rcfg.entities),
+                "answers": len(self.rcfg.answers), "entities": len(self.rcfg.entities), "familiarity": fam_stats,
                 "last_log": self.state["log"][-3:]}
         (tmp / "training.json").write_text(json.dumps(card, indent=1, default=str))
         earlier = Path(self.cfg.init_from) / "MODEL_CARD.md" if self.cfg.init_from else out / "MODEL_CARD.md"
@@ -459,6 +470,7 @@ class Trainer:
             f"--trim-common {c.trim_common} --drawn-fraction {c.drawn_fraction} --seed {c.seed}"
             + (f" --init-from {c.init_from}" if c.init_from else "") + "`",
             f"- Self-labels: {card['label_stats']}",
+            f"- Familiarity (`rag.vlm.familiarity`, the image side of RET): {card.get('familiarity')}",
             f"- Vocabulary: {trimmed['to']} of {trimmed['from']} pieces (`rag.vlm.trim`, common {trimmed['common']})"
             if trimmed else "- Vocabulary: the text encoder's full vocabulary",
             "- Metrics: `python benchmarks/kbvqa.py` (README, benchmarks/results/kbvqa.md)", ""]

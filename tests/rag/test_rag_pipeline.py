@@ -50,7 +50,9 @@ def test_modes_and_citations(rag, tiny_kb):
 
 
 def test_ret_threshold_skips_retrieval(rag, tiny_kb):
-    out = rag(tiny_kb / "images" / "btn.png", "What is the capital of this country?", gamma=1.01)
+    # The tag alone (its image side, the familiarity gate, has its own test below).
+    out = rag(tiny_kb / "images" / "btn.png", "What is the capital of this country?", gamma=1.01,
+              familiarity_gate=False)
     assert out.retrieved is False and out.p_ret is not None and out.candidates == []
 
 
@@ -149,3 +151,42 @@ def test_entities_sharing_a_picture_are_not_reordered_by_the_entity_tag():
     tags = SemanticTags(entity="Denmark", entity_confidence=1.0, category="country", attributes=["capital"])
     with_dnk = pipe.retrieve(np.zeros(4, np.float32), "What is the capital of this country?", tags, k_docs=3)
     assert with_dnk[0].entity_key == "country:DNK"  # 0.88 + 0.1 × 0.9 beats the tied pair's 0.9
+
+
+def test_familiarity_gate_retrieves_for_an_entity_new_to_the_reader(rag, tiny_kb):
+    """RET's image side: an image unlike every entity the reader trained on is retrieved for even
+    when the tag says the reader knows the answer; a familiar one follows the tag."""
+    image, q = tiny_kb / "images" / "btn.png", "What is the capital of this country?"
+    vec = rag.vlm.embed_images([str(image)])[0]
+    other = np.roll(vec, 7) - vec * float(np.roll(vec, 7) @ vec)  # orthogonal to the image
+    rag.vlm.memory, rag.vlm.familiarity_threshold = other[None], 0.5
+    new = rag(image, q, gamma=1.01)  # the tag alone would skip retrieval
+    assert new.retrieved and new.familiarity is not None and new.familiarity < 0.5
+    assert rag(image, q, gamma=1.01, familiarity_gate=False).retrieved is False
+    rag.vlm.memory = np.stack([other, vec])
+    known = rag(image, q, gamma=1.01)
+    assert known.retrieved is False and known.familiarity == pytest.approx(1.0, abs=1e-4)
+
+
+def test_familiarity_scores_calibration_and_export_file(tmp_path):
+    from rag.vlm import familiarity
+
+    memory = np.eye(4, dtype=np.float32)[:2]
+    assert familiarity.familiarity(np.array([[2.0, 0, 0, 0], [0, 0, 1.0, 1.0]]), memory) == pytest.approx([1.0, 0.0])
+    assert familiarity.calibrate(np.array([0.86, 0.9, 0.95]), np.array([0.3, 0.5, 0.85])) == pytest.approx(0.86)
+    with pytest.raises(ValueError, match="both known and novel"):
+        familiarity.calibrate(np.array([0.9]), np.array([]))
+
+    class Features:  # two known entities, one calibration entity, held-out views near their own entity
+        entity_vec = {"a": np.eye(4)[0], "b": np.eye(4)[1], "c": np.eye(4)[2]}
+        views = {k: None for k in entity_vec}
+
+        def label_view(self, key, rng):
+            return self.entity_vec[key] + np.array([rng.uniform(0, 0.2) for _ in range(4)])
+
+    mem, threshold, stats = familiarity.build(Features(), {"a", "b"}, {"c"}, seed=0)
+    assert mem.shape == (2, 4) and stats["known_views_above"] == 1.0 and stats["novel_views_below"] == 1.0
+    familiarity.save(tmp_path, mem, threshold, stats)
+    loaded_memory, loaded_threshold = familiarity.load(tmp_path)
+    assert loaded_memory.shape == (2, 4) and loaded_threshold == pytest.approx(threshold)
+    assert familiarity.load(tmp_path / "none") is None
