@@ -186,11 +186,11 @@ def train_vlm(read_steps: int = 900, tag_steps: int = 300, out: Optional[Path] =
     console.print(f"mmkb-reader written to [bold]{path}[/]")
 
 
-def _rag(mode: str, ret: bool, srt: bool, mct: bool, vlm: Optional[str]):
+def _rag(mode: str, ret: bool, srt: bool, mct: bool, vlm: Optional[str], familiarity_gate: bool = True):
     from rag.pipeline import MMKBRAG, RAGConfig
 
     try:
-        config = RAGConfig(mode=mode, use_ret=ret, use_srt=srt, use_mct=mct)
+        config = RAGConfig(mode=mode, use_ret=ret, use_srt=srt, use_mct=mct, familiarity_gate=familiarity_gate)
         return MMKBRAG.load(vlm, config)
     except (ValueError, FileNotFoundError) as err:
         _fail(str(err))
@@ -202,6 +202,7 @@ def ask(image_arg: Annotated[Optional[Path], typer.Argument(metavar="[IMAGE]", s
         image: Annotated[Optional[Path], typer.Option("--image", help="the image (or give it first)")] = None,
         question: Annotated[Optional[str], typer.Option("--question", help="the question (or give it second)")] = None,
         mode: str = "mmkb-rag", ret: bool = True, srt: bool = True, mct: bool = True,
+        familiarity_gate: Annotated[bool, typer.Option(help="RET also retrieves for an entity new to the VLM")] = True,
         vlm: Optional[str] = None, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Answer a question about an image, with citations (KB-VQA):
     mmkb ask --image P --question Q, or mmkb ask P Q."""
@@ -212,7 +213,7 @@ def ask(image_arg: Annotated[Optional[Path], typer.Argument(metavar="[IMAGE]", s
         _fail("give an image and a question: mmkb ask --image P --question \"What is the capital of this country?\"")
     if not image.is_file():
         _fail(f"image not found: {image}")
-    rag = _rag(mode, ret, srt, mct, vlm)
+    rag = _rag(mode, ret, srt, mct, vlm, familiarity_gate)
     try:
         out = rag(image, question)
     except (IndexNotBuiltError, ValueError) as err:
@@ -221,6 +222,9 @@ def ask(image_arg: Annotated[Optional[Path], typer.Argument(metavar="[IMAGE]", s
         print(json.dumps(out.to_dict(), ensure_ascii=False, indent=2, default=str))
         return
     Console().print(f"[bold]{out.answer}[/]")
+    if out.retrieved and out.p_ret is not None and out.p_ret < rag.config.gamma:
+        Console().print(f"  retrieved: an entity new to the reader (familiarity {out.familiarity:.2f}; "
+                        f"P([Ret])={out.p_ret:.2f} < γ)")
     if out.retrieved:
         for c in out.citations:
             rel = f" P(Rel)={c.relevance:.2f}" if c.relevance is not None else ""
@@ -234,7 +238,8 @@ def ask(image_arg: Annotated[Optional[Path], typer.Argument(metavar="[IMAGE]", s
 
 @eval_app.command("kbvqa")
 def eval_kbvqa(questions: Path, images: Path, predictions: Path, mode: str = "mmkb-rag", ret: bool = True,
-               srt: bool = True, mct: bool = True, vlm: Optional[str] = None, evqa: bool = False) -> None:
+               srt: bool = True, mct: bool = True, familiarity_gate: bool = True, vlm: Optional[str] = None,
+               evqa: bool = False) -> None:
     """Run KB-VQA on an InfoSeek JSONL (or E-VQA CSV with --evqa) file and print the metric table."""
     from rag.evaluate import evaluate
     from rag.kbvqa.datasets import read_evqa, read_infoseek
@@ -245,7 +250,7 @@ def eval_kbvqa(questions: Path, images: Path, predictions: Path, mode: str = "mm
         _fail(str(err))
     if not images.is_dir():
         _fail(f"images folder not found: {images} (images are DIR/<image_id>.png or .jpg)")
-    rag = _rag(mode, ret, srt, mct, vlm)
+    rag = _rag(mode, ret, srt, mct, vlm, familiarity_gate)
     try:
         summary = evaluate(rag, examples, images, predictions)
     except FileNotFoundError as err:

@@ -1,7 +1,8 @@
 """KB-VQA ablation on the worldkb benchmark (MMKB-RAG, arXiv 2504.10074, Table 2 style).
 
 python benchmarks/kbvqa.py [--per-split 150] [--data runs/kbvqa-bench] [--out benchmarks/results]
-Rows: no retrieval; naive top-k RAG; +RET; +SRT; +SRT+MCT; all three. Columns: accuracy per split,
+Rows: no retrieval; naive top-k RAG; +RET; +SRT; +SRT+MCT; all three; all three with RET's tag alone
+(no familiarity gate); all three at γ 0.1. Columns: accuracy per split,
 overall, All (harmonic mean of Unseen-Q and Unseen-E), retrieval recall, share of questions that
 skipped retrieval (all and seen), p50 latency per question on this machine.
 """

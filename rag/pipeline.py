@@ -204,9 +204,8 @@ class MMKBRAG:
         fam = None
         if cfg.mode == "mmkb-rag" and cfg.use_ret:
             p_ret = p_ret_value
-            fam_values = self.vlm.familiarity([vec]) if cfg.familiarity_gate and hasattr(self.vlm, "familiarity") else None
-            fam = None if fam_values is None else float(fam_values[0])
-            new_entity = fam is not None and fam < self.vlm.familiarity_threshold
+            gate = self.vlm.new_entity([vec]) if cfg.familiarity_gate and hasattr(self.vlm, "new_entity") else None
+            fam, new_entity = (float(gate[0][0]), bool(gate[1][0])) if gate else (None, False)
             if p_ret < cfg.gamma and not new_entity:
                 return RAGAnswer(question, closed_answer, cfg.mode, False, p_ret, tags, timings_ms=timings,
                                  familiarity=fam)
@@ -216,7 +215,8 @@ class MMKBRAG:
         if cfg.mode == "naive-rag" or not (cfg.use_srt or cfg.use_mct):
             answer, _, _ = self.vlm.read(vec, question, docs) if docs else ("", 0, -1)
             lap("read")
-            return RAGAnswer(question, answer or closed_answer, cfg.mode, True, p_ret, tags, cands, cands, timings, fam)
+            return RAGAnswer(question, answer or closed_answer, cfg.mode, True, p_ret, tags, cands, cands, timings,
+                             familiarity=fam)
         kept = list(range(len(docs)))
         if cfg.use_srt:
             rel = self.vlm.relevance([vec] * len(docs), [question] * len(docs), docs)
@@ -242,4 +242,4 @@ class MMKBRAG:
         answer, _, _ = self.vlm.read(vec, question, chosen)
         lap("read")
         return RAGAnswer(question, answer or closed_answer, cfg.mode, True, p_ret, tags,
-                         [cands[i] for i in kept], cands, timings, fam)
+                         [cands[i] for i in kept], cands, timings, familiarity=fam)

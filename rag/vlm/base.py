@@ -70,6 +70,10 @@ class VLM(Protocol):
     def semantic_tags(self, images: list[Image.Image], questions: list[str]) -> list[SemanticTags]:
         """Entity guess, category and attributes per question."""
 
+    def new_entity(self, images: list[Image.Image]) -> tuple[np.ndarray, np.ndarray] | None:
+        """RET's image side: (familiarity, whether the image shows an entity the model never trained
+        on) per image, or None when the model keeps no memory of its entities."""
+
 
 def two_way(logit_yes: np.ndarray, logit_no: np.ndarray) -> np.ndarray:
     """Softmax over a pair of tag-token logits → probability of the first tag."""

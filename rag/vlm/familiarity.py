@@ -1,17 +1,19 @@
 """The image side of the reader's knowledge boundary: has it trained on this entity at all?
 
 RET's tag is learnt from the reader's own closed-book answers, half of them about calibration
-entities it never trained on. With about forty calibration countries that tag cannot tell a country it
-never saw from one it knows: the flag of an unknown country looks as much like a flag as any other
-(worldkb KB-VQA, reader of 2026-11-26: RET skipped retrieval for 56% of the Unseen-E country
-questions, whose closed-book answers were right 3% of the time). What does tell them apart is how
-close the image is to the reader's memory of the entities it trained on (AUROC 0.91 there).
+entities whose facts its closed-book heads never learn. With about forty calibration countries that
+tag cannot tell a country it never saw from one it knows: the flag of an unknown country looks as
+much like a flag as any other (worldkb KB-VQA, the reader shipped at commit 7de0691: RET skipped
+retrieval for 56% of the Unseen-E country questions, whose closed-book answers were right 3% of the
+time). What does tell them apart is how close the image is to the reader's memory of the entities it
+trained on (AUROC 0.91 on those countries; only 0.61 on emoji drawn in another icon set, which sit
+far from every memory row, so such emoji questions nearly always retrieve).
 
 - memory: the mean reference-image embedding of each entity whose facts the reader trained on;
 - familiarity: the highest cosine between a query image's embedding and that memory;
 - threshold: the best split (Youden's J) between held-out query views of known entities and views of
-  the calibration entities, made at training time; below it the entity is new to the reader and
-  retrieval is needed whatever the RET tag says (`rag.pipeline.RAGConfig.familiarity_gate`).
+  the calibration entities, made at training time; below it the image is taken to show an entity new
+  to the reader, and retrieval runs whatever the RET tag says (`rag.pipeline.RAGConfig.familiarity_gate`).
 
 Saved beside an mmkb-reader export as `familiarity.safetensors`; an export without it has no gate.
 `python -m rag.vlm.familiarity EXPORT` makes it for an export from its training run's data.
@@ -25,17 +27,14 @@ from pathlib import Path
 
 import numpy as np
 
+from index.embedders import _normalise
+
 FILE = "familiarity.safetensors"
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
-    x = np.atleast_2d(np.asarray(x, np.float32))
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
 def familiarity(image_vecs: np.ndarray, memory: np.ndarray) -> np.ndarray:
-    """Highest cosine between each image embedding and the memory's rows."""
-    return (_unit(image_vecs) @ _unit(memory).T).max(1)
+    """Highest cosine between each image embedding and the memory's (unit) rows."""
+    return (_normalise(np.atleast_2d(image_vecs)) @ memory.T).max(1)
 
 
 def calibrate(known: np.ndarray, novel: np.ndarray) -> float:
@@ -50,23 +49,25 @@ def calibrate(known: np.ndarray, novel: np.ndarray) -> float:
 
 
 def build(features, known_keys: set[str], novel_keys: set[str], seed: int = 0,
-          per_entity: int = 2) -> tuple[np.ndarray, float, dict]:
+          per_entity: int = 2) -> tuple[np.ndarray, float, dict] | None:
     """(memory, threshold, stats) from a training run's features (`rag.vlm.train.Features`):
-    held-out views of the known entities against views of the calibration ones."""
+    held-out views of the known entities against views of the calibration ones; None when the
+    run has no entities on one side."""
     rng = random.Random(seed)
-    keys = sorted(k for k in known_keys if k in features.entity_vec)
-    memory = np.stack([features.entity_vec[k] for k in keys]).astype(np.float32)
+    known_keys = sorted(k for k in known_keys if k in features.entity_vec and k in features.views)
+    novel_keys = sorted(k for k in novel_keys if k in features.views)
+    if not known_keys or not novel_keys:
+        return None
+    memory = _normalise(np.stack([features.entity_vec[k] for k in known_keys]))
 
-    def views(ks: set[str]) -> np.ndarray:
-        return np.stack([features.label_view(k, rng) for k in sorted(ks) if k in features.views
-                         for _ in range(per_entity)])
+    def views(keys: list[str]) -> np.ndarray:
+        return np.stack([features.label_view(k, rng) for k in keys for _ in range(per_entity)])
 
     known, novel = familiarity(views(known_keys), memory), familiarity(views(novel_keys), memory)
     threshold = calibrate(known, novel)
-    stats = {"known_entities": len(keys), "threshold": round(threshold, 4),
+    stats = {"known_entities": len(known_keys), "novel_entities": len(novel_keys), "threshold": round(threshold, 4),
              "known_views_above": round(float((known >= threshold).mean()), 3),
-             "novel_views_below": round(float((novel < threshold).mean()), 3),
-             "novel_entities": len({k for k in novel_keys if k in features.views})}
+             "novel_views_below": round(float((novel < threshold).mean()), 3)}
     return memory, threshold, stats
 
 
@@ -89,26 +90,44 @@ def load(export: Path) -> tuple[np.ndarray, float] | None:
     from safetensors.numpy import load_file
 
     t = load_file(str(path))
-    return t["memory"].astype(np.float32), float(t["threshold"][0])
+    return _normalise(t["memory"]), float(t["threshold"][0])
 
 
-def for_export(export: Path) -> dict:
-    """Make `familiarity.safetensors` for an mmkb-reader export from its training run's data."""
-    from rag.vlm.train import TrainConfig, Trainer
+def for_export(export: Path, run_dir: Path | None = None) -> dict:
+    """Make `familiarity.safetensors` for an mmkb-reader export from its training run's data (the
+    entity splits and query views, cached in the run folder or made again), and record it in the
+    export's `training.json`."""
+    from index.config import get_settings
+    from rag.vlm.train import Features, TrainConfig, Trainer
 
-    card = json.loads((Path(export) / "training.json").read_text())
+    export = Path(export)
+    card = json.loads((export / "training.json").read_text())
+    embedder = card["image_embedder"]
+    if embedder != get_settings().image_embedder:
+        raise ValueError(f"{export} reads {embedder} embeddings but the configured image embedder is "
+                         f"{get_settings().image_embedder}: set MMKB_IMAGE_EMBEDDER={embedder}")
     cfg = TrainConfig(**{k: v for k, v in card["train_config"].items() if k in TrainConfig.__dataclass_fields__})
-    trainer = Trainer(cfg)  # its data and features (cached in the run folder), not its weights
-    memory, threshold, stats = build(trainer.features, *trainer.knowledge_sets(), seed=cfg.seed)
-    save(export, memory, threshold, stats)
-    return stats
+    if run_dir is not None:
+        cfg.run_dir = str(run_dir)
+    records, questions = Trainer.questions(cfg)
+    known = {q.entity_key for q in questions if q.entity_split == "train"}
+    novel = {q.entity_key for q in questions if q.entity_split == "calibration"}
+    built = build(Features(records, known | novel, cfg, embedder), known, novel, seed=cfg.seed)
+    if built is None:
+        raise ValueError(f"{export}: its training data has no calibration entities to calibrate against")
+    save(export, *built)
+    card["familiarity"] = built[2]
+    (export / "training.json").write_text(json.dumps(card, indent=1, default=str))
+    return built[2]
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m rag.vlm.familiarity", description=for_export.__doc__)
     p.add_argument("export", type=Path)
+    p.add_argument("--run-dir", type=Path, default=None,
+                   help="where the training run's features are cached (default: the one it was trained in)")
     args = p.parse_args(argv)
-    print(for_export(args.export))
+    print(for_export(args.export, args.run_dir))
 
 
 if __name__ == "__main__":

@@ -295,6 +295,10 @@ class HFVLM:
                  for k in range(1, len(documents) + 1)]
         return self._tag_probability([image] * len(texts), texts, self.rel_id, self.norel_id)
 
+    def new_entity(self, images: Sequence[ImageLike]) -> None:
+        """No memory of the entities a hub model trained on: RET is its tag alone."""
+        return None
+
     def semantic_tags(self, images: Sequence[ImageLike], questions: Sequence[str]) -> list[SemanticTags]:
         """Entity, category and attributes parsed from one generated line; the entity's confidence is the
         line's mean token probability (0 when no entity is named)."""

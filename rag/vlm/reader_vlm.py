@@ -46,6 +46,11 @@ class ReaderVLM:
 
         return familiarity(self.embed_images(images), self.memory)
 
+    def new_entity(self, images) -> tuple[np.ndarray, np.ndarray] | None:
+        """(familiarity, whether it is below the calibrated threshold) per image: RET's image side."""
+        scores = self.familiarity(images)
+        return None if scores is None else (scores, scores < self.familiarity_threshold)
+
     @property
     def image_embedder(self):
         if self._image_embedder is None:

@@ -57,8 +57,8 @@ class TrainConfig:
     batch_tags: int = 24
     lr_encoder: float = 5e-5
     lr_heads: float = 1e-3
-    # Self-labelled questions, half about entities reading trained on and half about calibration
-    # entities it never saw (the RET head must learn both sides of its knowledge boundary).
+    # Self-labelled questions, half about entities whose facts the closed-book heads learn and half
+    # about calibration entities whose facts they never learn (RET must see both sides of its boundary).
     label_questions: int = 3600
     entity_limit: int | None = None  # tiny runs for tests
     seed: int = 0
@@ -169,14 +169,8 @@ class Trainer:
             torch.set_num_threads(cfg.threads)
         self.rng = random.Random(cfg.seed)
         torch.manual_seed(cfg.seed)
-        records = load_records()
-        if cfg.entity_limit:
-            rs = random.Random(cfg.seed)
-            countries = [r for r in records if r["kind"] == "country"]
-            emoji = [r for r in records if r["kind"] == "emoji"]
-            records = rs.sample(countries, cfg.entity_limit // 2) + rs.sample(emoji, cfg.entity_limit // 2)
+        records, qs = self.questions(cfg)
         self.records = {r["key"]: r for r in records}
-        qs = [q for q in iter_questions(records, phrasings="train") if q.entity_split != "unseen_entity"]
         self.closed = [q for q in qs if q.entity_split == "train"]
         self.calibration = [q for q in qs if q.entity_split == "calibration"]
         self.reading = qs
@@ -204,8 +198,20 @@ class Trainer:
         self.state = {"stage": "read", "step": 0, "labels": None, "log": []}
         self.started = time.time()
 
+    @staticmethod
+    def questions(cfg: TrainConfig) -> tuple[list[dict], list[Question]]:
+        """The run's worldkb records and its training questions: about the entities whose facts the
+        closed-book heads learn and about the calibration entities (read, never learnt closed-book)."""
+        records = load_records()
+        if cfg.entity_limit:
+            rs = random.Random(cfg.seed)
+            countries = [r for r in records if r["kind"] == "country"]
+            emoji = [r for r in records if r["kind"] == "emoji"]
+            records = rs.sample(countries, cfg.entity_limit // 2) + rs.sample(emoji, cfg.entity_limit // 2)
+        return records, [q for q in iter_questions(records, phrasings="train") if q.entity_split != "unseen_entity"]
+
     def knowledge_sets(self) -> tuple[set[str], set[str]]:
-        """(entities whose facts reading trains on, calibration entities it never learns)."""
+        """(entities whose facts the closed-book heads learn, calibration entities whose facts they never learn)."""
         return {q.entity_key for q in self.closed}, {q.entity_key for q in self.calibration}
 
     @staticmethod
@@ -441,11 +447,10 @@ class Trainer:
             trim_checkpoint(tmp, self.cfg.trim_common)
         from rag.vlm import familiarity
 
-        known, novel = self.knowledge_sets()
-        fam_stats = None
-        if known and novel:
-            memory, threshold, fam_stats = familiarity.build(self.features, known, novel, seed=self.cfg.seed)
-            familiarity.save(tmp, memory, threshold, fam_stats)
+        built = familiarity.build(self.features, *self.knowledge_sets(), seed=self.cfg.seed)
+        fam_stats = built[2] if built else None
+        if built:
+            familiarity.save(tmp, *built)
         card = {"model": "mmkb-reader", "text_encoder": self.rcfg.text_model, "image_embedder": self.image_embedder,
                 "train_config": asdict(self.cfg), "label_stats": self.state.get("label_stats"),
                 "train_minutes": round(self.state.get("elapsed", 0.0) / 60, 1),
@@ -468,7 +473,8 @@ class Trainer:
             + (f"; warm start from `{c.init_from}`" if c.init_from else "") + ".",
             f"- Command: `mmkb train vlm --read-steps {c.read_steps} --tag-steps {c.tag_steps} "
             f"--trim-common {c.trim_common} --drawn-fraction {c.drawn_fraction} --seed {c.seed}"
-            + (f" --init-from {c.init_from}" if c.init_from else "") + "`",
+            + (f" --init-from {c.init_from}" if c.init_from else "")
+            + (f" --threads {c.threads}" if c.threads else "") + "`",
             f"- Self-labels: {card['label_stats']}",
             f"- Familiarity (`rag.vlm.familiarity`, the image side of RET): {card.get('familiarity')}",
             f"- Vocabulary: {trimmed['to']} of {trimmed['from']} pieces (`rag.vlm.trim`, common {trimmed['common']})"

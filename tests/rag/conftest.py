@@ -17,5 +17,7 @@ def tiny_reader(tmp_path_factory):
                       batch_tags=6, save_every_s=0)
     path = Trainer(cfg).run(resume=False)
     assert (path / "heads.safetensors").exists() and (path / "encoder" / "config.json").exists()
-    assert json.loads((path / "training.json").read_text())["label_stats"]["n_srt"] > 0
+    card = json.loads((path / "training.json").read_text())
+    assert card["label_stats"]["n_srt"] > 0 and card["label_stats"]["known_share"] == 0.5
+    assert (path / "familiarity.safetensors").exists() and card["familiarity"]["known_entities"] > 0
     return path

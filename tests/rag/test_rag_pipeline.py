@@ -166,6 +166,28 @@ def test_familiarity_gate_retrieves_for_an_entity_new_to_the_reader(rag, tiny_kb
     rag.vlm.memory = np.stack([other, vec])
     known = rag(image, q, gamma=1.01)
     assert known.retrieved is False and known.familiarity == pytest.approx(1.0, abs=1e-4)
+    rag.vlm.memory = None  # an export made before the memory existed: RET is the tag alone
+    old = rag(image, q, gamma=1.01)
+    assert old.retrieved is False and old.familiarity is None
+
+
+def test_self_labelling_reads_held_out_views_only(tmp_path, monkeypatch):
+    """The RET/SRT labels come from views reading never trained on, about known and calibration
+    entities in equal parts."""
+    from rag.vlm.train import Features, TrainConfig, Trainer
+
+    labelled = []
+    real_label_view = Features.label_view
+    monkeypatch.setattr(Features, "label_view",
+                        lambda self, key, rng: labelled.append(key) or real_label_view(self, key, rng))
+    trainer = Trainer(TrainConfig(out=str(tmp_path / "model"), run_dir=str(tmp_path / "run"), read_steps=0, tag_steps=0,
+                                  entity_limit=12, views_per_image=1, label_questions=10, save_every_s=0))
+    monkeypatch.setattr(Features, "view", lambda *a: pytest.fail("self-labelling used a training view"))
+    trainer.state["stage"] = "label"
+    trainer.self_label()
+    known, calibration = trainer.knowledge_sets()
+    assert len(labelled) == 10 and sum(k in calibration for k in labelled) == 5
+    assert trainer.state["label_stats"]["known_share"] == 0.5
 
 
 def test_familiarity_scores_calibration_and_export_file(tmp_path):
