@@ -110,8 +110,7 @@ def for_export(export: Path, run_dir: Path | None = None) -> dict:
     if run_dir is not None:
         cfg.run_dir = str(run_dir)
     records, questions = Trainer.questions(cfg)
-    known = {q.entity_key for q in questions if q.entity_split == "train"}
-    novel = {q.entity_key for q in questions if q.entity_split == "calibration"}
+    known, novel = Trainer.knowledge_sets(questions)
     built = build(Features(records, known | novel, cfg, embedder), known, novel, seed=cfg.seed)
     if built is None:
         raise ValueError(f"{export}: its training data has no calibration entities to calibrate against")

@@ -210,9 +210,12 @@ class Trainer:
             records = rs.sample(countries, cfg.entity_limit // 2) + rs.sample(emoji, cfg.entity_limit // 2)
         return records, [q for q in iter_questions(records, phrasings="train") if q.entity_split != "unseen_entity"]
 
-    def knowledge_sets(self) -> tuple[set[str], set[str]]:
-        """(entities whose facts the closed-book heads learn, calibration entities whose facts they never learn)."""
-        return {q.entity_key for q in self.closed}, {q.entity_key for q in self.calibration}
+    @staticmethod
+    def knowledge_sets(questions: list[Question]) -> tuple[set[str], set[str]]:
+        """(entities whose facts the closed-book heads learn, calibration entities whose facts they never
+        learn), from a run's training questions."""
+        return ({q.entity_key for q in questions if q.entity_split == "train"},
+                {q.entity_key for q in questions if q.entity_split == "calibration"})
 
     @staticmethod
     def _category(rec: dict) -> str:
@@ -447,7 +450,7 @@ class Trainer:
             trim_checkpoint(tmp, self.cfg.trim_common)
         from rag.vlm import familiarity
 
-        built = familiarity.build(self.features, *self.knowledge_sets(), seed=self.cfg.seed)
+        built = familiarity.build(self.features, *self.knowledge_sets(self.reading), seed=self.cfg.seed)
         fam_stats = built[2] if built else None
         if built:
             familiarity.save(tmp, *built)

@@ -159,6 +159,7 @@ def test_familiarity_gate_retrieves_for_an_entity_new_to_the_reader(rag, tiny_kb
     image, q = tiny_kb / "images" / "btn.png", "What is the capital of this country?"
     vec = rag.vlm.embed_images([str(image)])[0]
     other = np.roll(vec, 7) - vec * float(np.roll(vec, 7) @ vec)  # orthogonal to the image
+    other /= np.linalg.norm(other)  # memory rows are unit vectors
     rag.vlm.memory, rag.vlm.familiarity_threshold = other[None], 0.5
     new = rag(image, q, gamma=1.01)  # the tag alone would skip retrieval
     assert new.retrieved and new.familiarity is not None and new.familiarity < 0.5
@@ -185,7 +186,7 @@ def test_self_labelling_reads_held_out_views_only(tmp_path, monkeypatch):
     monkeypatch.setattr(Features, "view", lambda *a: pytest.fail("self-labelling used a training view"))
     trainer.state["stage"] = "label"
     trainer.self_label()
-    known, calibration = trainer.knowledge_sets()
+    known, calibration = trainer.knowledge_sets(trainer.reading)
     assert len(labelled) == 10 and sum(k in calibration for k in labelled) == 5
     assert trainer.state["label_stats"]["known_share"] == 0.5
 
