@@ -166,6 +166,7 @@ def train_dit(preset: str = "medium", minutes: float = 35.0, batch: int = 32, lr
     ema = copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0, betas=(0.9, 0.99))
     step, elapsed, seen = 0, 0.0, 0
+    before, earlier = 0, ""  # samples and model card of the weights a warm start began from
     if init_from:
         from generator.pipeline import load_dit, resolve
 
@@ -178,6 +179,8 @@ def train_dit(preset: str = "medium", minutes: float = 35.0, batch: int = 32, lr
                              f"trained with, or a {preset!r} checkpoint")
         model.load_state_dict(start.state_dict())
         ema.load_state_dict(start.state_dict())
+        before = int(start_cfg.get("samples_total", start_cfg.get("samples", 0)))
+        earlier = (start_dir / "MODEL_CARD.md").read_text() if (start_dir / "MODEL_CARD.md").is_file() else ""
         print(f"warm start from {start_dir} ({start_cfg.get('samples', '?')} samples before)")
     if resume and (run / "last.pt").is_file():
         st = torch.load(run / "last.pt", weights_only=False, map_location=dev)
@@ -217,13 +220,22 @@ def train_dit(preset: str = "medium", minutes: float = 35.0, batch: int = 32, lr
             f"- command: `mmkb train dit --preset {preset} --minutes {minutes} --batch {batch} --lr {lr}"
             f"{f' --device {device} --workers {workers}' if dev.type != 'cpu' else ''}"
             f"{f' --ema-decay {ema_decay}' if ema_decay != 0.995 else ''}"
-            f"{f' --init-from {init_from}' if init_from else ''}`\n"
+            f"{f' --init-from {init_from}' if init_from else ''}"
+            f"{f' --name {name}' if name != f'dit-{preset}' else ''}`\n"
             f"- metrics: see benchmarks/results/generation.md\n")
+    if init_from:
+        card += (f"- warm start: the weights then in `{init_from}` ({before} samples before this run; "
+                 f"{before + seen} in all)\n" + (f"\n## Earlier training\n\n{_demote(earlier)}" if earlier else ""))
     save_weights(ema.cpu(), {"kind": "dit", "preset": preset, **cfg.to_dict(), "vae": Path(vae).name,
                        "text_encoder": "all-MiniLM-L6-v2", "steps": step, "samples": seen,
-                       "minutes": round(elapsed / 60, 1), "shortcut": False}, out, card)
+                       "samples_total": before + seen, "minutes": round(elapsed / 60, 1), "shortcut": False}, out, card)
     print(f"{name}: {step} steps → {out}")
     return out
+
+
+def _demote(card: str) -> str:
+    """An earlier model card nested one heading level down, below the new one."""
+    return "".join(f"#{line}" if line.startswith("#") else line for line in card.splitlines(keepends=True))
 
 
 def machine_label(dev: torch.device, threads: int, workers: int) -> str:

@@ -170,4 +170,11 @@ def test_fine_tuning_starts_from_the_given_checkpoint(tmp_path, tiny_checkpoints
     _, before = load_weights(resolve("dit-medium"))
     _, after = load_weights(out)
     assert all(torch.allclose(before[k], after[k], atol=1e-3) for k in before)
-    assert "--init-from dit-medium" in (out / "MODEL_CARD.md").read_text()
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "--init-from dit-medium --name dit-ft-test" in card
+    start_cfg, _ = load_weights(resolve("dit-medium"))
+    cfg, _ = load_weights(out)
+    start_samples = start_cfg.get("samples_total", start_cfg["samples"])
+    assert cfg["samples_total"] == start_samples + cfg["samples"]  # the lineage's samples add up
+    title = (resolve("dit-medium") / "MODEL_CARD.md").read_text().splitlines()[0]
+    assert "## Earlier training" in card and f"\n#{title}\n" in card  # the warm start's own card, one level down
