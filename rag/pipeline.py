@@ -30,7 +30,8 @@ class RAGConfig:
     use_mct: bool = True
     gamma: float = 0.5  # RET threshold: retrieve when P([Ret]) >= gamma
     # RET's image side: also retrieve when the image is unlike every entity the VLM trained on (its
-    # familiarity is below the threshold calibrated in training; rag.vlm.familiarity), whatever the tag says.
+    # familiarity is below the threshold calibrated in training; rag.vlm.familiarity), or when the
+    # index's nearest entity to it is one the VLM has no facts about, whatever the tag says.
     familiarity_gate: bool = True
     k_entities: int = 5
     k_docs: int = 5
@@ -97,6 +98,7 @@ class RAGAnswer:
     candidates: list[Citation] = field(default_factory=list)
     timings_ms: dict[str, float] = field(default_factory=dict)
     familiarity: float | None = None  # highest cosine to the entities the VLM trained on
+    unknown_entity: str | None = None  # the image's nearest indexed entity, when the VLM never trained on it
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -128,6 +130,16 @@ class MMKBRAG:
             v = vectors.mean(0)
             self._entity_vecs[key] = v / max(float(np.linalg.norm(v)), 1e-8)
         return self._entity_vecs[key]
+
+    def nearest_unknown(self, image_vec: np.ndarray) -> str | None:
+        """The indexed entity nearest to the image, when the VLM keeps its known entities and this is
+        not one of them: a flag of an unseen country can look familiar (Georgia's red crosses beside
+        England's) while the index still tells them apart. One image query, no documents."""
+        known = getattr(self.vlm, "known_entities", None)
+        if not known:
+            return None
+        hits = self.reference.search_embedding("image", image_vec, k=1)
+        return hits[0].key if hits and hits[0].key not in known else None
 
     def retrieve(self, image_vec: np.ndarray, question: str, tags: SemanticTags, k_docs: int) -> list[Citation]:
         """Candidate entities from the image and the tags, then their sections closest to the question."""
@@ -201,14 +213,17 @@ class MMKBRAG:
         lap("vlm_no_docs")
         if cfg.mode == "no-rag":
             return RAGAnswer(question, closed_answer, cfg.mode, False, None, tags, timings_ms=timings)
-        fam = None
+        fam = unknown = None
         if cfg.mode == "mmkb-rag" and cfg.use_ret:
             p_ret = p_ret_value
             gate = self.vlm.new_entity([vec]) if cfg.familiarity_gate and hasattr(self.vlm, "new_entity") else None
             fam, new_entity = (float(gate[0][0]), bool(gate[1][0])) if gate else (None, False)
             if p_ret < cfg.gamma and not new_entity:
-                return RAGAnswer(question, closed_answer, cfg.mode, False, p_ret, tags, timings_ms=timings,
-                                 familiarity=fam)
+                unknown = self.nearest_unknown(vec) if cfg.familiarity_gate else None
+                lap("ret_gate")
+                if unknown is None:
+                    return RAGAnswer(question, closed_answer, cfg.mode, False, p_ret, tags, timings_ms=timings,
+                                     familiarity=fam)
         cands = self.retrieve(vec, question, tags, cfg.k_docs)
         lap("retrieve")
         docs = self._documents(cands)
@@ -216,7 +231,7 @@ class MMKBRAG:
             answer, _, _ = self.vlm.read(vec, question, docs) if docs else ("", 0, -1)
             lap("read")
             return RAGAnswer(question, answer or closed_answer, cfg.mode, True, p_ret, tags, cands, cands, timings,
-                             familiarity=fam)
+                             familiarity=fam, unknown_entity=unknown)
         kept = list(range(len(docs)))
         if cfg.use_srt:
             rel = self.vlm.relevance([vec] * len(docs), [question] * len(docs), docs)
@@ -242,4 +257,4 @@ class MMKBRAG:
         answer, _, _ = self.vlm.read(vec, question, chosen)
         lap("read")
         return RAGAnswer(question, answer or closed_answer, cfg.mode, True, p_ret, tags,
-                         [cands[i] for i in kept], cands, timings, familiarity=fam)
+                         [cands[i] for i in kept], cands, timings, familiarity=fam, unknown_entity=unknown)

@@ -74,6 +74,8 @@ class VLM(Protocol):
         """RET's image side: (familiarity, whether the image shows an entity the model never trained
         on) per image, or None when the model keeps no memory of its entities."""
 
+    known_entities: frozenset[str] | None  # the entity keys it trained on, where it keeps them (else None)
+
 
 def two_way(logit_yes: np.ndarray, logit_no: np.ndarray) -> np.ndarray:
     """Softmax over a pair of tag-token logits → probability of the first tag."""

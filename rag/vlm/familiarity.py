@@ -13,7 +13,10 @@ far from every memory row, so such emoji questions nearly always retrieve).
 - familiarity: the highest cosine between a query image's embedding and that memory;
 - threshold: the best split (Youden's J) between held-out query views of known entities and views of
   the calibration entities, made at training time; below it the image is taken to show an entity new
-  to the reader, and retrieval runs whatever the RET tag says (`rag.pipeline.RAGConfig.familiarity_gate`).
+  to the reader, and retrieval runs whatever the RET tag says (`rag.pipeline.RAGConfig.familiarity_gate`);
+- keys: which entities the memory rows are. An unknown flag that looks like a known one passes the
+  threshold (26 of 70 Unseen-E countries did), but the index still names it: when the image's nearest
+  indexed entity is not among these keys, the pipeline retrieves too (`MMKBRAG.nearest_unknown`).
 
 Saved beside an mmkb-reader export as `familiarity.safetensors`; an export without it has no gate.
 `python -m rag.vlm.familiarity EXPORT` makes it for an export from its training run's data.
@@ -49,10 +52,10 @@ def calibrate(known: np.ndarray, novel: np.ndarray) -> float:
 
 
 def build(features, known_keys: set[str], novel_keys: set[str], seed: int = 0,
-          per_entity: int = 2) -> tuple[np.ndarray, float, dict] | None:
-    """(memory, threshold, stats) from a training run's features (`rag.vlm.train.Features`):
-    held-out views of the known entities against views of the calibration ones; None when the
-    run has no entities on one side."""
+          per_entity: int = 2) -> tuple[np.ndarray, float, dict, list[str]] | None:
+    """(memory, threshold, stats, the memory rows' entity keys) from a training run's features
+    (`rag.vlm.train.Features`): held-out views of the known entities against views of the calibration
+    ones; None when the run has no entities on one side."""
     rng = random.Random(seed)
     known_keys = sorted(k for k in known_keys if k in features.entity_vec and k in features.views)
     novel_keys = sorted(k for k in novel_keys if k in features.views)
@@ -68,29 +71,34 @@ def build(features, known_keys: set[str], novel_keys: set[str], seed: int = 0,
     stats = {"known_entities": len(known_keys), "novel_entities": len(novel_keys), "threshold": round(threshold, 4),
              "known_views_above": round(float((known >= threshold).mean()), 3),
              "novel_views_below": round(float((novel < threshold).mean()), 3)}
-    return memory, threshold, stats
+    return memory, threshold, stats, known_keys
 
 
-def save(export: Path, memory: np.ndarray, threshold: float, stats: dict) -> Path:
+def save(export: Path, memory: np.ndarray, threshold: float, stats: dict, keys: list[str]) -> Path:
     import torch
     from safetensors.torch import save_file
 
     path = Path(export) / FILE
     save_file({"memory": torch.from_numpy(np.ascontiguousarray(memory)).half(),
                "threshold": torch.tensor([threshold], dtype=torch.float32)}, str(path),
-              metadata={"stats": json.dumps(stats)})
+              metadata={"stats": json.dumps(stats), "keys": json.dumps(list(keys))})
     return path
 
 
-def load(export: Path) -> tuple[np.ndarray, float] | None:
-    """(memory, threshold) saved beside an export, or None when it has none."""
+def load(export: Path) -> tuple[np.ndarray, float, frozenset[str] | None] | None:
+    """(memory, threshold, known entity keys) saved beside an export (keys None in a file made before
+    they were kept), or None when it has none."""
     path = Path(export) / FILE
     if not path.is_file():
         return None
     from safetensors.numpy import load_file
 
+    from safetensors import safe_open
+
     t = load_file(str(path))
-    return _normalise(t["memory"]), float(t["threshold"][0])
+    with safe_open(str(path), "np") as f:
+        keys = (f.metadata() or {}).get("keys")
+    return _normalise(t["memory"]), float(t["threshold"][0]), frozenset(json.loads(keys)) if keys else None
 
 
 def for_export(export: Path, run_dir: Path | None = None) -> dict:

@@ -295,6 +295,8 @@ class HFVLM:
                  for k in range(1, len(documents) + 1)]
         return self._tag_probability([image] * len(texts), texts, self.rel_id, self.norel_id)
 
+    known_entities = None  # which entities a hub model trained on is not known here
+
     def new_entity(self, images: Sequence[ImageLike]) -> None:
         """No memory of the entities a hub model trained on: RET is its tag alone."""
         return None

@@ -20,12 +20,13 @@ class ReaderVLM:
     rank_penalty = 1.0  # see read()
 
     def __init__(self, model: MMKBReader, tokenizer, image_embedder=None, name: str = "mmkb-reader",
-                 memory: tuple[np.ndarray, float] | None = None) -> None:
+                 memory: tuple[np.ndarray, float, frozenset[str] | None] | None = None) -> None:
         self.model, self.tokenizer, self.name = model.eval(), tokenizer, name
         self.cfg = model.cfg
         # The entities it trained on, as image embeddings, and the familiarity below which an image
-        # shows an entity new to it (rag.vlm.familiarity); None: an export made before it existed.
-        self.memory, self.familiarity_threshold = memory if memory else (None, None)
+        # shows an entity new to it, and those entities' keys (rag.vlm.familiarity); None: an export
+        # made before it existed.
+        self.memory, self.familiarity_threshold, self.known_entities = memory if memory else (None, None, None)
         self._image_embedder = image_embedder
         self._skip = {tokenizer.convert_tokens_to_ids(t) for t in (IMG, DIMG, DOC)} | {
             tokenizer.sep_token_id, tokenizer.cls_token_id, tokenizer.pad_token_id}

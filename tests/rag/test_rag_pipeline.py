@@ -153,9 +153,11 @@ def test_entities_sharing_a_picture_are_not_reordered_by_the_entity_tag():
     assert with_dnk[0].entity_key == "country:DNK"  # 0.88 + 0.1 × 0.9 beats the tied pair's 0.9
 
 
-def test_familiarity_gate_retrieves_for_an_entity_new_to_the_reader(rag, tiny_kb):
+def test_familiarity_gate_retrieves_for_an_entity_new_to_the_reader(rag, tiny_kb, monkeypatch):
     """RET's image side: an image unlike every entity the reader trained on is retrieved for even
-    when the tag says the reader knows the answer; a familiar one follows the tag."""
+    when the tag says the reader knows the answer, and so is one whose nearest indexed entity the
+    reader never trained on; a familiar one of a known entity follows the tag."""
+    monkeypatch.setattr(rag.vlm, "known_entities", None)  # first the familiarity alone
     image, q = tiny_kb / "images" / "btn.png", "What is the capital of this country?"
     vec = rag.vlm.embed_images([str(image)])[0]
     other = np.roll(vec, 7) - vec * float(np.roll(vec, 7) @ vec)  # orthogonal to the image
@@ -167,6 +169,16 @@ def test_familiarity_gate_retrieves_for_an_entity_new_to_the_reader(rag, tiny_kb
     rag.vlm.memory = np.stack([other, vec])
     known = rag(image, q, gamma=1.01)
     assert known.retrieved is False and known.familiarity == pytest.approx(1.0, abs=1e-4)
+    # A familiar-looking image whose nearest indexed entity the reader never trained on: retrieve.
+    nearest = rag.reference.search_embedding("image", vec, k=1)[0].key
+    rag.vlm.known_entities = frozenset({"country:XXX"})
+    lookalike = rag(image, q, gamma=1.01)
+    assert lookalike.retrieved and lookalike.unknown_entity == nearest and lookalike.familiarity > 0.99
+    assert rag(image, q, gamma=1.01, familiarity_gate=False).retrieved is False
+    rag.vlm.known_entities = frozenset({nearest})
+    assert rag(image, q, gamma=1.01).retrieved is False
+    rag.vlm.known_entities = None  # a memory saved without its keys: the familiarity alone
+    assert rag(image, q, gamma=1.01).retrieved is False
     rag.vlm.memory = None  # an export made before the memory existed: RET is the tag alone
     old = rag(image, q, gamma=1.01)
     assert old.retrieved is False and old.familiarity is None
@@ -207,9 +219,11 @@ def test_familiarity_scores_calibration_and_export_file(tmp_path):
         def label_view(self, key, rng):
             return self.entity_vec[key] + np.array([rng.uniform(0, 0.2) for _ in range(4)])
 
-    mem, threshold, stats = familiarity.build(Features(), {"a", "b"}, {"c"}, seed=0)
+    mem, threshold, stats, keys = familiarity.build(Features(), {"a", "b"}, {"c"}, seed=0)
     assert mem.shape == (2, 4) and stats["known_views_above"] == 1.0 and stats["novel_views_below"] == 1.0
-    familiarity.save(tmp_path, mem, threshold, stats)
-    loaded_memory, loaded_threshold = familiarity.load(tmp_path)
+    assert keys == ["a", "b"]  # the memory rows, in order
+    familiarity.save(tmp_path, mem, threshold, stats, keys)
+    loaded_memory, loaded_threshold, loaded_keys = familiarity.load(tmp_path)
     assert loaded_memory.shape == (2, 4) and loaded_threshold == pytest.approx(threshold)
+    assert loaded_keys == {"a", "b"}
     assert familiarity.load(tmp_path / "none") is None
