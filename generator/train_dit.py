@@ -181,7 +181,7 @@ def train_dit(preset: str = "medium", minutes: float = 35.0, batch: int = 32, lr
         ema.load_state_dict(start.state_dict())
         before = int(start_cfg.get("samples_total", start_cfg.get("samples", 0)))
         earlier = (start_dir / "MODEL_CARD.md").read_text() if (start_dir / "MODEL_CARD.md").is_file() else ""
-        print(f"warm start from {start_dir} ({start_cfg.get('samples', '?')} samples before)")
+        print(f"warm start from {start_dir} ({before} samples before)")
     if resume and (run / "last.pt").is_file():
         st = torch.load(run / "last.pt", weights_only=False, map_location=dev)
         if st.get("init_from") != (str(init_from) if init_from else None):

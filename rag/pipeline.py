@@ -133,8 +133,8 @@ class MMKBRAG:
 
     def nearest_unknown(self, image_vec: np.ndarray) -> str | None:
         """The indexed entity nearest to the image, when the VLM keeps its known entities and this is
-        not one of them: a flag of an unseen country can look familiar (Georgia's red crosses beside
-        England's) while the index still tells them apart. One image query, no documents."""
+        not one of them: a flag of an unseen country can look familiar (Colombia's stripes beside
+        Venezuela's and Ecuador's) while the index still tells them apart. One image query, no documents."""
         known = getattr(self.vlm, "known_entities", None)
         if not known:
             return None

@@ -91,9 +91,8 @@ def load(export: Path) -> tuple[np.ndarray, float, frozenset[str] | None] | None
     path = Path(export) / FILE
     if not path.is_file():
         return None
-    from safetensors.numpy import load_file
-
     from safetensors import safe_open
+    from safetensors.numpy import load_file
 
     t = load_file(str(path))
     with safe_open(str(path), "np") as f:
