@@ -225,7 +225,8 @@ def ask(image_arg: Annotated[Optional[Path], typer.Argument(metavar="[IMAGE]", s
     if out.retrieved and out.p_ret is not None and out.p_ret < rag.config.gamma:
         why = (f"the image is nearest to {out.unknown_entity}, which the reader has no facts about"
                if out.unknown_entity else "an entity new to the reader")
-        Console().print(f"  retrieved: {why} (familiarity {out.familiarity:.2f}; P([Ret])={out.p_ret:.2f} < γ)")
+        fam = f"familiarity {out.familiarity:.2f}; " if out.familiarity is not None else ""
+        Console().print(f"  retrieved: {why} ({fam}P([Ret])={out.p_ret:.2f} < γ)")
     if out.retrieved:
         for c in out.citations:
             rel = f" P(Rel)={c.relevance:.2f}" if c.relevance is not None else ""

@@ -189,6 +189,8 @@ def train_dit(preset: str = "medium", minutes: float = 35.0, batch: int = 32, lr
                              f"not from {init_from or 'a random init'}: pass --no-resume to start over, or another --name")
         model.load_state_dict(st["model"]); ema.load_state_dict(st["ema"]); opt.load_state_dict(st["opt"])
         step, elapsed, seen = st["step"], st["elapsed"], st["seen"]
+        # The lineage as it was when the run began (the warm start's folder may since hold this run's output).
+        before, earlier = st.get("before", before), st.get("earlier", earlier)
         torch.set_rng_state(st["torch_rng"].cpu())
         print(f"resumed {name} at step {step} ({elapsed / 60:.1f} min)")
     sampler, rng = SceneSampler(seed=1000 + step), random.Random(step)
@@ -196,7 +198,8 @@ def train_dit(preset: str = "medium", minutes: float = 35.0, batch: int = 32, lr
     bar = tqdm(desc=f"train dit {preset}", unit="step", initial=step, mininterval=10)
     state = lambda: {"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),  # noqa: E731
                      "step": step, "elapsed": elapsed, "seen": seen, "torch_rng": torch.get_rng_state(),
-                     "preset": preset, "init_from": str(init_from) if init_from else None}
+                     "preset": preset, "init_from": str(init_from) if init_from else None,
+                     "before": before, "earlier": earlier}
     progress = Progress(bar, run / "last.pt", state)
     stream = batches(sampler, rng, autoencoder, text, batch, workers, seed=1000 + step)
     while (elapsed := time.time() - t0) < budget:
@@ -234,8 +237,13 @@ def train_dit(preset: str = "medium", minutes: float = 35.0, batch: int = 32, lr
 
 
 def _demote(card: str) -> str:
-    """An earlier model card nested one heading level down, below the new one."""
-    return "".join(f"#{line}" if line.startswith("#") else line for line in card.splitlines(keepends=True))
+    """An earlier model card nested below the new one's "## Earlier training": its headings two levels
+    down (lines inside fenced code are left alone)."""
+    out, fenced = [], False
+    for line in card.splitlines(keepends=True):
+        fenced ^= line.startswith("```")
+        out.append(f"##{line}" if line.startswith("#") and not fenced else line)
+    return "".join(out)
 
 
 def machine_label(dev: torch.device, threads: int, workers: int) -> str:

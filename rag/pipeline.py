@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from index.embedders import open_rgb
-from index.search import TIE_DECIMALS, ReferenceIndex
+from index.search import TIE_DECIMALS, IndexNotBuiltError, ReferenceIndex
 from rag.vlm.base import Document, SemanticTags
 
 MODES = ("no-rag", "naive-rag", "mmkb-rag")
@@ -98,7 +98,9 @@ class RAGAnswer:
     candidates: list[Citation] = field(default_factory=list)
     timings_ms: dict[str, float] = field(default_factory=dict)
     familiarity: float | None = None  # highest cosine to the entities the VLM trained on
-    unknown_entity: str | None = None  # the image's nearest indexed entity, when the VLM never trained on it
+    # The image's nearest indexed entity, unknown to the VLM, when that alone made RET retrieve (it is
+    # looked up only when the tag and the familiarity would both skip).
+    unknown_entity: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -134,11 +136,15 @@ class MMKBRAG:
     def nearest_unknown(self, image_vec: np.ndarray) -> str | None:
         """The indexed entity nearest to the image, when the VLM keeps its known entities and this is
         not one of them: a flag of an unseen country can look familiar (Colombia's stripes beside
-        Venezuela's and Ecuador's) while the index still tells them apart. One image query, no documents."""
+        Venezuela's and Ecuador's) while the index still tells them apart. One image query, no documents;
+        None without an image index too (the closed-book answer needs none)."""
         known = getattr(self.vlm, "known_entities", None)
         if not known:
             return None
-        hits = self.reference.search_embedding("image", image_vec, k=1)
+        try:
+            hits = self.reference.search_embedding("image", image_vec, k=1)
+        except IndexNotBuiltError:
+            return None
         return hits[0].key if hits and hits[0].key not in known else None
 
     def retrieve(self, image_vec: np.ndarray, question: str, tags: SemanticTags, k_docs: int) -> list[Citation]:
@@ -218,12 +224,14 @@ class MMKBRAG:
             p_ret = p_ret_value
             gate = self.vlm.new_entity([vec]) if cfg.familiarity_gate and hasattr(self.vlm, "new_entity") else None
             fam, new_entity = (float(gate[0][0]), bool(gate[1][0])) if gate else (None, False)
-            if p_ret < cfg.gamma and not new_entity:
-                unknown = self.nearest_unknown(vec) if cfg.familiarity_gate else None
-                lap("ret_gate")
-                if unknown is None:
-                    return RAGAnswer(question, closed_answer, cfg.mode, False, p_ret, tags, timings_ms=timings,
-                                     familiarity=fam)
+            skip = p_ret < cfg.gamma and not new_entity
+            if skip and cfg.familiarity_gate:
+                unknown = self.nearest_unknown(vec)
+                skip = unknown is None
+            lap("ret_gate")
+            if skip:
+                return RAGAnswer(question, closed_answer, cfg.mode, False, p_ret, tags, timings_ms=timings,
+                                 familiarity=fam)
         cands = self.retrieve(vec, question, tags, cfg.k_docs)
         lap("retrieve")
         docs = self._documents(cands)

@@ -1,4 +1,5 @@
 import math
+import shutil
 
 import pytest
 import torch
@@ -177,4 +178,14 @@ def test_fine_tuning_starts_from_the_given_checkpoint(tmp_path, tiny_checkpoints
     start_samples = start_cfg.get("samples_total", start_cfg["samples"])
     assert cfg["samples_total"] == start_samples + cfg["samples"]  # the lineage's samples add up
     title = (resolve("dit-medium") / "MODEL_CARD.md").read_text().splitlines()[0]
-    assert "## Earlier training" in card and f"\n#{title}\n" in card  # the warm start's own card, one level down
+    assert "## Earlier training" in card and f"\n##{title}\n" in card  # the warm start's own card, nested below it
+
+    # A warm start whose output is its own starting folder, resumed: the lineage is counted once.
+    start = tmp_path / "start"
+    shutil.copytree(resolve("dit-medium"), start)
+    first = train_dit(preset="medium", minutes=0.01, batch=2, lr=1e-9, init_from=start, name="dit-self", out=start,
+                      resume=False)
+    again = train_dit(preset="medium", minutes=0.03, batch=2, lr=1e-9, init_from=start, name="dit-self", out=start)
+    cfg, _ = load_weights(again)
+    assert first == again and cfg["samples_total"] == start_samples + cfg["samples"]
+    assert (start / "MODEL_CARD.md").read_text().count("## Earlier training") == card.count("## Earlier training")

@@ -20,4 +20,7 @@ def tiny_reader(tmp_path_factory):
     card = json.loads((path / "training.json").read_text())
     assert card["label_stats"]["n_srt"] > 0 and card["label_stats"]["known_share"] == 0.5
     assert (path / "familiarity.safetensors").exists() and card["familiarity"]["known_entities"] > 0
+    from rag.vlm.reader_vlm import ReaderVLM
+
+    assert len(ReaderVLM.load(path).known_entities) == card["familiarity"]["known_entities"]  # the keys load too
     return path

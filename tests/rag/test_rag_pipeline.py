@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from index.ingest import ingest_folder
-from index.search import ReferenceIndex
+from index.search import IndexNotBuiltError, ReferenceIndex
 from index.store import EntityStore
 from rag.pipeline import MMKBRAG, RAGConfig
 from rag.vlm.reader_vlm import ReaderVLM
@@ -184,6 +184,19 @@ def test_familiarity_gate_retrieves_for_an_entity_new_to_the_reader(rag, tiny_kb
     assert old.retrieved is False and old.familiarity is None
 
 
+def test_nearest_entity_check_needs_no_image_index():
+    """Without an image index the check finds nothing, so a question RET would skip is still answered
+    closed-book instead of failing."""
+    class NoIndex:
+        def search_embedding(self, *args, **kwargs):
+            raise IndexNotBuiltError("no image index yet")
+
+    class Reader:
+        known_entities = frozenset({"country:BTN"})
+
+    assert MMKBRAG(Reader(), NoIndex()).nearest_unknown(np.ones(4, np.float32)) is None
+
+
 def test_self_labelling_reads_held_out_views_only(tmp_path, monkeypatch):
     """The RET/SRT labels come from views reading never trained on, about known and calibration
     entities in equal parts."""
@@ -226,4 +239,10 @@ def test_familiarity_scores_calibration_and_export_file(tmp_path):
     loaded_memory, loaded_threshold, loaded_keys = familiarity.load(tmp_path)
     assert loaded_memory.shape == (2, 4) and loaded_threshold == pytest.approx(threshold)
     assert loaded_keys == {"a", "b"}
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({"memory": torch.from_numpy(mem).half(), "threshold": torch.tensor([threshold])},
+              str(tmp_path / familiarity.FILE), metadata={"stats": "{}"})  # a file made before keys were kept
+    assert familiarity.load(tmp_path)[2] is None
     assert familiarity.load(tmp_path / "none") is None
