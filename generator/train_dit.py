@@ -224,7 +224,8 @@ def train_dit(preset: str = "medium", minutes: float = 35.0, batch: int = 32, lr
             f"{f' --device {device} --workers {workers}' if dev.type != 'cpu' else ''}"
             f"{f' --ema-decay {ema_decay}' if ema_decay != 0.995 else ''}"
             f"{f' --init-from {init_from}' if init_from else ''}"
-            f"{f' --name {name}' if name != f'dit-{preset}' else ''}`\n"
+            f"{f' --name {name}' if name != f'dit-{preset}' else ''}"
+            f"{f' --out {out}' if out != CHECKPOINTS / name else ''}`\n"
             f"- metrics: see benchmarks/results/generation.md\n")
     if init_from:
         card += (f"- warm start: the weights then in `{init_from}` ({before} samples before this run; "

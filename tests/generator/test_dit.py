@@ -172,7 +172,7 @@ def test_fine_tuning_starts_from_the_given_checkpoint(tmp_path, tiny_checkpoints
     _, after = load_weights(out)
     assert all(torch.allclose(before[k], after[k], atol=1e-3) for k in before)
     card = (out / "MODEL_CARD.md").read_text()
-    assert "--init-from dit-medium --name dit-ft-test" in card
+    assert f"--init-from dit-medium --name dit-ft-test --out {tmp_path / 'ft'}`" in card
     start_cfg, _ = load_weights(resolve("dit-medium"))
     cfg, _ = load_weights(out)
     start_samples = start_cfg.get("samples_total", start_cfg["samples"])
