@@ -92,12 +92,10 @@ def load(export: Path) -> tuple[np.ndarray, float, frozenset[str] | None] | None
     if not path.is_file():
         return None
     from safetensors import safe_open
-    from safetensors.numpy import load_file
 
-    t = load_file(str(path))
-    with safe_open(str(path), "np") as f:
-        keys = (f.metadata() or {}).get("keys")
-    return _normalise(t["memory"]), float(t["threshold"][0]), frozenset(json.loads(keys)) if keys else None
+    with safe_open(str(path), "np") as f:  # one read: the tensors and the keys in the metadata
+        memory, threshold, keys = f.get_tensor("memory"), f.get_tensor("threshold"), (f.metadata() or {}).get("keys")
+    return _normalise(memory), float(threshold[0]), frozenset(json.loads(keys)) if keys else None
 
 
 def for_export(export: Path, run_dir: Path | None = None) -> dict:
