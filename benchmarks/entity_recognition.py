@@ -119,7 +119,10 @@ class EntityIndex:
         if answers is None:
             true = scores[np.arange(len(truth)), [self.pos[k] for k in truth]]
         else:
-            true = np.array([scores[i, [self.pos[k] for k in keys]].max() for i, keys in enumerate(answers)])
+            if len(answers) != len(truth):
+                raise ValueError(f"{len(answers)} answer sets for {len(truth)} queries")
+            true = np.array([scores[i, [self.pos[k] for k in keys | {truth[i]}]].max()
+                             for i, keys in enumerate(answers)])
         return (scores > true[:, None]).sum(1)
 
 
@@ -198,7 +201,7 @@ def run_tasks(encoders: dict[str, Encoder], task_list: list[dict], distortions: 
                 ranks = task["index"].ranks(vecs, index_vecs[m], task["truth"], task.get("answers"))
                 row = {"task": task["name"], "domain": task["domain"], "distortion": d, "method": m,
                        "all": recalls(ranks)}
-                if task.get("answers"):  # the labels alone, as if every picture named one entity
+                if task.get("answers") is not None:  # the labels alone, as if every picture named one entity
                     row["strict"] = recalls(task["index"].ranks(vecs, index_vecs[m], task["truth"]))
                 for sub, mask in (task["subsets"] or {}).items():
                     row[sub] = recalls(ranks[mask])

@@ -42,3 +42,4 @@ def test_ranks_accept_any_entity_of_the_group():
     assert index.ranks(query, images, ["A"]).tolist() == [1]
     assert index.ranks(query, images, ["A"], [frozenset({"A", "B"})]).tolist() == [0]
     assert index.ranks(query, images, ["A"], [frozenset({"A", "C"})]).tolist() == [1]
+    assert index.ranks(query, images, ["B"], [frozenset()]).tolist() == [0]  # the label always counts
