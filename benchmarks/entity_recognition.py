@@ -114,8 +114,15 @@ class EntityIndex:
               answers: list[frozenset[str]] | None = None) -> np.ndarray:
         """0-based rank of the true entity for each query; with `answers`, of the best-placed
         entity a query accepts (its truth and the entities whose query shows the same picture)."""
-        sims = query_vecs @ image_vecs.T
-        scores = sims[:, self.slots].max(-1)  # (queries, entities)
+        return self.rank_in(self.scores(query_vecs, image_vecs), truth, answers)
+
+    def scores(self, query_vecs: np.ndarray, image_vecs: np.ndarray) -> np.ndarray:
+        """(queries, entities): each entity's best image."""
+        return (query_vecs @ image_vecs.T)[:, self.slots].max(-1)
+
+    def rank_in(self, scores: np.ndarray, truth: list[str],
+                answers: list[frozenset[str]] | None = None) -> np.ndarray:
+        """`ranks` from already computed entity scores."""
         if answers is None:
             true = scores[np.arange(len(truth)), [self.pos[k] for k in truth]]
         else:
@@ -132,9 +139,8 @@ def recalls(ranks: np.ndarray) -> dict[str, float]:
 
 def same_picture(images: list[Image.Image], truth: list[str], tolerance: float = 0.5) -> list[frozenset[str]]:
     """For each query, its truth and the truths of every other query that shows the same picture
-    (mean absolute difference below `tolerance` of 255 at 64×48). flag-icons draws Saint Barthélemy,
-    Wallis and Futuna, Mayotte … with the French tricolour, Caribbean Netherlands with the Dutch flag,
-    Saint Helena with the Union Jack: from the picture alone any of those entities is a right answer."""
+    (mean absolute difference below `tolerance` of 255 at 64×48): from the picture alone any of
+    those entities is a right answer (see the module docstring)."""
     x = np.stack([np.asarray(open_rgb(im).resize((64, 48), Image.Resampling.BOX), np.float32).ravel()
                   for im in images])
     out = []
@@ -197,12 +203,12 @@ def run_tasks(encoders: dict[str, Encoder], task_list: list[dict], distortions: 
         for d in tqdm(distortions, desc=task["name"][:40], leave=False):
             queries = _distorted(task["queries"], d, seed)
             for m, enc in encoders.items():
-                vecs = enc(queries)
-                ranks = task["index"].ranks(vecs, index_vecs[m], task["truth"], task.get("answers"))
+                scores = task["index"].scores(enc(queries), index_vecs[m])
+                ranks = task["index"].rank_in(scores, task["truth"], task.get("answers"))
                 row = {"task": task["name"], "domain": task["domain"], "distortion": d, "method": m,
                        "all": recalls(ranks)}
                 if task.get("answers") is not None:  # the labels alone, as if every picture named one entity
-                    row["strict"] = recalls(task["index"].ranks(vecs, index_vecs[m], task["truth"]))
+                    row["strict"] = recalls(task["index"].rank_in(scores, task["truth"]))
                 for sub, mask in (task["subsets"] or {}).items():
                     row[sub] = recalls(ranks[mask])
                 results.append(row)
@@ -289,11 +295,9 @@ def markdown(report: dict) -> str:
         lines.append(f"| {k} | " + " | ".join(f"{v.get(m, float('nan')):.3f}" for m in methods) + " |")
     if any("strict" in r for r in report["results"]):
         lines += ["", "flags/all accepts, for a query, every country whose flag-icons picture is the same "
-                  "picture (flag-icons draws Saint Barthélemy, Wallis and Futuna, Mayotte, Saint Martin, "
-                  "Réunion, Guadeloupe, French Guiana and Saint Pierre and Miquelon with the French tricolour; "
-                  "Caribbean Netherlands with the Dutch flag; Saint Helena with the Union Jack; the US Minor "
-                  "Outlying Islands with the US flag; Heard Island with the Australian flag): no image method can "
-                  "tell those apart. flags/strict counts only the query's own label."]
+                  "picture (`same_picture`: flag-icons draws several territories with another country's flag, "
+                  "e.g. Saint Barthélemy with the French tricolour), which no image method can tell apart; "
+                  "flags/strict counts only the query's own label."]
     lines += ["", "Targets: " + "; ".join(f"{k}: {'met' if v else 'NOT met'}" for k, v in report["targets_met"].items()),
               "", f"## {methods[0]}: recall@1 / @5 / @20 per distortion", "",
               "| task | subset | " + " | ".join(report["distortions"]) + " |",
