@@ -79,7 +79,9 @@ class RowCache:
 
     def get(self, pipe: GenerationPipeline, *key, compute):
         ckpt = Path("generator/checkpoints") / pipe.name / "model.safetensors"
-        k = "|".join([pipe.name, str(ckpt.stat().st_mtime if ckpt.is_file() else 0)] + [str(x) for x in key])
+        vae = Path(pipe.vae_path or "") / "model.safetensors"  # a row decoded by another VAE is another row
+        k = "|".join([pipe.name, str(ckpt.stat().st_mtime if ckpt.is_file() else 0)] + [str(x) for x in key]
+                     + ([f"vae={pipe.vae_path}@{vae.stat().st_mtime}"] if vae.is_file() else []))
         if k not in self.rows:
             self.rows[k] = compute()
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -140,6 +142,7 @@ def main() -> None:
     ap.add_argument("--teacher", default="dit-medium")
     ap.add_argument("--fast", default="dit-medium-fast")
     ap.add_argument("--task-steps", type=int, default=16, help="teacher steps for the task table")
+    ap.add_argument("--vae", default=None, help="a VAE (name or folder) instead of the one the DiTs name")
     ap.add_argument("--skip-embedder", action="store_true")
     ap.add_argument("--quality-only", action="store_true", help="no latency, grid or report (fills the row cache)")
     args = ap.parse_args()
@@ -148,8 +151,8 @@ def main() -> None:
     results: dict = {"machine": {"cpu_threads": args.threads, "load_average_at_start": os.getloadavg(),
                                  "torch": torch.__version__, "platform": platform.platform()}, "n": args.n,
                "n_fidelity": args.n_fidelity}
-    teacher = GenerationPipeline.from_pretrained(args.teacher)
-    fast = GenerationPipeline.from_pretrained(args.fast) if resolve(args.fast).is_dir() else None
+    teacher = GenerationPipeline.from_pretrained(args.teacher, vae=args.vae)
+    fast = GenerationPipeline.from_pretrained(args.fast, vae=args.vae) if resolve(args.fast).is_dir() else None
     pixel = PixelIdentifier()
     embed = None
     if not args.skip_embedder:
@@ -208,7 +211,7 @@ def main() -> None:
         speed.append({"model": label, "steps": steps, "ms_per_image": latency(pipe, steps, [flag])})
         print(speed[-1], flush=True)
     if fast is not None:
-        q8 = GenerationPipeline.from_pretrained(args.fast, int8=True)
+        q8 = GenerationPipeline.from_pretrained(args.fast, int8=True, vae=args.vae)
         speed.append({"model": "few-step int8", "steps": 4, "ms_per_image": latency(q8, 4, [flag])})
         row = {"model": "few-step int8", "steps": 4, **score(generate_scenes(q8, sets["held_out_ref"], 4),
                                                              sets["held_out_ref"].scenes, pixel, embed)}

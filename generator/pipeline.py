@@ -63,6 +63,7 @@ class GenerationPipeline:
     def __init__(self, dit: DiT, dit_config: dict, vae, text: TextEncoder, name: str = "", int8: bool = False) -> None:
         self.dit, self.config, self.vae, self.text, self.name, self.int8 = dit, dit_config, vae, text, name, int8
         self.shortcut = bool(dit_config.get("shortcut", False))
+        self.vae_path: Path | None = None  # where the VAE was loaded from, when known
 
     @classmethod
     def from_pretrained(cls, dit: str | Path | None = None, fast: bool = False, int8: bool = False,
@@ -73,8 +74,10 @@ class GenerationPipeline:
         if int8:
             from generator.quantize import quantize_int8
             model = quantize_int8(model)
-        autoencoder = load_vae(resolve(vae or cfg.get("vae", "vae-f8c16")))
-        return cls(model, cfg, autoencoder, TextEncoder(cfg.get("text_encoder")), path.name, int8)
+        vae_path = resolve(vae or cfg.get("vae", "vae-f8c16"))
+        pipe = cls(model, cfg, load_vae(vae_path), TextEncoder(cfg.get("text_encoder")), path.name, int8)
+        pipe.vae_path = vae_path
+        return pipe
 
     def default_steps(self) -> int:
         return int(self.config.get("default_steps", 4 if self.shortcut else 50))

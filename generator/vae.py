@@ -20,8 +20,13 @@ class VAEConfig:
     latent_channels: int = 16
     channels: tuple[int, ...] = (48, 96, 128)   # per level after the 2x space-to-channel; 2 ** len = factor / 2
     blocks: int = 1
+    decoder_blocks: int | None = None            # residual blocks per decoder level; None: `blocks`
     scale: float = 1.0                           # latent std, set after training; DiT sees z / scale
     shift: float = 0.0
+
+    @property
+    def dec_blocks(self) -> int:
+        return self.blocks if self.decoder_blocks is None else self.decoder_blocks
 
     @property
     def factor(self) -> int:
@@ -74,7 +79,7 @@ class Decoder(nn.Module):
         self.stem = nn.Conv2d(cfg.latent_channels, ch[0], 3, padding=1)
         layers: list[nn.Module] = []
         for i, c in enumerate(ch):
-            layers += [ResBlock(c) for _ in range(cfg.blocks)]
+            layers += [ResBlock(c) for _ in range(cfg.dec_blocks)]
             if i + 1 < len(ch):
                 layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c, ch[i + 1], 3, padding=1)]
         self.body = nn.Sequential(*layers)
@@ -108,6 +113,31 @@ class VAE(nn.Module):
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return self.decoder(z * self.cfg.scale + self.cfg.shift).clamp(-1, 1)
+
+
+def deepen_decoder(vae: VAE, blocks: int) -> VAE:
+    """A copy of `vae` whose decoder has `blocks` residual blocks per level, computing the same function:
+    the old blocks keep their weights and each new one starts as the identity (its last convolution
+    zeroed), so a decoder fine-tune starts from where the old decoder was."""
+    cfg = VAEConfig(**{**vae.cfg.to_dict(), "decoder_blocks": blocks})
+    old_blocks = vae.cfg.dec_blocks
+    if blocks < old_blocks:
+        raise ValueError(f"the decoder already has {old_blocks} blocks per level; deepening cannot go to {blocks}")
+    new = VAE(cfg)
+    new.encoder.load_state_dict(vae.encoder.state_dict())
+    new.decoder.stem.load_state_dict(vae.decoder.stem.state_dict())
+    new.decoder.out.load_state_dict(vae.decoder.out.state_dict())
+    old_layers, new_layers = list(vae.decoder.body), list(new.decoder.body)
+    j = 0
+    for layer in old_layers:  # same order of layer kinds; after each level's old blocks, skip the new ones
+        while isinstance(new_layers[j], ResBlock) and not isinstance(layer, ResBlock):
+            nn.init.zeros_(new_layers[j].conv2.weight); nn.init.zeros_(new_layers[j].conv2.bias)
+            j += 1
+        new_layers[j].load_state_dict(layer.state_dict())
+        j += 1
+    for layer in new_layers[j:]:
+        nn.init.zeros_(layer.conv2.weight); nn.init.zeros_(layer.conv2.bias)
+    return new
 
 
 def kl_divergence(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:

@@ -150,7 +150,7 @@ class ReferenceIndex:
             if embedder is not None and self.store.active_index("image") is not None:
                 self._collect("image", embedder.encode_texts([text]), fetch, kinds, keys, hits)
         if image is not None:
-            q = self.image_embedder().encode_images([image])
+            q = self.image_embedder().encode_queries([image], views=self.settings.query_views)
             self._collect("image", q, fetch, kinds, keys, hits)
         return self._ranked(hits)[:k]
 

@@ -52,6 +52,9 @@ class RAGConfig:
     srt_order: str = "retrieval"
     mct_variant: str = "filter"  # filter | rerank | merge
     mct_threshold: float = 0.2  # filter keeps P(consistent) >= this (dev set: 0.5 lost 4.5 points, 0.2 none)
+    # The image→image search embeds the query image as the mean of this many views (1 or 3,
+    # index.embedders.query_views; None: the index's setting); the VLM reads the image's own embedding.
+    query_views: int | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -60,6 +63,9 @@ class RAGConfig:
             raise ValueError(f"unknown SRT order {self.srt_order!r}; choose retrieval or relevance")
         if self.mct_variant not in ("filter", "rerank", "merge"):
             raise ValueError(f"unknown MCT variant {self.mct_variant!r}; choose filter, rerank or merge")
+        if self.query_views not in (None, 1, 3):
+            raise ValueError(f"query_views is 1 (the image alone) or 3 (itself, zoomed out, central crop), "
+                             f"not {self.query_views}")
 
 
 def wanted_headings(attributes: list[str]) -> set[str]:
@@ -220,19 +226,28 @@ class MMKBRAG:
         if cfg.mode == "no-rag":
             return RAGAnswer(question, closed_answer, cfg.mode, False, None, tags, timings_ms=timings)
         fam = unknown = None
+        views = cfg.query_views or getattr(getattr(self.reference, "settings", None), "query_views", 1)
+        search_vec = None
+
+        def search_vector() -> np.ndarray:  # embedded on first use: a skipped retrieval needs none
+            nonlocal search_vec
+            if search_vec is None:
+                search_vec = vec if views == 1 else self.reference.image_embedder().encode_queries([img], views)[0]
+            return search_vec
+
         if cfg.mode == "mmkb-rag" and cfg.use_ret:
             p_ret = p_ret_value
             gate = self.vlm.new_entity([vec]) if cfg.familiarity_gate and hasattr(self.vlm, "new_entity") else None
             fam, new_entity = (float(gate[0][0]), bool(gate[1][0])) if gate else (None, False)
             skip = p_ret < cfg.gamma and not new_entity
             if skip and cfg.familiarity_gate:
-                unknown = self.nearest_unknown(vec)
+                unknown = self.nearest_unknown(search_vector())
                 skip = unknown is None
             lap("ret_gate")
             if skip:
                 return RAGAnswer(question, closed_answer, cfg.mode, False, p_ret, tags, timings_ms=timings,
                                  familiarity=fam)
-        cands = self.retrieve(vec, question, tags, cfg.k_docs)
+        cands = self.retrieve(search_vector(), question, tags, cfg.k_docs)
         lap("retrieve")
         docs = self._documents(cands)
         if cfg.mode == "naive-rag" or not (cfg.use_srt or cfg.use_mct):

@@ -69,3 +69,41 @@ def test_scene_checks_and_pixel_identifier_on_ground_truth():
     noisy = np.clip(img.astype(int) + np.random.default_rng(0).integers(-60, 60, img.shape), 0, 255).astype(np.uint8)
     assert not is_clean(noisy, [slot])
     assert set(COLOURS) >= {"red", "blue", "green"}
+
+
+def test_deepened_decoder_starts_as_the_same_function():
+    from tests.generator.conftest import perturb
+    from generator.vae import deepen_decoder
+
+    torch.manual_seed(0)
+    vae = perturb(VAE(VAE_PRESETS["tiny"])).eval()
+    deep = deepen_decoder(vae, 3).eval()
+    assert deep.cfg.dec_blocks == 3 and deep.cfg.blocks == vae.cfg.blocks
+    assert sum(p.numel() for p in deep.decoder.parameters()) > sum(p.numel() for p in vae.decoder.parameters())
+    z = torch.randn(2, 4, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(deep.decode(z), vae.decode(z), atol=1e-6)
+        x = torch.rand(1, 3, 64, 64)
+        assert torch.equal(deep.encode(x), vae.encode(x))
+
+
+def test_decoder_finetune_keeps_the_encoder_and_latent_scale(tiny_checkpoints, tmp_path, monkeypatch):
+    import json
+
+    import generator.train_vae as tv
+    from generator.train_dit import load_vae
+
+    monkeypatch.setattr(tv, "RUNS", tmp_path / "runs")
+    monkeypatch.setattr(tv, "evaluate_vae", lambda vae: {"psnr_db": 1.0, "ssim": 0.1, "images": 0})
+    _, vae_dir = tiny_checkpoints
+    out = tv.finetune_decoder(vae_dir, minutes=0.01, batch=4, decoder_blocks=2, name="dec-ft", out=tmp_path / "dec-ft")
+    base, tuned = load_vae(vae_dir), load_vae(out)
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["decoder_blocks"] == 2 and cfg["decoder_finetune"]["steps"] >= 1
+    assert (tuned.cfg.scale, tuned.cfg.shift) == (base.cfg.scale, base.cfg.shift)
+    x = torch.rand(2, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(tuned.encode(x), base.encode(x))
+        assert tuned.decode(tuned.encode(x)).shape == x.shape
+    assert (tmp_path / "runs" / "dec-ft" / "last.pt").is_file()
+    assert "decoder fine-tuned" in (out / "MODEL_CARD.md").read_text()

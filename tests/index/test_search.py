@@ -37,7 +37,9 @@ def test_image_search_returns_entities_and_kind_filter_applies(ref, tiny_kb):
     both = ref.search(text="Thimphu", k=3, text_to_image=True)
     assert all(set(h.scores) <= {"text", "image"} for h in both) and any("image" in h.scores for h in both)
     hits = ref.search(image=tiny_kb / "images" / "npl.png", k=3)
-    assert hits[0].key == "country:NPL" and hits[0].scores["image"] == pytest.approx(1.0, abs=1e-3)
+    # three query views (itself, zoomed out, central crop) averaged: the indexed image itself scores near 1
+    assert ref.settings.query_views == 3
+    assert hits[0].key == "country:NPL" and 0.9 < hits[0].scores["image"] < 1.0 + 1e-4
     assert len({h.key for h in hits}) == len(hits)  # several images of an entity collapse into one hit
     only_emoji = ref.search(image=tiny_kb / "images" / "npl.png", k=3, kinds=["emoji"])
     assert [h.key for h in only_emoji] == ["emoji:1F34E"]
@@ -96,3 +98,35 @@ def test_entities_sharing_a_picture_rank_by_prominence(home, tmp_path):
     assert hits[0].score == pytest.approx(hits[1].score, abs=1e-5)
     assert store.prominence(["country:XFR", "country:FRA", "country:DEU"]) == \
         {"country:XFR": 1e9, "country:FRA": 67391582.0, "country:DEU": 83240525.0}
+
+
+def test_one_query_view_embeds_the_image_alone(ref, tiny_kb):
+    ref.build(["image"], show_progress=False)
+    ref.settings = ref.settings.model_copy(update={"query_views": 1})
+    hits = ref.search(image=tiny_kb / "images" / "npl.png", k=1)
+    assert hits[0].key == "country:NPL" and hits[0].scores["image"] == pytest.approx(1.0, abs=1e-3)
+
+
+def test_query_views_frame_the_image_three_ways():
+    from PIL import Image
+
+    from index.embedders import query_views
+
+    img = Image.new("RGB", (40, 20), (200, 10, 10))
+    img.paste((0, 0, 255), (10, 5, 30, 15))
+    same, zoomed, cropped = query_views(img)
+    assert same is img and zoomed.size == img.size and cropped.size == (35, 18)
+    assert zoomed.getpixel((0, 0)) == (200, 10, 10)  # the margin takes the border's colour
+    assert zoomed.getpixel((20, 10)) == (0, 0, 255)
+
+
+def test_query_views_setting_is_checked(monkeypatch):
+    from pydantic import ValidationError
+
+    from index.config import Settings
+
+    monkeypatch.setenv("MMKB_QUERY_VIEWS", "1")
+    assert Settings().query_views == 1
+    monkeypatch.setenv("MMKB_QUERY_VIEWS", "2")
+    with pytest.raises(ValidationError, match="1 \\(the image alone\\) or 3"):
+        Settings()

@@ -246,3 +246,21 @@ def test_familiarity_scores_calibration_and_export_file(tmp_path):
               str(tmp_path / familiarity.FILE), metadata={"stats": "{}"})  # a file made before keys were kept
     assert familiarity.load(tmp_path)[2] is None
     assert familiarity.load(tmp_path / "none") is None
+
+
+def test_retrieval_searches_with_the_query_views_and_the_reader_reads_the_image(rag, tiny_kb, monkeypatch):
+    image = tiny_kb / "images" / "btn.png"
+    q = "What is the capital of this country?"
+    embedder = rag.reference.image_embedder()
+    calls = []
+    original = embedder.encode_queries
+    monkeypatch.setattr(embedder, "encode_queries", lambda images, views=3, **kw: calls.append(views) or
+                        original(images, views=views, **kw))
+    three = rag(image, q, mode="naive-rag")
+    assert calls == [3] and three.candidates[0].entity_key == "country:BTN"
+    one = rag(image, q, mode="naive-rag", query_views=1)
+    assert calls == [3] and one.candidates[0].entity_key == "country:BTN"  # one view: the reader's own vector
+    rag(image, q, mode="no-rag")
+    assert calls == [3]  # no retrieval, no query views
+    with pytest.raises(ValueError, match="query_views is 1"):
+        RAGConfig(query_views=2)
