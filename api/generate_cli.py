@@ -83,19 +83,27 @@ def vae(preset: str = "f8c16", minutes: float = 20.0, batch: int = 32, lr: float
         decoder_only: Annotated[bool, typer.Option(help="fine-tune only the decoder of --init-from (latents unchanged)")] = False,
         init_from: Annotated[Optional[str], typer.Option(help="a trained VAE (name or folder), for --decoder-only")] = None,
         decoder_blocks: Annotated[Optional[int], typer.Option(help="deepen the decoder to this many blocks per level")] = None,
+        generated_from: Annotated[Optional[str], typer.Option(
+            help="with --decoder-only: also decode latents this DiT generates for training scenes")] = None,
+        generated_fraction: float = 0.5, generated_count: int = 20480,
         name: Optional[str] = None, out: Optional[Path] = None) -> None:
     """Train the VAE on composed worldkb scenes; resumes from runs/vae-<preset>/last.pt.
-    Better decoder for the shipped VAE, DiTs unchanged: --decoder-only --init-from vae-f8c16 --decoder-blocks 2 --lr 1e-3."""
+    Better decoder for the shipped VAE, DiTs unchanged: --decoder-only --init-from vae-f8c16 --decoder-blocks 2 --lr 1e-3
+    (--generated-from dit-medium-fast: half of each batch are the DiT's own latents, made first under runs/)."""
     from generator.pipeline import resolve
-    from generator.train_vae import finetune_decoder, train_vae
+    from generator.train_vae import finetune_decoder, generated_pool, train_vae
 
     if decoder_only:
         if not init_from:
             raise typer.BadParameter("--decoder-only fine-tunes a trained VAE: name it with --init-from (e.g. vae-f8c16)")
+        if not 0.0 < generated_fraction < 1.0:
+            raise typer.BadParameter(f"--generated-fraction is a share of each batch, between 0 and 1, not {generated_fraction}")
+        pool = generated_pool(generated_from, n=generated_count, threads=threads) if generated_from else None
         path = finetune_decoder(resolve(init_from), minutes=minutes, batch=batch, lr=lr, decoder_blocks=decoder_blocks,
-                                name=name or f"{Path(init_from).name}-decoder-ft", threads=threads, resume=resume, out=out)
-    elif init_from or decoder_blocks:
-        raise typer.BadParameter("--init-from and --decoder-blocks go with --decoder-only")
+                                name=name or f"{Path(init_from).name}-decoder-ft", threads=threads, resume=resume, out=out,
+                                generated=pool, generated_fraction=generated_fraction)
+    elif init_from or decoder_blocks or generated_from:
+        raise typer.BadParameter("--init-from, --decoder-blocks and --generated-from go with --decoder-only")
     else:
         path = train_vae(preset=preset, minutes=minutes, batch=batch, lr=lr, threads=threads, resume=resume,
                          name=name, out=out)

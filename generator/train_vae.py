@@ -109,12 +109,16 @@ def train_vae(preset: str = "f8c16", minutes: float = 20.0, batch: int = 16, lr:
 
 def finetune_decoder(init_from: Path, minutes: float = 45.0, batch: int = 32, lr: float = 5e-4,
                      decoder_blocks: int | None = None, name: str = "vae-decoder-ft", threads: int = 1,
-                     resume: bool = True, out: Path | None = None) -> Path:
+                     resume: bool = True, out: Path | None = None, generated: Path | None = None,
+                     generated_fraction: float = 0.5) -> Path:
     """Train only the decoder of a trained VAE, its encoder frozen (as Stable Diffusion's ft-MSE decoder).
 
     The latents (and the shift/scale the DiT sees) stay exactly as they were, so a DiT trained on this
     VAE keeps working and gets the better decoder for free. `decoder_blocks` deepens the decoder first
-    (the new residual blocks start as the identity, `deepen_decoder`).
+    (the new residual blocks start as the identity, `deepen_decoder`). With `generated` (a
+    `generated_pool` folder), `generated_fraction` of each batch are latents the DiT generated for
+    training scenes, decoded against the scene they were asked for: the decoder learns to render the
+    DiT's slightly-off latents as clean images (seen entities only; held-out ones stay unseen).
     """
     from generator.train_dit import load_vae
 
@@ -139,6 +143,8 @@ def finetune_decoder(init_from: Path, minutes: float = 45.0, batch: int = 32, lr
                 "torch_rng": torch.get_rng_state(), "init_from": str(init_from)}
 
     sampler = SceneSampler(seed=1000 + step)
+    pool = PoolReader(generated, seed=step) if generated else None
+    n_gen = round(batch * generated_fraction) if pool else 0
     budget, t0, last_save = minutes * 60, time.time() - elapsed, time.time()
     bar = tqdm(desc="fine-tune vae decoder", unit="step", initial=step, mininterval=10)
     vae.encoder.eval()
@@ -146,10 +152,13 @@ def finetune_decoder(init_from: Path, minutes: float = 45.0, batch: int = 32, lr
     while (elapsed := time.time() - t0) < budget:
         for g in opt.param_groups:  # warmup then cosine, by wall time
             g["lr"] = lr * min(1.0, step / 100) * 0.5 * (1 + math.cos(math.pi * elapsed / budget))
-        x = vae_batch(sampler, batch)
+        x = vae_batch(sampler, batch - n_gen)
         with torch.no_grad():
             mean, logvar = vae.posterior(x)
             z = mean + torch.randn_like(mean) * (0.5 * logvar).exp()
+        if n_gen:  # the DiT's latents, normalised as the DiT sees them: undo the scale/shift
+            z_gen, x_gen = pool.batch(n_gen)
+            z, x = torch.cat([z, z_gen * vae.cfg.scale + vae.cfg.shift]), torch.cat([x, x_gen])
         rec = vae.decoder(z)
         l1, l2 = (rec - x).abs().mean(), (rec - x).pow(2).mean()
         loss = l1 + l2
@@ -169,22 +178,88 @@ def finetune_decoder(init_from: Path, minutes: float = 45.0, batch: int = 32, lr
     metrics = evaluate_vae(vae)
     params = sum(p.numel() for p in vae.decoder.parameters()) / 1e6
     cmd = (f"mmkb train vae --decoder-only --init-from {init_from} --minutes {minutes} --batch {batch} --lr {lr}"
-           + (f" --decoder-blocks {decoder_blocks}" if decoder_blocks else ""))
+           + (f" --decoder-blocks {decoder_blocks}" if decoder_blocks else "")
+           + (f" --generated-from {Path(generated).name.removeprefix('decoder-pool-')} --generated-fraction "
+              f"{generated_fraction}" if generated else ""))
+    data = "worldkb scenes from generator/scenes.py (seen entities) + 2x2 tiles of references"
+    if pool:
+        data += (f"; {generated_fraction:.0%} of each batch: {len(pool)} latents generated for training scenes "
+                 f"(`generated_pool`, {generated}) decoded against their target scenes")
     card = (f"# {name}\n\nThe VAE `{vae.cfg.factor}x`/{vae.cfg.latent_channels}-channel of `{init_from}` with its "
             f"decoder fine-tuned ({params:.2f}M decoder params, {vae.cfg.dec_blocks} residual block(s) per level); "
             f"the encoder, the latents and their shift/scale are unchanged, so DiTs trained on it still apply.\n\n"
-            f"- data: worldkb scenes from generator/scenes.py (seen entities) + 2x2 tiles of references\n"
+            f"- data: {data}\n"
             f"- steps: {step} x batch {batch}, {elapsed / 60:.1f} min on 2 shared CPU cores ({threads} thread)\n"
-            f"- loss: L1 + L2 on decodes of posterior samples; AdamW lr {lr}, cosine by wall time\n"
+            f"- loss: L1 + L2 on decodes of posterior samples{' and of the generated latents' if pool else ''}; "
+            f"AdamW lr {lr}, cosine by wall time\n"
             f"- held-out-entity scenes (n={metrics['images']}): PSNR {before['psnr_db']} → {metrics['psnr_db']} dB, "
             f"SSIM {before['ssim']} → {metrics['ssim']}\n"
             f"- command: `{cmd}`\n")
     base_card = Path(init_from) / "MODEL_CARD.md"
     if base_card.is_file():
-        card += "\n## The VAE it started from\n\n" + base_card.read_text().replace("\n# ", "\n### ").lstrip("# ")
+        earlier = base_card.read_text()
+        card += "\n## The VAE it started from\n\n" + ("##" + earlier if earlier.startswith("# ") else earlier)
     preset = json.loads((Path(init_from) / "config.json").read_text()).get("preset")
     save_weights(vae, {"kind": "vae", "preset": preset, **vae.cfg.to_dict(), "metrics": metrics, "decoder_finetune":
                        {"init_from": str(init_from), "steps": step, "minutes": round(elapsed / 60, 1),
-                        "before": before}}, out, card)
+                        "before": before, "generated": str(generated) if generated else None,
+                        "generated_fraction": generated_fraction if generated else 0.0}}, out, card)
     print(f"{name}: {before} → {metrics} → {out}")
     return out
+
+
+@torch.no_grad()
+def generated_pool(dit: str = "dit-medium-fast", n: int = 8192, batch: int = 64, steps: int = 4, seed: int = 0,
+                   out: Path | None = None, threads: int = 1) -> Path:
+    """Latents the DiT generates for training scenes of seen entities, beside the images they should
+    decode to: what `finetune_decoder(generated=...)` teaches the decoder to map back.
+
+    Written in shards (`pool-<k>.npz`: z float16 (B, C, h, w), x uint8 (B, H, W, 3)), so a stopped run
+    keeps what it made and a rerun adds the missing shards."""
+    import random
+
+    from generator.dit import euler_sample
+    from generator.pipeline import GenerationPipeline
+    from generator.train_dit import make_batch, sample_task
+
+    torch.set_num_threads(threads)
+    out = out or RUNS / f"decoder-pool-{dit}"
+    out.mkdir(parents=True, exist_ok=True)
+    pipe = GenerationPipeline.from_pretrained(dit)
+    s = pipe.shortcut
+    for k in tqdm(range(n // batch), desc=f"latents from {dit}", unit="shard"):
+        path = out / f"pool-{k:05d}.npz"
+        if path.is_file():
+            continue
+        rng = random.Random(seed * 100_003 + k)
+        b = make_batch(SceneSampler(seed=seed * 100_003 + k), pipe.vae, pipe.text, batch, sample_task(rng))
+        noise = torch.randn(b.x.shape, generator=torch.Generator().manual_seed(seed * 100_003 + k))
+        z = euler_sample(pipe.dit, noise, b.text, b.text_mask, b.refs, steps, 1.0 if s else 3.0,
+                         1.0 if s else 1.5, shortcut=s)
+        x = np.stack([np.asarray(sc.target(), np.uint8) for sc in b.scenes])
+        tmp = path.with_name(path.stem + ".tmp.npz")
+        np.savez(tmp, z=z.numpy().astype(np.float16), x=x)
+        tmp.replace(path)
+    return out
+
+
+class PoolReader:
+    """Random (generated latent, target image) pairs from `generated_pool` shards."""
+
+    def __init__(self, folder: Path, seed: int = 0) -> None:
+        shards = sorted(Path(folder).glob("pool-*.npz"))
+        if not shards:
+            raise FileNotFoundError(f"no generated latents in {folder}: run generated_pool first")
+        data = [np.load(p) for p in shards]
+        self.z = np.concatenate([d["z"] for d in data]).astype(np.float32)
+        self.x = np.concatenate([d["x"] for d in data])
+        self.rng = np.random.default_rng(seed)
+
+    def __len__(self) -> int:
+        return len(self.z)
+
+    def batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(normalised latents, images in [-1, 1] (n, 3, H, W))."""
+        i = self.rng.integers(0, len(self.z), n)
+        x = torch.from_numpy(self.x[i]).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        return torch.from_numpy(self.z[i]), x

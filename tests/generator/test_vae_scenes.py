@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 from generator.identify import PixelIdentifier, background_colour, crop, is_clean, nearest_colour, placed_slot
@@ -107,3 +108,26 @@ def test_decoder_finetune_keeps_the_encoder_and_latent_scale(tiny_checkpoints, t
         assert tuned.decode(tuned.encode(x)).shape == x.shape
     assert (tmp_path / "runs" / "dec-ft" / "last.pt").is_file()
     assert "decoder fine-tuned" in (out / "MODEL_CARD.md").read_text()
+
+
+def test_decoder_learns_from_latents_the_dit_generated(tiny_checkpoints, tmp_path, monkeypatch):
+    import json
+
+    import generator.train_vae as tv
+
+    monkeypatch.setattr(tv, "RUNS", tmp_path / "runs")
+    monkeypatch.setattr(tv, "evaluate_vae", lambda vae: {"psnr_db": 1.0, "ssim": 0.1, "images": 0})
+    dit_dir, vae_dir = tiny_checkpoints
+    pool = tv.generated_pool(str(dit_dir), n=8, batch=4, steps=2, out=tmp_path / "pool")
+    assert sorted(p.name for p in pool.glob("*.npz")) == ["pool-00000.npz", "pool-00001.npz"]
+    reader = tv.PoolReader(pool)
+    z, x = reader.batch(3)
+    assert len(reader) == 8 and z.shape == (3, 4, 8, 8) and x.shape == (3, 3, 64, 64)
+    assert -1.0 <= float(x.min()) and float(x.max()) <= 1.0
+    out = tv.finetune_decoder(vae_dir, minutes=0.01, batch=4, name="dec-gen", out=tmp_path / "dec-gen",
+                              generated=pool, generated_fraction=0.5)
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["decoder_finetune"]["generated_fraction"] == 0.5
+    assert "latents generated for training scenes" in (out / "MODEL_CARD.md").read_text()
+    with pytest.raises(FileNotFoundError, match="run generated_pool first"):
+        tv.PoolReader(tmp_path / "empty")
