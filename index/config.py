@@ -26,8 +26,8 @@ class Settings(BaseSettings):
     batch_size: int = 64
     # An image query is embedded as the mean of 3 views (itself, zoomed out, central crop;
     # index.embedders.query_views) or as itself alone (1). Measured on a second draw of the entity
-    # benchmark's distortions (seed 1): flags 0.949 → 0.958, cross-vendor emoji 0.835 → 0.842, OpenMoji
-    # 0.189 → 0.215, for three image embeddings per query.
+    # benchmark's distortions (seed 1): flags 0.949 → 0.953, cross-vendor emoji 0.835 → 0.839, OpenMoji
+    # 0.189 → 0.204, for three image embeddings per query.
     query_views: int = 3
 
     @field_validator("query_views")

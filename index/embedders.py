@@ -44,7 +44,7 @@ def open_rgb(image: Image.Image | str | Path) -> Image.Image:
 
 
 def query_views(image: Image.Image, zoom_out: float = 0.85, crop: float = 0.88) -> list[Image.Image]:
-    """The query itself, a copy zoomed out (shrunk onto its own border colour) and its central crop.
+    """An RGB query image itself, a copy zoomed out (shrunk onto its own border colour) and its central crop.
 
     A photo frames its subject tighter or looser than the reference images do; averaging the
     embeddings of the three views makes the query less sensitive to that framing."""
