@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from generator.checkpoint import CHECKPOINTS, RUNS, save_state, save_weights
+from generator.checkpoint import CHECKPOINTS, RUNS, Progress, optimizer_step, save_state, save_weights
 from generator.metrics import psnr, ssim
 from generator.scenes import Image, SceneSampler, reference_image, to_tensor
 from generator.vae import VAE, VAE_PRESETS, deepen_decoder, kl_divergence
@@ -145,8 +145,9 @@ def finetune_decoder(init_from: Path, minutes: float = 45.0, batch: int = 32, lr
     sampler = SceneSampler(seed=1000 + step)
     pool = PoolReader(generated, seed=step) if generated else None
     n_gen = round(batch * generated_fraction) if pool else 0
-    budget, t0, last_save = minutes * 60, time.time() - elapsed, time.time()
-    bar = tqdm(desc="fine-tune vae decoder", unit="step", initial=step, mininterval=10)
+    budget, t0 = minutes * 60, time.time() - elapsed
+    progress = Progress(tqdm(desc="fine-tune vae decoder", unit="step", initial=step, mininterval=10),
+                        run / "last.pt", state, every_s=120)
     vae.encoder.eval()
     vae.decoder.train()
     while (elapsed := time.time() - t0) < budget:
@@ -160,20 +161,11 @@ def finetune_decoder(init_from: Path, minutes: float = 45.0, batch: int = 32, lr
             z_gen, x_gen = pool.batch(n_gen)
             z, x = torch.cat([z, z_gen * vae.cfg.scale + vae.cfg.shift]), torch.cat([x, x_gen])
         rec = vae.decoder(z)
-        l1, l2 = (rec - x).abs().mean(), (rec - x).pow(2).mean()
-        loss = l1 + l2
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.decoder.parameters(), 1.0)
-        opt.step()
+        loss = (rec - x).abs().mean() + (rec - x).pow(2).mean()
+        optimizer_step(opt, vae.decoder, loss)
         step += 1
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.4f}", l1=f"{l1.item():.4f}", min=f"{elapsed / 60:.1f}", refresh=False)
-        if time.time() - last_save > 120:
-            save_state(state(), run / "last.pt")
-            last_save = time.time()
-    bar.close()
-    save_state(state(), run / "last.pt")
+        progress.update(loss.item(), elapsed)
+    progress.close()
     vae.eval()
     metrics = evaluate_vae(vae)
     params = sum(p.numel() for p in vae.decoder.parameters()) / 1e6
@@ -219,8 +211,9 @@ def generated_pool(dit: str = "dit-medium-fast", n: int = 8192, batch: int = 64,
     import random
 
     from generator.dit import euler_sample
+    from generator.metrics import to_uint8
     from generator.pipeline import GenerationPipeline
-    from generator.train_dit import make_batch, sample_task
+    from generator.train_dit import encode_batch, raw_batch, sample_task
 
     torch.set_num_threads(threads)
     out = out or RUNS / f"decoder-pool-{dit}"
@@ -231,12 +224,15 @@ def generated_pool(dit: str = "dit-medium-fast", n: int = 8192, batch: int = 64,
         path = out / f"pool-{k:05d}.npz"
         if path.is_file():
             continue
-        rng = random.Random(seed * 100_003 + k)
-        b = make_batch(SceneSampler(seed=seed * 100_003 + k), pipe.vae, pipe.text, batch, sample_task(rng))
+        rng, sampler = random.Random(seed * 100_003 + k), SceneSampler(seed=seed * 100_003 + k)
+        task = sample_task(rng)
+        scenes = [sampler.sample(task) for _ in range(batch)]
+        raw = raw_batch(scenes)  # the target pixels, rendered once for the latents and the pool
+        b = encode_batch(raw, pipe.vae, pipe.text, scenes)
         noise = torch.randn(b.x.shape, generator=torch.Generator().manual_seed(seed * 100_003 + k))
         z = euler_sample(pipe.dit, noise, b.text, b.text_mask, b.refs, steps, 1.0 if s else 3.0,
                          1.0 if s else 1.5, shortcut=s)
-        x = np.stack([np.asarray(sc.target(), np.uint8) for sc in b.scenes])
+        x = to_uint8(torch.from_numpy(raw["x"]))
         tmp = path.with_name(path.stem + ".tmp.npz")
         np.savez(tmp, z=z.numpy().astype(np.float16), x=x)
         tmp.replace(path)
