@@ -28,6 +28,7 @@ import platform
 import shutil
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -323,6 +324,17 @@ _RESIZE_WORDS = {"squash": "the whole image resized to the square input (aspect 
                  "shortest": "open_clip's default preprocessing (resize the short side, centre crop)"}
 
 
+_STYLE_WORDS = {"emoji-google": "Google (Apache-2.0)", "emoji-twitter": "Twitter (CC-BY-4.0)",
+                "emoji-fluent-flat": "Microsoft Fluent flat (MIT)", "emoji-fluent-modern": "Microsoft Fluent modern (MIT)"}
+
+
+def _emoji_renderings() -> str:
+    """How many emoji each rendering style draws, as the model card lists them."""
+    counts = Counter(st for e in load_entities() if e.kind == "emoji" for st in set(e.styles))
+    order = [*_STYLE_WORDS, *sorted(set(counts) - set(_STYLE_WORDS))]
+    return "renderings: " + ", ".join(f"{_STYLE_WORDS.get(st, st)} {counts[st]}" for st in order if counts[st])
+
+
 def _model_card(model_cfg: dict, cfg: TrainConfig, s: dict, path: Path) -> str:
     size_mb = path.stat().st_size / 1e6
     metrics = "\n".join(f"| {k} | {v:.3f} |" for k, v in s.get("metrics", {}).items())
@@ -358,7 +370,7 @@ which emoji) and text→image search over the KB.
 
 worldkb (`index/worldkb/data/manifest.jsonl`): 250 countries (the svg-country-flags flag,
 public domain, and the Google (Apache-2.0) and Twitter (CC-BY-4.0) flag emoji) and 1620
-emoji (Google and Twitter renderings). Captions are built from each entity's manifest
+emoji ({_emoji_renderings()}). Captions are built from each entity's manifest
 record: its name, aliases, category and OpenMoji keywords (CC-BY-SA-4.0), a short description.
 
 Held out: {s['held_out']} emoji entities, a fixed {HELD_OUT_FRACTION:.0%} chosen by a hash of the key

@@ -8,6 +8,8 @@ Sources (all real data, no invented facts):
   emoji-datasource-google (Apache-2.0)   Google emoji renderings
   emoji-datasource-twitter (CC-BY-4.0)   Twitter emoji renderings
   openmoji (npm, CC-BY-SA-4.0)           emoji keywords and tags
+  fluentui-emoji (npm, MIT)              Microsoft Fluent emoji, flat and modern styles: a third
+                                         and fourth drawing of most emoji (matched by CLDR name)
 Country-flag emoji are folded into their country (their renderings become extra flag images),
 so one flag has one entity.
 """
@@ -37,6 +39,7 @@ NPM_PACKAGES = {
     "emoji-datasource-google": "16.0.0",
     "emoji-datasource-twitter": "16.0.0",
     "openmoji": "17.0.0",
+    "fluentui-emoji": "1.3.0",
 }
 PYPI_PACKAGES = {"countryinfo": "1.0.1"}
 LICENSES = {
@@ -47,7 +50,9 @@ LICENSES = {
     "emoji-datasource-google": "Apache-2.0",
     "emoji-datasource-twitter": "CC-BY-4.0",
     "openmoji": "CC-BY-SA-4.0",
+    "fluentui-emoji": "MIT",
 }
+FLUENT_STYLES = ("flat", "modern")
 FLAG_WIDTH = 96
 EMOJI_SIZE = 64
 
@@ -101,6 +106,30 @@ def _emoji_image(src: Path) -> Image.Image:
     return img
 
 
+def _render_svg(svg: Path, size: int) -> Image.Image:
+    import cairosvg
+
+    png = cairosvg.svg2png(url=str(svg), output_width=size, output_height=size)
+    return Image.open(io.BytesIO(png)).convert("RGBA")
+
+
+def _slug(text: str) -> str:
+    """A CLDR name as fluentui-emoji spells its file names: "Face with tears of joy" -> face-with-tears-of-joy."""
+    text = text.lower().replace("\u2019", "").replace("'", "")
+    return "-".join("".join(c if c.isalnum() else " " for c in text).split())
+
+
+def fluent_stem(names: list[str], stems: set[str]) -> str | None:
+    """The fluentui-emoji file stem drawing the emoji with one of `names` (its Unicode name first, then
+    its aliases and short names); people and hands are drawn in their default skin tone."""
+    for name in names:
+        slug = _slug(name)
+        for stem in (slug, f"{slug}-default"):
+            if slug and stem in stems:
+                return stem
+    return None
+
+
 def _title(name: str) -> str:
     return name.lower().capitalize() if name.isupper() else name
 
@@ -150,6 +179,8 @@ def build_emoji(src: dict[str, Path], out: Path, countries: list[dict[str, Any]]
     with open(src["openmoji"] / "data" / "openmoji.csv", encoding="utf-8") as fh:
         openmoji = {row["hexcode"].upper(): row for row in csv.DictReader(fh)}
     by_key = {c["key"]: c for c in countries}
+    fluent = src["fluentui-emoji"] / "icons"
+    fluent_stems = {p.stem for p in (fluent / FLUENT_STYLES[0]).glob("*.svg")}
     records = []
     for e in tqdm(sorted(emoji, key=lambda x: x["sort_order"]), desc="emoji"):
         if e.get("obsoleted_by") or e["category"] == "Component":
@@ -183,6 +214,14 @@ def build_emoji(src: dict[str, Path], out: Path, countries: list[dict[str, Any]]
             stored.append({"path": rel, "source": f"emoji-datasource-{vendor}",
                            "license": LICENSES[f"emoji-datasource-{vendor}"], "style": f"emoji-{vendor}"})
         aliases = [s.replace("_", " ") for s in e["short_names"]]
+        stem = fluent_stem([name, *aliases, om.get("annotation", "") if om else ""], fluent_stems)
+        for style in FLUENT_STYLES if stem else ():
+            svg = fluent / style / f"{stem}.svg"
+            if svg.exists():
+                rel = f"images/emoji/{unified}-fluent-{style}.png"
+                _save_png(_render_svg(svg, EMOJI_SIZE), out / rel)
+                stored.append({"path": rel, "source": f"fluentui-emoji:icons/{style}/{svg.name}",
+                               "license": LICENSES["fluentui-emoji"], "style": f"emoji-fluent-{style}"})
         if om and om.get("annotation"):
             aliases.append(om["annotation"])
         records.append({
@@ -206,7 +245,9 @@ def write_licenses(out: Path) -> None:
             "svg-country-flags": "flag images", "emoji-datasource": "emoji names, categories, versions",
             "emoji-datasource-google": "Google emoji images (64 px)",
             "emoji-datasource-twitter": "Twitter emoji images (64 px; Twemoji, CC-BY-4.0, (c) Twitter, Inc and other contributors)",
-            "openmoji": "emoji keywords (OpenMoji, CC-BY-SA-4.0, openmoji.org)"}
+            "openmoji": "emoji keywords (OpenMoji, CC-BY-SA-4.0, openmoji.org)",
+            "fluentui-emoji": "Fluent emoji images, flat and modern styles, rendered from SVG at 64 px "
+                              "(Microsoft Fluent Emoji, MIT)"}
     for name, version in {**NPM_PACKAGES, **PYPI_PACKAGES}.items():
         reg = "PyPI" if name in PYPI_PACKAGES else "npm"
         lines.append(f"| {name} | {reg} | {version} | {LICENSES[name]} | {uses[name]} |")

@@ -24,6 +24,12 @@ def test_psnr_ssim_are_max_for_identical_images():
     assert psnr(x, -x) < 10 and ssim(x, -x) < 0.5
 
 
+def test_scenes_use_the_renderings_the_shipped_dit_was_trained_on():
+    assert {a.style for a in load_assets()} == {"flag", "emoji-google", "emoji-twitter"}
+    wider = load_assets(styles=("emoji-fluent-flat",))
+    assert wider and {a.style for a in wider} == {"emoji-fluent-flat"}
+
+
 def test_held_out_split_is_deterministic_disjoint_and_about_ten_percent():
     keys = sorted({a.key for a in load_assets()})
     held = [k for k in keys if is_held_out(k)]

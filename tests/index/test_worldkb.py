@@ -7,6 +7,7 @@ import re
 import pytest
 
 from index.worldkb import DATA_DIR, MANIFEST
+from index.worldkb.build import fluent_stem
 from index.worldkb.facts import country_sections
 
 
@@ -35,7 +36,10 @@ def test_known_facts(records):
     assert "China and India" in btn["borders"] and btn["landlocked"] == "Bhutan is landlocked."
     apple = records["emoji:1F34E"]
     assert apple["name"] == "Red apple" and apple["category"] == "Food & Drink"
-    assert {im["style"] for im in apple["images"]} == {"emoji-google", "emoji-twitter"}
+    assert {im["style"] for im in apple["images"]} == {"emoji-google", "emoji-twitter", "emoji-fluent-flat",
+                                                       "emoji-fluent-modern"}
+    fluent = next(im for im in apple["images"] if im["style"] == "emoji-fluent-flat")
+    assert fluent["source"] == "fluentui-emoji:icons/flat/red-apple.svg" and fluent["license"] == "MIT"
     # the flag emoji folds into its country: one flag, one entity
     assert "emoji:1F1E7-1F1F9" not in records
     assert {im["style"] for im in records["country:BTN"]["images"]} == {"flag", "emoji-google", "emoji-twitter"}
@@ -54,3 +58,19 @@ def test_country_sentences_come_only_from_fields_present():
     assert sections["capital"] == "The capitals of Testland are Alpha and Beta."
     assert sections["borders"] == "Testland has no land borders with other countries."
     assert "population" not in sections and "currencies" not in sections
+
+
+def test_fluent_files_are_matched_by_cldr_name_alias_or_default_skin_tone():
+    stems = {"red-apple", "waving-hand-default", "waving-hand-dark", "face-with-tears-of-joy", "ok-hand-default"}
+    assert fluent_stem(["Red apple"], stems) == "red-apple"
+    # a Unicode name fluentui-emoji does not use, then the CLDR alias it does
+    assert fluent_stem(["Waving hand sign", "wave", "waving hand"], stems) == "waving-hand-default"
+    assert fluent_stem(["Face with tears of joy"], stems) == "face-with-tears-of-joy"
+    assert fluent_stem(["Ok hand sign", "OK hand"], stems) == "ok-hand-default"
+    assert fluent_stem(["Nothing like it", ""], stems) is None
+
+
+def test_most_emoji_have_fluent_renderings(records):
+    emoji = [r for r in records.values() if r["kind"] == "emoji"]
+    with_fluent = [r for r in emoji if any(im["style"].startswith("emoji-fluent") for im in r["images"])]
+    assert len(with_fluent) > 0.9 * len(emoji)
