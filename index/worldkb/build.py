@@ -106,10 +106,14 @@ def _emoji_image(src: Path) -> Image.Image:
     return img
 
 
-def _render_svg(svg: Path, size: int) -> Image.Image:
-    import cairosvg
-
-    png = cairosvg.svg2png(url=str(svg), output_width=size, output_height=size)
+def render_svg(svg: Path, width: int, height: int | None = None) -> Image.Image:
+    """An SVG drawn at `width` (and `height`, else in proportion) px, RGBA."""
+    try:
+        import cairosvg
+    except ImportError as e:
+        raise RuntimeError("rendering SVG images needs cairosvg (and the Cairo library): "
+                           "pip install -e '.[data]'") from e
+    png = cairosvg.svg2png(url=str(svg), output_width=width, output_height=height)
     return Image.open(io.BytesIO(png)).convert("RGBA")
 
 
@@ -219,7 +223,7 @@ def build_emoji(src: dict[str, Path], out: Path, countries: list[dict[str, Any]]
             svg = fluent / style / f"{stem}.svg"
             if svg.exists():
                 rel = f"images/emoji/{unified}-fluent-{style}.png"
-                _save_png(_render_svg(svg, EMOJI_SIZE), out / rel)
+                _save_png(render_svg(svg, EMOJI_SIZE, EMOJI_SIZE), out / rel)
                 stored.append({"path": rel, "source": f"fluentui-emoji:icons/{style}/{svg.name}",
                                "license": LICENSES["fluentui-emoji"], "style": f"emoji-fluent-{style}"})
         if om and om.get("annotation"):

@@ -13,7 +13,6 @@ Neither source is used to train the embedder. The images are clean: benchmarks d
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import tempfile
 from pathlib import Path
@@ -21,7 +20,7 @@ from pathlib import Path
 from PIL import Image
 
 from index.worldkb import MANIFEST
-from index.worldkb.build import NPM_PACKAGES, fetch_npm
+from index.worldkb.build import NPM_PACKAGES, fetch_npm, render_svg
 
 QUERY_DIR = Path(__file__).parent / "queries"
 FLAG_ICONS = ("flag-icons", "7.5.0", "MIT")
@@ -30,12 +29,6 @@ FLAG_WIDTH = 96
 EMOJI_SIZE = 64
 TRAINED_EMOJI_SAMPLE = 150
 
-
-def _render(svg: Path, width: int, height: int | None = None) -> Image.Image:
-    import cairosvg
-
-    png = cairosvg.svg2png(url=str(svg), output_width=width, output_height=height)
-    return Image.open(io.BytesIO(png)).convert("RGBA")
 
 
 def _save(img: Image.Image, path: Path) -> None:
@@ -58,7 +51,7 @@ def build_flag_queries(flag_icons: Path, countries: Path, keys: set[str], out: P
         if key not in keys:
             continue  # regional flags (gb-sct, eu, un …) and codes worldkb lacks
         path = Path("flags") / f"{svg.stem}.png"
-        _save(_render(svg, FLAG_WIDTH), out / path)
+        _save(render_svg(svg, FLAG_WIDTH), out / path)
         rows.append({"path": str(path), "key": key, "source": f"{FLAG_ICONS[0]}@{FLAG_ICONS[1]}:flags/4x3/{svg.name}",
                      "license": FLAG_ICONS[2], "style": "flag-icons"})
     return rows
@@ -77,7 +70,7 @@ def build_emoji_queries(openmoji: Path, records: list[dict], out: Path) -> list[
     for r in sorted(held + trained, key=lambda r: r["key"]):
         svg = svgs[_strip_fe0f(r["key"].split(":", 1)[1])]
         path = Path("emoji") / f"{svg.stem}.png"
-        _save(_render(svg, EMOJI_SIZE, EMOJI_SIZE), out / path)
+        _save(render_svg(svg, EMOJI_SIZE, EMOJI_SIZE), out / path)
         rows.append({"path": str(path), "key": r["key"], "source": f"openmoji@{NPM_PACKAGES['openmoji']}:color/svg/{svg.name}",
                      "license": OPENMOJI_LICENSE, "style": "openmoji", "held_out": is_held_out(r["key"])})
     return rows
