@@ -1,7 +1,7 @@
 """KB-VQA ablation on the worldkb benchmark (MMKB-RAG, arXiv 2504.10074, Table 2 style).
 
-python benchmarks/kbvqa.py [--per-split 150] [--data runs/kbvqa-bench] [--out benchmarks/results]
-Rows: no retrieval; naive top-k RAG; +RET; +SRT; +SRT+MCT; all three; all three with RET's tag alone
+python benchmarks/kbvqa.py [--per-split 150] [--data runs/kbvqa-bench] [--out benchmarks/results] [--probe]
+Rows: no retrieval; naive top-k RAG (with and without the semantic tags); +RET; +SRT; +SRT+MCT; all three; all three with RET's tag alone
 (no familiarity gate); all three at γ 0.1. Columns: accuracy per split,
 overall, All (harmonic mean of Unseen-Q and Unseen-E), retrieval recall, share of questions that
 skipped retrieval (all and seen), p50 latency per question on this machine.
@@ -22,6 +22,8 @@ sys.path.insert(0, str(ROOT))
 ABLATIONS = [
     ("no retrieval", {"mode": "no-rag"}),
     ("naive top-k RAG", {"mode": "naive-rag"}),
+    # The paper's naive RAG: retrieval from the image and the question alone, without the VLM's semantic tags.
+    ("naive top-k RAG, no semantic tags", {"mode": "naive-rag", "use_tags": False}),
     ("+RET", {"mode": "mmkb-rag", "use_ret": True, "use_srt": False, "use_mct": False}),
     ("+SRT", {"mode": "mmkb-rag", "use_ret": False, "use_srt": True, "use_mct": False}),
     ("+SRT+MCT", {"mode": "mmkb-rag", "use_ret": False, "use_srt": True, "use_mct": True}),
@@ -51,6 +53,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     ap.add_argument("--vlm", default=None)
     ap.add_argument("--only", nargs="*", default=None, help="run only these ablation rows")
+    ap.add_argument("--probe", action="store_true",
+                    help="ask the never-trained probe phrasings about seen entities (one Unseen-Q split; "
+                         "default data runs/kbvqa-probe, results kbvqa_probe.*)")
     args = ap.parse_args()
 
     from api.demo import prepare_starter_kb
@@ -60,9 +65,12 @@ def main() -> None:
     from rag.kbvqa.worldkb_bench import build
     from rag.pipeline import MMKBRAG
 
+    if args.probe and args.data == ap.get_default("data"):
+        args.data = ROOT / "runs" / "kbvqa-probe"
+    stem = "kbvqa_probe" if args.probe else "kbvqa"
     questions = args.data / "questions.jsonl"
     if not questions.exists():
-        build(args.data, per_split=args.per_split)
+        build(args.data, per_split=args.per_split, probe=args.probe)
     examples = read_infoseek(questions)
     rag = MMKBRAG.load(args.vlm)
     prepare_starter_kb(rag.reference)  # as `mmkb demo` does: a fresh home gets the KB and its index
@@ -79,13 +87,13 @@ def main() -> None:
         print(name, {k: summary[k] for k in ("per_split", "overall", "all", "retrieval_recall", "skipped_retrieval",
                                             "latency_p50_ms")})
     settings = get_settings()
-    result = {"benchmark": "worldkb KB-VQA (InfoSeek format)", "command": " ".join(["python", *sys.argv]),
+    result = {"benchmark": "worldkb KB-VQA (InfoSeek format)" + (", probe phrasings" if args.probe else ""), "command": " ".join(["python", *sys.argv]),
               "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "vlm": rag.vlm.name,
               "image_embedder": settings.image_embedder, "text_embedder": settings.text_embedder,
               "questions": len(examples), "rows": rows}
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "kbvqa.json").write_text(json.dumps(result, indent=1, default=str))
+    (args.out / f"{stem}.json").write_text(json.dumps(result, indent=1, default=str))
     lines = ["| method | seen | unseen-Q | unseen-E | overall | All (HM) | recall@5 | skipped retrieval (all / seen) | p50 ms |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -94,9 +102,9 @@ def main() -> None:
                      f"{fmt(ps.get('unseen_entity'))} | {fmt(r['overall'])} | {fmt(r['all'])} | "
                      f"{fmt(r['retrieval_recall'])} | {fmt(r['skipped_retrieval'], 2)} / "
                      f"{fmt(r['skipped_retrieval_seen'], 2)} | {fmt(r['latency_p50_ms'], 0)} |")
-    (args.out / "kbvqa.md").write_text("\n".join(lines) + "\n")
+    (args.out / f"{stem}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-    print(f"results: {args.out / 'kbvqa.json'}, {args.out / 'kbvqa.md'}")
+    print(f"results: {args.out / f'{stem}.json'}, {args.out / f'{stem}.md'}")
 
 
 if __name__ == "__main__":

@@ -39,15 +39,22 @@ class RAGConfig:
     # The image is the stronger witness: a confident but wrong entity guess (an entity the VLM never
     # saw) outranked the image's own match at 0.5 (worldkb bench: top-1 0.26 vs 0.80 on Unseen-E).
     tag_weight: float = 0.1
+    # The semantic tags drive retrieval (the entity tag's text match above, the attribute tags' words in
+    # the section query and `section_boost`); False retrieves from the image and the question alone,
+    # as the paper's naive RAG does (the benchmark's "no semantic tags" row).
+    use_tags: bool = True
     # Sections whose heading is the one the attribute tag asks for ("area" → "area") get this bonus.
     section_boost: float = 0.3
     # Each place down the entity ranking costs this much, so the best entity's sections come first.
     entity_rank_penalty: float = 0.6
     # SRT keeps documents with P([Rel]) >= srt_threshold (at most srt_top). srt_order "retrieval" keeps
     # them in retrieval order (the reader prefers earlier documents), "relevance" re-ranks by P([Rel]).
-    # On a worldkb dev set (seed 1, disjoint from the benchmark), threshold 0.3 in retrieval order read
-    # 0.647 vs 0.630 for no SRT; re-ranking by P([Rel]) lost ~10 points (look-alike entities' sections).
-    srt_threshold: float = 0.3
+    # On a worldkb dev set (seed 1, the benchmark's questions removed), re-ranking by P([Rel]) lost
+    # ~10 points (look-alike entities' sections). Threshold 0.3 helped the reader of 2026-11-26 (0.647
+    # vs 0.630 without SRT); the reader trained on more phrasings (2026-11-27) reads five documents as
+    # well as SRT picks them: +SRT 0.685 / 0.689 / 0.699 at 0.3 / 0.2 / 0.1 against naive RAG's 0.702,
+    # all three tags 0.692 / 0.696 / 0.702 (289 questions).
+    srt_threshold: float = 0.1
     srt_top: int = 3
     srt_order: str = "retrieval"
     mct_variant: str = "filter"  # filter | rerank | merge
@@ -153,9 +160,13 @@ class MMKBRAG:
             return None
         return hits[0].key if hits and hits[0].key not in known else None
 
-    def retrieve(self, image_vec: np.ndarray, question: str, tags: SemanticTags, k_docs: int) -> list[Citation]:
-        """Candidate entities from the image and the tags, then their sections closest to the question."""
-        cfg = self.config
+    def retrieve(self, image_vec: np.ndarray, question: str, tags: SemanticTags, k_docs: int,
+                 config: RAGConfig | None = None) -> list[Citation]:
+        """Candidate entities from the image and the tags, then their sections closest to the question
+        (`config`: this call's settings, the pipeline's own by default)."""
+        cfg = config or self.config
+        if not cfg.use_tags:
+            tags = SemanticTags()
         names: dict[str, str] = {}
         image_hits = self.reference.search_embedding("image", image_vec, k=cfg.k_entities)
         # Best first; entities sharing a picture come tied, in order of prominence.
@@ -247,7 +258,7 @@ class MMKBRAG:
             if skip:
                 return RAGAnswer(question, closed_answer, cfg.mode, False, p_ret, tags, timings_ms=timings,
                                  familiarity=fam)
-        cands = self.retrieve(search_vector(), question, tags, cfg.k_docs)
+        cands = self.retrieve(search_vector(), question, tags, cfg.k_docs, cfg)
         lap("retrieve")
         docs = self._documents(cands)
         if cfg.mode == "naive-rag" or not (cfg.use_srt or cfg.use_mct):

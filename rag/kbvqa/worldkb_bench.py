@@ -42,17 +42,19 @@ def split_of(entity_split: str, phrasing: str) -> str | None:
     return None  # calibration entities are neither seen nor unseen: leave them out
 
 
-def build(out: Path, per_split: int = 150, seed: int = 0) -> Path:
-    """Write `out/questions.jsonl` and `out/images/<image_id>.png`; returns the questions file."""
+def build(out: Path, per_split: int = 150, seed: int = 0, probe: bool = False) -> Path:
+    """Write `out/questions.jsonl` and `out/images/<image_id>.png`; returns the questions file.
+    `probe`: instead, one Unseen-Q split asked in PROBE_PHRASINGS (rag.kbvqa.questions), which no
+    reader trained on and nobody tuned against."""
     from index.clip.augment import distort
 
     rng = random.Random(seed)
     nrng = np.random.default_rng(seed)
     queries = query_images()
     by_split: dict[str, dict[str, list]] = {}
-    for q in iter_questions(load_records()):
+    for q in iter_questions(load_records(), "probe" if probe else "all"):
         split = split_of(q.entity_split, q.phrasing)
-        if split and q.entity_key in queries:
+        if split and q.entity_key in queries and (split == "unseen_question" or not probe):
             by_split.setdefault(split, {}).setdefault(q.question_type, []).append(q)
     (out / "images").mkdir(parents=True, exist_ok=True)
     examples = []

@@ -208,7 +208,7 @@ class Trainer:
             countries = [r for r in records if r["kind"] == "country"]
             emoji = [r for r in records if r["kind"] == "emoji"]
             records = rs.sample(countries, cfg.entity_limit // 2) + rs.sample(emoji, cfg.entity_limit // 2)
-        return records, [q for q in iter_questions(records, phrasings="train") if q.entity_split != "unseen_entity"]
+        return records, [q for q in iter_questions(records, phrasings="training") if q.entity_split != "unseen_entity"]
 
     @staticmethod
     def knowledge_sets(questions: list[Question]) -> tuple[set[str], set[str]]:

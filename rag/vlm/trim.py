@@ -140,7 +140,7 @@ def corpus_texts() -> list[str]:
         texts += [rec["name"], *rec.get("aliases", []), json.dumps(rec.get("facts", {}), ensure_ascii=False)]
         texts += [f"{s.get('heading', '')} {s.get('text', '')}" for s in rec.get("sections", [])]
     for qt in TYPES.values():
-        texts += [*qt.train, qt.heading, qt.name.replace("_", " ")]
+        texts += [*qt.train, *qt.more, qt.heading, qt.name.replace("_", " ")]
     return texts
 
 

@@ -48,6 +48,27 @@ def test_splits_are_fixed_by_key_and_unseen_phrasings_differ(questions):
     assert split_of("unseen_entity", "train") == "unseen_entity" and split_of("calibration", "train") is None
 
 
+def test_training_paraphrases_and_probe_phrasings_stay_apart_from_the_benchmark(records):
+    """The reader trains on `train` + `more`; the benchmark asks `train` + `unseen`; the probe asks
+    phrasings that neither trains on nor the benchmark asks."""
+    from rag.kbvqa.questions import PROBE_PHRASINGS
+
+    for t in TYPES.values():
+        assert t.more and PROBE_PHRASINGS[t.name]
+        assert not set(t.more) & (set(t.train) | set(t.unseen) | {PROBE_PHRASINGS[t.name]})
+        assert PROBE_PHRASINGS[t.name] not in set(t.train) | set(t.unseen)
+    few = [r for r in records if r["key"] in ("country:BTN", "emoji:1F600")]
+    training = {q.question for q in iter_questions(few, "training")}
+    benchmark = {q.question for q in iter_questions(few)}
+    probe = list(iter_questions(few, "probe"))
+    assert TYPES["capital"].more[0] in training and TYPES["capital"].more[0] not in benchmark
+    assert TYPES["capital"].unseen[0] in benchmark and TYPES["capital"].unseen[0] not in training
+    assert probe and all(q.phrasing == "unseen" and q.data_id.endswith("|probe0") for q in probe)
+    assert not {q.question for q in probe} & (training | benchmark)
+    with pytest.raises(ValueError, match="unknown phrasings"):
+        list(iter_questions(few, "everything"))
+
+
 def test_semantic_tags_become_queries_and_two_way_is_a_softmax():
     tags = SemanticTags(entity="Bhutan", category="country", attributes=["capital"])
     assert tags.queries() == ["Bhutan capital", "country capital"]
@@ -117,3 +138,15 @@ def test_self_labels_come_from_views_reading_never_trained_on(tmp_path, monkeypa
         assert any(np.array_equal(v, h) for h in held) and not any(np.array_equal(v, t) for t in train_views)
     again = Features(records, {"emoji:1F600"}, cfg, "mmkb-clip-tiny")  # from the cache
     assert np.array_equal(again.label_views["emoji:1F600"], held)
+
+
+def test_the_probe_benchmark_asks_only_probe_phrasings_about_seen_entities(tmp_path):
+    from rag.kbvqa.datasets import read_infoseek
+    from rag.kbvqa.questions import PROBE_PHRASINGS
+    from rag.kbvqa.worldkb_bench import build
+
+    examples = read_infoseek(build(tmp_path, per_split=4, probe=True))
+    assert len(examples) == 4 and {e.split for e in examples} == {"unseen_question"}
+    assert all(e.question == PROBE_PHRASINGS[e.question_type] for e in examples)
+    assert all(entity_split(e.entity_key) == "train" for e in examples)
+    assert all((tmp_path / "images" / f"{e.image_id}.png").is_file() for e in examples)

@@ -49,6 +49,18 @@ def test_modes_and_citations(rag, tiny_kb):
     assert {c.entity_key for c in full.candidates} <= {"country:BTN", "country:NPL", "emoji:1F34E"}
 
 
+def test_retrieval_without_semantic_tags_uses_the_image_and_the_question(rag, tiny_kb, monkeypatch):
+    image, q = tiny_kb / "images" / "btn.png", "What is the capital of this country?"
+    text_queries = []
+    search = rag.reference.search
+    monkeypatch.setattr(rag.reference, "search", lambda *a, **k: text_queries.append(k.get("text")) or search(*a, **k))
+    tagged = rag(image, q, mode="naive-rag")
+    assert tagged.tags.entity and text_queries == [tagged.tags.queries()[0]]
+    untagged = rag(image, q, mode="naive-rag", use_tags=False)
+    assert untagged.candidates and untagged.tags.entity == tagged.tags.entity  # reported, not used
+    assert text_queries == [tagged.tags.queries()[0]]
+
+
 def test_ret_threshold_skips_retrieval(rag, tiny_kb):
     # The tag alone (its image side, the familiarity gate, has its own test below).
     out = rag(tiny_kb / "images" / "btn.png", "What is the capital of this country?", gamma=1.01,
