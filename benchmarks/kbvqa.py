@@ -1,8 +1,8 @@
 """KB-VQA ablation on the worldkb benchmark (MMKB-RAG, arXiv 2504.10074, Table 2 style).
 
 python benchmarks/kbvqa.py [--per-split 150] [--data runs/kbvqa-bench] [--out benchmarks/results] [--probe]
-Rows: no retrieval; naive top-k RAG (with and without the semantic tags); +RET; +SRT; +SRT+MCT; all three; all three with RET's tag alone
-(no familiarity gate); all three at γ 0.1. Columns: accuracy per split,
+Rows: no retrieval; naive top-k RAG (with and without the semantic tags); +RET; +SRT; +SRT+MCT; all
+three; all three with RET's tag alone (no familiarity gate); all three at γ 0.1. Columns: accuracy per split,
 overall, All (harmonic mean of Unseen-Q and Unseen-E), retrieval recall, share of questions that
 skipped retrieval (all and seen), p50 latency per question on this machine.
 """
@@ -87,7 +87,8 @@ def main() -> None:
         print(name, {k: summary[k] for k in ("per_split", "overall", "all", "retrieval_recall", "skipped_retrieval",
                                             "latency_p50_ms")})
     settings = get_settings()
-    result = {"benchmark": "worldkb KB-VQA (InfoSeek format)" + (", probe phrasings" if args.probe else ""), "command": " ".join(["python", *sys.argv]),
+    benchmark = "worldkb KB-VQA (InfoSeek format)" + (", probe phrasings" if args.probe else "")
+    result = {"benchmark": benchmark, "command": " ".join(["python", *sys.argv]),
               "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "vlm": rag.vlm.name,
               "image_embedder": settings.image_embedder, "text_embedder": settings.text_embedder,
