@@ -72,6 +72,10 @@ def main() -> None:
     if not questions.exists():
         build(args.data, per_split=args.per_split, probe=args.probe)
     examples = read_infoseek(questions)
+    probes = sum(e.data_id.endswith("|probe0") for e in examples)
+    if probes != (len(examples) if args.probe else 0):
+        sys.exit(f"{questions} holds {probes} probe questions of {len(examples)}: it was built "
+                 f"{'without' if args.probe else 'with'} --probe; give another --data folder or delete it")
     rag = MMKBRAG.load(args.vlm)
     prepare_starter_kb(rag.reference)  # as `mmkb demo` does: a fresh home gets the KB and its index
     rag(args.data / "images" / f"{examples[0].image_id}.png", examples[0].question)  # warm-up: load everything once

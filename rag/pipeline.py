@@ -51,8 +51,8 @@ class RAGConfig:
     # them in retrieval order (the reader prefers earlier documents), "relevance" re-ranks by P([Rel]).
     # On a worldkb dev set (seed 1, the benchmark's questions removed), re-ranking by P([Rel]) lost
     # ~10 points (look-alike entities' sections). Threshold 0.3 helped the reader of 2026-11-26 (0.647
-    # vs 0.630 without SRT); the reader trained on more phrasings (2026-11-27) reads five documents as
-    # well as SRT picks them: +SRT 0.685 / 0.689 / 0.699 at 0.3 / 0.2 / 0.1 against naive RAG's 0.702,
+    # vs 0.630 without SRT); a reader trained on more phrasings (2026-11-27, the first paraphrase set)
+    # reads five documents as well as SRT picks them: +SRT 0.685 / 0.689 / 0.699 at 0.3 / 0.2 / 0.1 against naive RAG's 0.702,
     # all three tags 0.692 / 0.696 / 0.702 (289 questions).
     srt_threshold: float = 0.1
     srt_top: int = 3

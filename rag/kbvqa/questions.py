@@ -83,24 +83,19 @@ QUESTION_TYPES = [
                  ("How is this emoji written in Unicode code points?",)),
 ]
 
-# Further ways to ask each question, for training only. The reader trained on two or three phrasings
-# per type took "The country of this flag is governed from which city?" for a question about the
-# country's name, and swapped an emoji's category and subcategory when they were asked as its
-# "group" and "finer category" (worldkb KB-VQA, Unseen-Q). Unicode's own words for them are group
-# and subgroup. These were written after reading those failures, so the Unseen-Q split, whose
-# phrasings stay held out, is no longer a blind test of phrasing: PROBE_PHRASINGS is.
+# Further ways to ask each question, for training only (2–4 per type). The reader trained on two or
+# three phrasings per type read held-out ones badly (worldkb KB-VQA, Unseen-Q: "The country of this
+# flag is governed from which city?" answered with the country's name). These were written after
+# reading those failures; any that shared its words with a held-out phrasing more than the type's
+# own training phrasings do was dropped (tests/rag/test_questions.py keeps it so), but Unseen-Q is
+# no longer a blind test of phrasing: PROBE_PHRASINGS is.
 PARAPHRASES: dict[str, tuple[str, ...]] = {
     "capital": (
-        "Which city is the seat of government of this country?",
-        "Where is the government of the country with this flag based?",
         "What city serves as the capital of the nation this flag belongs to?",
-        "The capital of this country is which city?",
         "Tell me the capital of the country shown by this flag.",
-        "From which city is this country run?",
     ),
     "region": (
         "On which continent is the country of this flag?",
-        "Which part of the world is this country located in?",
         "Name the world region of the country shown by this flag.",
         "This flag's country lies in which region?",
     ),
@@ -108,17 +103,13 @@ PARAPHRASES: dict[str, tuple[str, ...]] = {
         "Which part of its region is the country of this flag in?",
         "What is the subregion of the country shown here?",
         "In which area of its continent does this flag's country lie?",
-        "Name the more specific region this country belongs to.",
     ),
     "currency": (
-        "Which money is used in this country?",
-        "What do people pay with in the country with this flag?",
         "Name the currency of the nation shown by this flag.",
         "What is the official currency of this flag's country?",
         "In which currency are prices given in this country?",
     ),
     "language": (
-        "Which language do people officially speak in this country?",
         "Name the official language of the nation with this flag.",
         "What language is official in the country shown by this flag?",
         "The country of this flag has which official language?",
@@ -126,59 +117,43 @@ PARAPHRASES: dict[str, tuple[str, ...]] = {
     "area": (
         "How big is this country in square kilometres?",
         "What is the surface area of the country shown by this flag?",
-        "How much land, in square kilometres, does this flag's country cover?",
         "What is the size of this country in km²?",
     ),
     "population": (
         "How many people live in this country?",
-        "What is the number of inhabitants of the country with this flag?",
         "How populous is the nation shown by this flag?",
-        "How many residents does this flag's country have?",
     ),
     "borders": (
         "Which countries are neighbours of this country?",
-        "Name the countries that share a border with the country of this flag.",
         "Which nations does this flag's country border?",
         "What countries lie on the borders of the country shown here?",
     ),
     "calling_code": (
         "What is the telephone country code of this country?",
         "Which dialling code belongs to the country with this flag?",
-        "What code do you dial to call the nation shown by this flag?",
         "Name the phone prefix of this flag's country.",
     ),
     "demonym": (
-        "What do you call a person from this country?",
         "What are the inhabitants of the country with this flag called?",
         "What is the word for the people of the nation shown by this flag?",
         "Someone from this flag's country is called what?",
     ),
     "tld": (
         "What is the country-code domain of this country?",
-        "Which internet domain do websites from the country with this flag use?",
         "Name the top-level domain of the nation shown by this flag.",
-        "Web addresses in this flag's country end in what?",
     ),
     "emoji_name": (
         "What is this emoji's name?",
-        "Name the emoji in this picture.",
-        "Which emoji is this?",
-        "What do you call the emoji shown here?",
         "Tell me the name of this symbol.",
     ),
     "emoji_category": (
-        "Which group does this emoji belong to?",
-        "What is the emoji group of this symbol?",
         "In which broad category is this emoji?",
-        "Which section of the emoji list is this one in?",
         "Name the main category of the emoji shown here.",
         "What is the top-level category of this emoji?",
     ),
     "emoji_subcategory": (
         "Which subgroup does this emoji belong to?",
         "What is the emoji subgroup of this symbol?",
-        "In which narrower category is this emoji?",
-        "What is the more specific category of this emoji?",
         "Name the subcategory of the emoji shown here.",
         "Within its group, which subgroup is this emoji in?",
     ),
@@ -189,10 +164,8 @@ PARAPHRASES: dict[str, tuple[str, ...]] = {
         "Which Emoji version first had this one?",
     ),
     "emoji_codepoint": (
-        "What are the Unicode code points of this emoji?",
         "Which code points make up this emoji?",
         "Give the code points of the emoji shown here.",
-        "How is this symbol encoded in Unicode?",
     ),
 }
 QUESTION_TYPES = [replace(q, more=PARAPHRASES.get(q.name, ())) for q in QUESTION_TYPES]
@@ -271,7 +244,7 @@ class Question:
     question: str
     answers: list[str]
     answer_eval: list
-    phrasing: str  # "train" or "unseen"
+    phrasing: str  # its pool: "train", "more" (trained on), "unseen" or "probe" (held out)
     entity_split: str
     multi_answer: bool = False
     extra: dict = field(default_factory=dict)
@@ -286,7 +259,7 @@ PHRASINGS = ("all", "train", "unseen", "training", "probe")
 
 def _pools(qt: QuestionType, phrasings: str) -> list[tuple[str, tuple[str, ...]]]:
     """The phrasing pools a selection asks: `all` the benchmark's (train + unseen), `training` the
-    reader's (train + more), `probe` the never-trained PROBE_PHRASINGS (asked as unseen)."""
+    reader's (train + more), `probe` the never-trained PROBE_PHRASINGS."""
     match phrasings:
         case "all":
             return [("train", qt.train), ("unseen", qt.unseen)]
@@ -310,10 +283,9 @@ def iter_questions(records: list[dict[str, Any]], phrasings: str = "all") -> Ite
             if ans is None:
                 continue
             for pool, texts in _pools(qt, phrasings):
-                phrasing = "unseen" if pool == "probe" else pool
                 for i, text in enumerate(texts):
                     yield Question(f"{rec['key']}|{qt.name}|{pool}{i}", rec["key"], rec["name"], qt.name, text,
-                                   ans[0], ans[1], phrasing, entity_split(rec["key"]), qt.multi)
+                                   ans[0], ans[1], pool, entity_split(rec["key"]), qt.multi)
 
 
 def answer_sentence(rec: dict[str, Any], qtype: QuestionType) -> str | None:

@@ -35,10 +35,14 @@ def query_images() -> dict[str, list[Path]]:
 
 
 def split_of(entity_split: str, phrasing: str) -> str | None:
+    """The benchmark split of a question: trained phrasings (`train`, `more`) of trained entities are
+    `seen`, held-out ones (`unseen`, `probe`) `unseen_question`."""
+    if phrasing not in ("train", "more", "unseen", "probe"):
+        raise ValueError(f"unknown phrasing {phrasing!r}")
     if entity_split == "unseen_entity":
         return "unseen_entity"
     if entity_split == "train":
-        return "seen" if phrasing == "train" else "unseen_question"
+        return "seen" if phrasing in ("train", "more") else "unseen_question"
     return None  # calibration entities are neither seen nor unseen: leave them out
 
 

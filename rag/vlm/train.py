@@ -17,6 +17,7 @@ Saves a full training state every few minutes and resumes from it.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import time
@@ -231,8 +232,17 @@ class Trainer:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         torch.save({"model": self.model.state_dict(), "opt": self.opt.state_dict(), "state": self.state,
-                    "rcfg": asdict(self.rcfg), "rng": self.rng.getstate()}, tmp)
+                    "rcfg": asdict(self.rcfg), "setup": self.setup(), "rng": self.rng.getstate()}, tmp)
         tmp.replace(path)
+
+    def setup(self) -> dict:
+        """What a run's state must match to be resumed, besides its labels (`rcfg`): the warm start,
+        the seed, the views and the training questions (a run with other phrasings or another warm
+        start is another run). The step counts may grow on a resume."""
+        questions = hashlib.sha256("\n".join(sorted(f"{q.data_id}\t{q.question}" for q in self.reading)).encode())
+        return {"init_from": str(Path(self.cfg.init_from).resolve()) if self.cfg.init_from else None,
+                "seed": self.cfg.seed, "drawn_fraction": self.cfg.drawn_fraction,
+                "label_questions": self.cfg.label_questions, "questions": questions.hexdigest()[:16]}
 
     def load_state(self) -> bool:
         path = self._state_path()
@@ -241,6 +251,11 @@ class Trainer:
         ckpt = torch.load(path, weights_only=False)
         if ckpt["rcfg"] != asdict(self.rcfg):
             print(f"{path} was made for other data; starting afresh")
+            return False
+        if ckpt.get("setup") != self.setup():
+            differ = sorted(k for k, v in self.setup().items() if (ckpt.get("setup") or {}).get(k) != v)
+            print(f"{path} was made with another {', '.join(differ)}; starting afresh (delete it, or give "
+                  f"--no-resume, to silence this)")
             return False
         self.model.load_state_dict(ckpt["model"])
         self.opt.load_state_dict(ckpt["opt"])

@@ -46,6 +46,9 @@ def test_splits_are_fixed_by_key_and_unseen_phrasings_differ(questions):
         assert not set(t.train) & set(t.unseen)
     assert split_of("train", "train") == "seen" and split_of("train", "unseen") == "unseen_question"
     assert split_of("unseen_entity", "train") == "unseen_entity" and split_of("calibration", "train") is None
+    assert split_of("train", "more") == "seen" and split_of("train", "probe") == "unseen_question"
+    with pytest.raises(ValueError, match="unknown phrasing"):
+        split_of("train", "paraphrase")
 
 
 def test_training_paraphrases_and_probe_phrasings_stay_apart_from_the_benchmark(records):
@@ -63,10 +66,41 @@ def test_training_paraphrases_and_probe_phrasings_stay_apart_from_the_benchmark(
     probe = list(iter_questions(few, "probe"))
     assert TYPES["capital"].more[0] in training and TYPES["capital"].more[0] not in benchmark
     assert TYPES["capital"].unseen[0] in benchmark and TYPES["capital"].unseen[0] not in training
-    assert probe and all(q.phrasing == "unseen" and q.data_id.endswith("|probe0") for q in probe)
+    assert probe and all(q.phrasing == "probe" and q.data_id.endswith("|probe0") for q in probe)
     assert not {q.question for q in probe} & (training | benchmark)
     with pytest.raises(ValueError, match="unknown phrasings"):
         list(iter_questions(few, "everything"))
+
+
+def test_training_paraphrases_are_no_closer_to_held_out_phrasings_than_the_original_ones():
+    """A paraphrase sharing more of its words with a held-out (Unseen-Q) phrasing than the type's own
+    training phrasings do would leak the test phrasing into training."""
+    import re
+
+    stop = set("the a an of this is in which what does do to from with by for on its it be are you how name".split())
+
+    def overlap(x: str, y: str) -> float:
+        a, b = ({w for w in re.findall(r"[a-z]+", s.lower()) if w not in stop} for s in (x, y))
+        return len(a & b) / len(a | b)
+
+    for t in TYPES.values():
+        bound = max(overlap(x, u) for x in t.train for u in t.unseen)
+        for m in t.more:
+            assert max(overlap(m, u) for u in t.unseen) <= bound, (t.name, m)
+
+
+def test_the_reader_trains_on_the_paraphrases_and_never_on_held_out_phrasings():
+    from rag.kbvqa.questions import PROBE_PHRASINGS
+    from rag.vlm.train import TrainConfig, Trainer
+    from rag.vlm.trim import corpus_texts
+
+    _, qs = Trainer.questions(TrainConfig(entity_limit=40))
+    asked = {q.question for q in qs}
+    held_out = {u for t in TYPES.values() for u in t.unseen} | set(PROBE_PHRASINGS.values())
+    assert {q.phrasing for q in qs} == {"train", "more"} and not asked & held_out
+    assert any(m in asked for t in TYPES.values() for m in t.more)
+    corpus = set(corpus_texts())
+    assert all(m in corpus for t in TYPES.values() for m in t.more) and not corpus & held_out
 
 
 def test_semantic_tags_become_queries_and_two_way_is_a_softmax():

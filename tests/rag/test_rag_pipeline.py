@@ -59,6 +59,8 @@ def test_retrieval_without_semantic_tags_uses_the_image_and_the_question(rag, ti
     untagged = rag(image, q, mode="naive-rag", use_tags=False)
     assert untagged.candidates and untagged.tags.entity == tagged.tags.entity  # reported, not used
     assert text_queries == [tagged.tags.queries()[0]]
+    rag(image, q, mode="naive-rag", tag_weight=0.0)  # any per-call setting reaches retrieval
+    assert text_queries == [tagged.tags.queries()[0]]
 
 
 def test_ret_threshold_skips_retrieval(rag, tiny_kb):
@@ -276,3 +278,17 @@ def test_retrieval_searches_with_the_query_views_and_the_reader_reads_the_image(
     assert calls == [3]  # no retrieval, no query views
     with pytest.raises(ValueError, match="query_views is 1"):
         RAGConfig(query_views=2)
+
+
+def test_a_finished_run_resumes_only_with_the_same_setup(tiny_reader, capsys):
+    """A run dir's state belongs to one run: another warm start or seed starts afresh instead of
+    re-exporting the finished model."""
+    from rag.vlm.train import TrainConfig, Trainer
+
+    cfg = TrainConfig(out=str(tiny_reader.parent / "again"), run_dir=str(tiny_reader.parent / "run"), read_steps=3,
+                      tag_steps=2, entity_limit=12, views_per_image=1, label_questions=24, batch_closed=8,
+                      batch_read=4, batch_tags=6, save_every_s=0)
+    assert Trainer(cfg).load_state()
+    other = Trainer(TrainConfig(**{**cfg.__dict__, "init_from": str(tiny_reader)}))
+    assert not other.load_state()
+    assert "another init_from" in capsys.readouterr().out
