@@ -52,9 +52,9 @@ class RAGConfig:
     # On a worldkb dev set (seed 1, the benchmark's questions removed), re-ranking by P([Rel]) lost
     # ~10 points (look-alike entities' sections). Threshold 0.3 helped the reader of 2026-11-26 (0.647
     # vs 0.630 without SRT); a reader trained on more phrasings (2026-11-27, the first paraphrase set)
-    # reads five documents as well as SRT picks them: +SRT 0.685 / 0.689 / 0.699 at 0.3 / 0.2 / 0.1 against naive RAG's 0.702,
-    # all three tags 0.692 / 0.696 / 0.702 (289 questions); the shipped reader: all three 0.678 / 0.682 at
-    # 0.3 / 0.1 against naive RAG's 0.682.
+    # reads five documents as well as SRT picks them: +SRT 0.685 / 0.689 / 0.699 at 0.3 / 0.2 / 0.1
+    # against naive RAG's 0.702, all three tags 0.692 / 0.696 / 0.702 (289 questions); the shipped
+    # reader: all three 0.678 / 0.682 at 0.3 / 0.1 against naive RAG's 0.682.
     srt_threshold: float = 0.1
     srt_top: int = 3
     srt_order: str = "retrieval"
