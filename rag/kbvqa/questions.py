@@ -255,6 +255,8 @@ def load_records(manifest: Path = MANIFEST) -> list[dict[str, Any]]:
 
 
 PHRASINGS = ("all", "train", "unseen", "training", "probe")
+# The pools a Question.phrasing names: the reader trains on the first two, never on the others.
+TRAINED_POOLS, HELD_OUT_POOLS = ("train", "more"), ("unseen", "probe")
 
 
 def _pools(qt: QuestionType, phrasings: str) -> list[tuple[str, tuple[str, ...]]]:

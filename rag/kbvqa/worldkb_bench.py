@@ -16,7 +16,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from rag.kbvqa.datasets import KBVQAExample, write_infoseek
-from rag.kbvqa.questions import iter_questions, load_records
+from rag.kbvqa.questions import HELD_OUT_POOLS, TRAINED_POOLS, iter_questions, load_records
 
 QUERY_DIR = Path(__file__).resolve().parents[2] / "index" / "worldkb" / "queries"
 DISTORTIONS = ("clean", "rotate", "perspective", "crop", "blur", "noise", "jpeg", "background")
@@ -37,12 +37,12 @@ def query_images() -> dict[str, list[Path]]:
 def split_of(entity_split: str, phrasing: str) -> str | None:
     """The benchmark split of a question: trained phrasings (`train`, `more`) of trained entities are
     `seen`, held-out ones (`unseen`, `probe`) `unseen_question`."""
-    if phrasing not in ("train", "more", "unseen", "probe"):
+    if phrasing not in TRAINED_POOLS + HELD_OUT_POOLS:
         raise ValueError(f"unknown phrasing {phrasing!r}")
     if entity_split == "unseen_entity":
         return "unseen_entity"
     if entity_split == "train":
-        return "seen" if phrasing in ("train", "more") else "unseen_question"
+        return "seen" if phrasing in TRAINED_POOLS else "unseen_question"
     return None  # calibration entities are neither seen nor unseen: leave them out
 
 

@@ -283,12 +283,14 @@ def test_retrieval_searches_with_the_query_views_and_the_reader_reads_the_image(
 def test_a_finished_run_resumes_only_with_the_same_setup(tiny_reader, capsys):
     """A run dir's state belongs to one run: another warm start or seed starts afresh instead of
     re-exporting the finished model."""
+    import dataclasses
+
     from rag.vlm.train import TrainConfig, Trainer
 
     cfg = TrainConfig(out=str(tiny_reader.parent / "again"), run_dir=str(tiny_reader.parent / "run"), read_steps=3,
                       tag_steps=2, entity_limit=12, views_per_image=1, label_questions=24, batch_closed=8,
                       batch_read=4, batch_tags=6, save_every_s=0)
     assert Trainer(cfg).load_state()
-    other = Trainer(TrainConfig(**{**cfg.__dict__, "init_from": str(tiny_reader)}))
+    other = Trainer(dataclasses.replace(cfg, init_from=str(tiny_reader)))
     assert not other.load_state()
     assert "another init_from" in capsys.readouterr().out
