@@ -10,6 +10,8 @@ Sources (all real data, no invented facts):
   openmoji (npm, CC-BY-SA-4.0)           emoji keywords and tags
   fluentui-emoji (npm, MIT)              Microsoft Fluent emoji, flat and modern styles: a third
                                          and fourth drawing of most emoji (matched by CLDR name)
+  @iconify-json/emojione (CC-BY-4.0)     EmojiOne 2 and Noto's first (blob) emoji as Iconify SVG
+  @iconify-json/noto-v1 (Apache-2.0)     sets: a fifth and sixth drawing of most emoji (by name)
 Country-flag emoji are folded into their country (their renderings become extra flag images),
 so one flag has one entity.
 """
@@ -40,6 +42,8 @@ NPM_PACKAGES = {
     "emoji-datasource-twitter": "16.0.0",
     "openmoji": "17.0.0",
     "fluentui-emoji": "1.3.0",
+    "@iconify-json/emojione": "1.2.3",
+    "@iconify-json/noto-v1": "1.2.5",
 }
 PYPI_PACKAGES = {"countryinfo": "1.0.1"}
 LICENSES = {
@@ -51,8 +55,13 @@ LICENSES = {
     "emoji-datasource-twitter": "CC-BY-4.0",
     "openmoji": "CC-BY-SA-4.0",
     "fluentui-emoji": "MIT",
+    "@iconify-json/emojione": "CC-BY-4.0",
+    "@iconify-json/noto-v1": "Apache-2.0",
 }
 FLUENT_STYLES = ("flat", "modern")
+# More drawings of the emoji from Iconify icon sets, by style name: the more ways of drawing an emoji
+# the embedder trains on, the better it finds one drawn in yet another way (OpenMoji queries).
+ICONIFY_STYLES = {"emojione": "@iconify-json/emojione", "noto-v1": "@iconify-json/noto-v1"}
 FLAG_WIDTH = 96
 EMOJI_SIZE = 64
 
@@ -106,15 +115,37 @@ def _emoji_image(src: Path) -> Image.Image:
     return img
 
 
-def render_svg(svg: Path, width: int, height: int | None = None) -> Image.Image:
-    """An SVG drawn at `width` (and `height`, else in proportion) px, RGBA."""
+def render_svg(svg: Path | str, width: int, height: int | None = None) -> Image.Image:
+    """An SVG file (a Path) or SVG text (a str) drawn at `width` (and `height`, else in proportion) px, RGBA."""
     try:
         import cairosvg
     except ImportError as e:
         raise RuntimeError("rendering SVG images needs cairosvg (and the Cairo library): "
                            "pip install -e '.[data]'") from e
-    png = cairosvg.svg2png(url=str(svg), output_width=width, output_height=height)
+    source = {"url": str(svg)} if isinstance(svg, Path) else {"bytestring": svg.encode()}
+    png = cairosvg.svg2png(**source, output_width=width, output_height=height)
     return Image.open(io.BytesIO(png)).convert("RGBA")
+
+
+class IconifySet:
+    """An Iconify icon set (`icons.json` of an @iconify-json package): icons by name, as SVG text."""
+
+    def __init__(self, package: Path) -> None:
+        data = json.loads((package / "icons.json").read_text())
+        self.icons, self.aliases = data["icons"], data.get("aliases", {})
+        self.width, self.height = data.get("width", 16), data.get("height", 16)
+        self.names = set(self.icons) | set(self.aliases)
+
+    def svg(self, name: str) -> str:
+        seen = set()
+        while name in self.aliases and name not in seen:  # an alias names its parent (no transforms here)
+            seen.add(name)
+            name = self.aliases[name]["parent"]
+        icon = self.icons[name]
+        w, h = icon.get("width", self.width), icon.get("height", self.height)
+        left, top = icon.get("left", 0), icon.get("top", 0)
+        return (f'<svg xmlns="http://www.w3.org/2000/svg" xmlns:xlink="http://www.w3.org/1999/xlink" '
+                f'viewBox="{left} {top} {w} {h}" width="{w}" height="{h}">{icon["body"]}</svg>')
 
 
 def _slug(text: str) -> str:
@@ -123,9 +154,10 @@ def _slug(text: str) -> str:
     return "-".join("".join(c if c.isalnum() else " " for c in text).split())
 
 
-def fluent_stem(names: list[str], stems: set[str]) -> str | None:
-    """The fluentui-emoji file stem drawing the emoji with one of `names` (its Unicode name first, then
-    its aliases and short names); people and hands are drawn in their default skin tone."""
+def icon_stem(names: list[str], stems: set[str]) -> str | None:
+    """The icon drawing the emoji with one of `names` (its Unicode name first, then its aliases and short
+    names), by the slugs fluentui-emoji file stems and Iconify icon names share; people and hands are
+    drawn in their default skin tone (fluentui-emoji's "-default")."""
     for name in names:
         slug = _slug(name)
         for stem in (slug, f"{slug}-default"):
@@ -185,6 +217,7 @@ def build_emoji(src: dict[str, Path], out: Path, countries: list[dict[str, Any]]
     by_key = {c["key"]: c for c in countries}
     fluent = src["fluentui-emoji"] / "icons"
     fluent_stems = {p.stem for p in (fluent / FLUENT_STYLES[0]).glob("*.svg")}
+    iconify = {style: IconifySet(src[package]) for style, package in ICONIFY_STYLES.items()}
     records = []
     for e in tqdm(sorted(emoji, key=lambda x: x["sort_order"]), desc="emoji"):
         if e.get("obsoleted_by") or e["category"] == "Component":
@@ -218,7 +251,7 @@ def build_emoji(src: dict[str, Path], out: Path, countries: list[dict[str, Any]]
             stored.append({"path": rel, "source": f"emoji-datasource-{vendor}",
                            "license": LICENSES[f"emoji-datasource-{vendor}"], "style": f"emoji-{vendor}"})
         aliases = [s.replace("_", " ") for s in e["short_names"]]
-        stem = fluent_stem([name, *aliases, om.get("annotation", "") if om else ""], fluent_stems)
+        stem = icon_stem([name, *aliases, om.get("annotation", "") if om else ""], fluent_stems)
         for style in FLUENT_STYLES if stem else ():
             svg = fluent / style / f"{stem}.svg"
             if svg.exists():
@@ -226,6 +259,14 @@ def build_emoji(src: dict[str, Path], out: Path, countries: list[dict[str, Any]]
                 _save_png(render_svg(svg, EMOJI_SIZE, EMOJI_SIZE), out / rel)
                 stored.append({"path": rel, "source": f"fluentui-emoji:icons/{style}/{svg.name}",
                                "license": LICENSES["fluentui-emoji"], "style": f"emoji-fluent-{style}"})
+        for style, icons in iconify.items():
+            stem = icon_stem([name, *aliases, om.get("annotation", "") if om else ""], icons.names)
+            if stem:
+                rel = f"images/emoji/{unified}-{style}.png"
+                _save_png(render_svg(icons.svg(stem), EMOJI_SIZE, EMOJI_SIZE), out / rel)
+                package = ICONIFY_STYLES[style]
+                stored.append({"path": rel, "source": f"{package}:{stem}", "license": LICENSES[package],
+                               "style": f"emoji-{style}"})
         if om and om.get("annotation"):
             aliases.append(om["annotation"])
         records.append({
@@ -251,7 +292,9 @@ def write_licenses(out: Path) -> None:
             "emoji-datasource-twitter": "Twitter emoji images (64 px; Twemoji, CC-BY-4.0, (c) Twitter, Inc and other contributors)",
             "openmoji": "emoji keywords (OpenMoji, CC-BY-SA-4.0, openmoji.org)",
             "fluentui-emoji": "Fluent emoji images, flat and modern styles, rendered from SVG at 64 px "
-                              "(Microsoft Fluent Emoji, MIT)"}
+                              "(Microsoft Fluent Emoji, MIT)",
+            "@iconify-json/emojione": "EmojiOne 2 emoji images, rendered from SVG at 64 px (Emoji One, CC-BY-4.0)",
+            "@iconify-json/noto-v1": "Noto emoji, first (blob) design, rendered from SVG at 64 px (Google, Apache-2.0)"}
     for name, version in {**NPM_PACKAGES, **PYPI_PACKAGES}.items():
         reg = "PyPI" if name in PYPI_PACKAGES else "npm"
         lines.append(f"| {name} | {reg} | {version} | {LICENSES[name]} | {uses[name]} |")

@@ -7,7 +7,7 @@ import re
 import pytest
 
 from index.worldkb import DATA_DIR, MANIFEST
-from index.worldkb.build import fluent_stem
+from index.worldkb.build import IconifySet, icon_stem, render_svg
 from index.worldkb.facts import country_sections
 
 
@@ -37,7 +37,9 @@ def test_known_facts(records):
     apple = records["emoji:1F34E"]
     assert apple["name"] == "Red apple" and apple["category"] == "Food & Drink"
     assert {im["style"] for im in apple["images"]} == {"emoji-google", "emoji-twitter", "emoji-fluent-flat",
-                                                       "emoji-fluent-modern"}
+                                                       "emoji-fluent-modern", "emoji-emojione", "emoji-noto-v1"}
+    emojione = next(im for im in apple["images"] if im["style"] == "emoji-emojione")
+    assert emojione["source"] == "@iconify-json/emojione:red-apple" and emojione["license"] == "CC-BY-4.0"
     fluent = next(im for im in apple["images"] if im["style"] == "emoji-fluent-flat")
     assert fluent["source"] == "fluentui-emoji:icons/flat/red-apple.svg" and fluent["license"] == "MIT"
     # the flag emoji folds into its country: one flag, one entity
@@ -47,7 +49,7 @@ def test_known_facts(records):
 
 def test_shipped_kb_is_compact():
     total = sum(p.stat().st_size for p in DATA_DIR.rglob("*") if p.is_file())
-    assert total <= 25 * 1024 * 1024
+    assert total <= 32 * 1024 * 1024  # 28.8 MiB with six drawings of most emoji (2026-11-27)
     assert (DATA_DIR / "LICENSES.md").is_file()
 
 
@@ -60,17 +62,37 @@ def test_country_sentences_come_only_from_fields_present():
     assert "population" not in sections and "currencies" not in sections
 
 
-def test_fluent_files_are_matched_by_cldr_name_alias_or_default_skin_tone():
+def test_icons_are_matched_by_cldr_name_alias_or_default_skin_tone():
     stems = {"red-apple", "waving-hand-default", "waving-hand-dark", "face-with-tears-of-joy", "ok-hand-default"}
-    assert fluent_stem(["Red apple"], stems) == "red-apple"
+    assert icon_stem(["Red apple"], stems) == "red-apple"
     # a Unicode name fluentui-emoji does not use, then the CLDR alias it does
-    assert fluent_stem(["Waving hand sign", "wave", "waving hand"], stems) == "waving-hand-default"
-    assert fluent_stem(["Face with tears of joy"], stems) == "face-with-tears-of-joy"
-    assert fluent_stem(["Ok hand sign", "OK hand"], stems) == "ok-hand-default"
-    assert fluent_stem(["Nothing like it", ""], stems) is None
+    assert icon_stem(["Waving hand sign", "wave", "waving hand"], stems) == "waving-hand-default"
+    assert icon_stem(["Face with tears of joy"], stems) == "face-with-tears-of-joy"
+    assert icon_stem(["Ok hand sign", "OK hand"], stems) == "ok-hand-default"
+    assert icon_stem(["Nothing like it", ""], stems) is None
 
 
 def test_most_emoji_have_fluent_renderings(records):
     emoji = [r for r in records.values() if r["kind"] == "emoji"]
     with_fluent = [r for r in emoji if any(im["style"].startswith("emoji-fluent") for im in r["images"])]
     assert len(with_fluent) > 0.9 * len(emoji)
+
+
+def test_iconify_icons_render_through_their_aliases(tmp_path):
+    (tmp_path / "icons.json").write_text(json.dumps({
+        "prefix": "t", "width": 16, "height": 16,
+        "icons": {"red-square": {"body": '<path fill="#f00" d="M0 0h16v16H0z"/>'},
+                  "wide": {"body": '<path fill="#00f" d="M0 0h32v16H0z"/>', "width": 32}},
+        "aliases": {"square": {"parent": "red-square"}, "box": {"parent": "square"}}}))
+    icons = IconifySet(tmp_path)
+    assert icons.names == {"red-square", "wide", "square", "box"}
+    assert 'viewBox="0 0 16 16"' in icons.svg("box") and "#f00" in icons.svg("box")
+    assert 'viewBox="0 0 32 16"' in icons.svg("wide")
+    img = render_svg(icons.svg("box"), 8, 8)
+    assert img.size == (8, 8) and img.getpixel((4, 4)) == (255, 0, 0, 255)
+
+
+def test_most_emoji_have_iconify_renderings(records):
+    emoji = [r for r in records.values() if r["kind"] == "emoji"]
+    for style in ("emoji-emojione", "emoji-noto-v1"):
+        assert sum(any(im["style"] == style for im in r["images"]) for r in emoji) > 0.6 * len(emoji)
