@@ -3,8 +3,9 @@
 Modes: `no-rag` (the VLM alone), `naive-rag` (top-k documents straight to the reader) and
 `mmkb-rag` (the knowledge-boundary tags; each can be switched off for the ablation).
 Retrieval fuses, per entity, image→image similarity of the query image with the entity's images
-and text similarity of the VLM's semantic tags; documents are then the sections of the candidate
-entities closest to the question (a metadata filter in SQL that reaches FAISS as an ID selector).
+and text similarity of the VLM's semantic tags, over the entity kinds the category tag leaves open;
+documents are then the sections of the candidate entities closest to the question (metadata filters
+in SQL that reach FAISS as ID selectors).
 """
 from __future__ import annotations
 
@@ -43,6 +44,10 @@ class RAGConfig:
     # the section query and `section_boost`); False retrieves from the image and the question alone,
     # as the paper's naive RAG does (the benchmark's "no semantic tags" row).
     use_tags: bool = True
+    # The category tag as a metadata filter: entities of a kind the VLM knows ("country", "emoji") but
+    # gives less than this probability are not candidates (an emoji whose picture resembles a flag no
+    # longer answers a question about "this country"). 0 turns it off; so does use_tags=False.
+    kind_floor: float = 0.05
     # Sections whose heading is the one the attribute tag asks for ("area" → "area") get this bonus.
     section_boost: float = 0.3
     # Each place down the entity ranking costs this much, so the best entity's sections come first.
@@ -169,14 +174,17 @@ class MMKBRAG:
         if not cfg.use_tags:
             tags = SemanticTags()
         names: dict[str, str] = {}
-        image_hits = self.reference.search_embedding("image", image_vec, k=cfg.k_entities)
+        kinds = None  # every kind, unless the category tag rules some out
+        if ruled_out := tags.ruled_out_kinds(cfg.kind_floor):
+            kinds = [k for k in self.reference.store.kinds() if k not in ruled_out] or None
+        image_hits = self.reference.search_embedding("image", image_vec, k=cfg.k_entities, kinds=kinds)
         # Best first; entities sharing a picture come tied, in order of prominence.
         fused = {h.key: round(h.score, TIE_DECIMALS) for h in image_hits}
         names.update((h.key, h.name) for h in image_hits)
         weight = cfg.tag_weight * (tags.entity_confidence or 1.0)  # backends without a confidence: 1
         tag_bonus: dict[str, float] = {}
         for query in tags.queries()[:1] if weight > 0 else []:
-            for h in self.reference.search(text=query, k=cfg.k_entities):
+            for h in self.reference.search(text=query, k=cfg.k_entities, kinds=kinds):
                 tag_bonus[h.key] = tag_bonus.get(h.key, 0.0) + weight * h.scores.get("text", 0.0)
                 names[h.key] = h.name
         # Entities with the same picture (Norway, Svalbard, Bouvet Island) tie on the image, and the

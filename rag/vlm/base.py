@@ -37,6 +37,14 @@ class SemanticTags:
     entity_confidence: float = 0.0
     category: str | None = None  # e.g. "country", "emoji: Food & Drink"
     attributes: list[str] = field(default_factory=list)  # e.g. ["capital"]
+    # P(entity kind) for each kind the VLM knows ("country", "emoji": a category's part before ":"),
+    # summed over that kind's categories; empty where the backend gives no probabilities.
+    kinds: dict[str, float] = field(default_factory=dict)
+
+    def ruled_out_kinds(self, floor: float) -> set[str]:
+        """Kinds the VLM knows and gives less than `floor`: a photo it is sure shows a flag rules out
+        emoji. A kind it never learnt (a user's own KB) is never ruled out."""
+        return {k for k, p in self.kinds.items() if p < floor}
 
     def queries(self) -> list[str]:
         """Text queries for the index, most specific first."""

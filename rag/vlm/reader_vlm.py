@@ -152,12 +152,16 @@ class ReaderVLM:
 
     def _tags(self, h: torch.Tensor, n: int) -> list[SemanticTags]:
         heads = {k: torch.softmax(v, -1) for k, v in self.model.closed_book(h).items()}
+        kind_of = [c.split(":")[0].strip() for c in self.cfg.categories or []]
         out = []
         for i in range(n):
             conf, e = heads["entity"][i].max(-1)
             cat = self.cfg.categories[int(heads["category"][i].argmax())] if self.cfg.categories else None
             attr = self.cfg.attributes[int(heads["attribute"][i].argmax())] if self.cfg.attributes else None
+            kinds: dict[str, float] = {}
+            for kind, p in zip(kind_of, heads["category"][i].tolist()):
+                kinds[kind] = kinds.get(kind, 0.0) + p
             out.append(SemanticTags(entity=self.cfg.entities[int(e)] if self.cfg.entities else None,
                                     entity_confidence=float(conf), category=cat,
-                                    attributes=[attr.replace("_", " ")] if attr else []))
+                                    attributes=[attr.replace("_", " ")] if attr else [], kinds=kinds))
         return out

@@ -32,6 +32,9 @@ def test_tags_are_two_way_probabilities(rag, tiny_kb):
     p = vlm.retrieval_needed([vec[0], vec[0]], ["What is the capital of this country?", "What is this emoji called?"])
     assert p.shape == (2,) and np.all((p > 0) & (p < 1))
     assert vlm.tokenizer.convert_tokens_to_ids("[Ret]") != vlm.tokenizer.unk_token_id
+    tags = vlm.semantic_tags([vec[0]], ["What is the capital of this country?"])[0]
+    assert set(tags.kinds) == {c.split(":")[0].strip() for c in vlm.cfg.categories}
+    assert abs(sum(tags.kinds.values()) - 1) < 1e-4
     assert len(vlm.tokenizer.tokenize("[Ret] [NoRet] [Rel] [NoRel]")) == 4
 
 
@@ -143,7 +146,7 @@ def test_entities_sharing_a_picture_are_not_reordered_by_the_entity_tag():
     from rag.vlm.base import SemanticTags
 
     class Ref:
-        def search_embedding(self, modality, query, k=10, keys=None, per_modality=None):
+        def search_embedding(self, modality, query, k=10, kinds=None, keys=None, per_modality=None):
             if modality == "image":
                 return [EntityHit("country:NOR", "Norway", "country", 0.9),
                         EntityHit("country:SJM", "Svalbard", "country", 0.9),
@@ -151,7 +154,7 @@ def test_entities_sharing_a_picture_are_not_reordered_by_the_entity_tag():
             return [EntityHit(k_, k_, "country", 0.5, matches=[Match("text", i, 0.5, "capital", f"{k_} capital")])
                     for i, k_ in enumerate(keys)]
 
-        def search(self, text, k=10):
+        def search(self, text, k=10, kinds=None):
             named = "country:DNK" if text.startswith("Denmark") else "country:SJM"
             return [EntityHit(named, named, "country", 0.9, scores={"text": 0.9})]
 
@@ -165,6 +168,50 @@ def test_entities_sharing_a_picture_are_not_reordered_by_the_entity_tag():
     tags = SemanticTags(entity="Denmark", entity_confidence=1.0, category="country", attributes=["capital"])
     with_dnk = pipe.retrieve(np.zeros(4, np.float32), "What is the capital of this country?", tags, k_docs=3)
     assert with_dnk[0].entity_key == "country:DNK"  # 0.88 + 0.1 × 0.9 beats the tied pair's 0.9
+
+
+def test_the_category_tag_rules_out_kinds_the_vlm_is_sure_are_not_shown():
+    """A flag question whose image also resembles an emoji: with the reader sure it is a country,
+    emoji are no candidates; a kind the reader never learnt (a user's "landmark") stays one."""
+    from index.search import EntityHit, Match
+    from rag.vlm.base import SemanticTags
+
+    entities = [("emoji:2650", "emoji", 0.95), ("country:FSM", "country", 0.9), ("landmark:X", "landmark", 0.5)]
+
+    class Store:
+        def kinds(self):
+            return {"country": 2, "emoji": 5, "landmark": 1}
+
+    class Ref:
+        store = Store()
+        asked: list = []
+
+        def search_embedding(self, modality, query, k=10, kinds=None, keys=None, per_modality=None):
+            if modality == "image":
+                self.asked.append(kinds)
+                return [EntityHit(key, key, kind, s) for key, kind, s in entities if kinds is None or kind in kinds]
+            return [EntityHit(k_, k_, "x", 0.5, matches=[Match("text", i, 0.5, "tld", f"{k_} tld")])
+                    for i, k_ in enumerate(keys)]
+
+        def search(self, text, k=10, kinds=None):
+            return []
+
+        def text_embedder(self):
+            return type("T", (), {"encode": staticmethod(lambda texts: np.zeros((1, 4), np.float32))})()
+
+    pipe = MMKBRAG(vlm=None, reference=Ref(), config=RAGConfig())
+    q, vec = "What is the top-level domain of this country?", np.zeros(4, np.float32)
+    sure = SemanticTags(category="country", attributes=["tld"], kinds={"country": 0.99, "emoji": 0.01})
+    assert sure.ruled_out_kinds(0.05) == {"emoji"}
+    docs = pipe.retrieve(vec, q, sure, k_docs=3)
+    assert [d.entity_key for d in docs] == ["country:FSM", "landmark:X"]
+    assert sorted(Ref.asked[-1]) == ["country", "landmark"]
+    unsure = SemanticTags(category="country", kinds={"country": 0.7, "emoji": 0.3})
+    assert pipe.retrieve(vec, q, unsure, k_docs=3)[0].entity_key == "emoji:2650" and Ref.asked[-1] is None
+    off = pipe.retrieve(vec, q, sure, k_docs=3, config=RAGConfig(kind_floor=0.0))
+    assert off[0].entity_key == "emoji:2650"
+    untagged = pipe.retrieve(vec, q, sure, k_docs=3, config=RAGConfig(use_tags=False))
+    assert untagged[0].entity_key == "emoji:2650"
 
 
 def test_familiarity_gate_retrieves_for_an_entity_new_to_the_reader(rag, tiny_kb, monkeypatch):
