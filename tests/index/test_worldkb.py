@@ -88,6 +88,7 @@ def test_iconify_icons_render_through_their_aliases(tmp_path):
     assert icons.names == {"red-square", "wide", "square", "box"}
     assert 'viewBox="0 0 16 16"' in icons.svg("box") and "#f00" in icons.svg("box")
     assert 'viewBox="0 0 32 16"' in icons.svg("wide")
+    pytest.importorskip("cairosvg", reason="rendering needs the data extra: pip install -e '.[data]'")
     img = render_svg(icons.svg("box"), 8, 8)
     assert img.size == (8, 8) and img.getpixel((4, 4)) == (255, 0, 0, 255)
 
