@@ -40,6 +40,7 @@ class RAGConfig:
     # The image is the stronger witness: a confident but wrong entity guess (an entity the VLM never
     # saw) outranked the image's own match at 0.5 (worldkb bench: top-1 0.26 vs 0.80 on Unseen-E).
     tag_weight: float = 0.1
+    tag_needs_known_top: bool = True  # no entity-tag bonus when the image's best match is new to the VLM
     # The semantic tags drive retrieval (the entity tag's text match above, the attribute tags' words in
     # the section query and `section_boost`); False retrieves from the image and the question alone,
     # as the paper's naive RAG does (the benchmark's "no semantic tags" row).
@@ -182,6 +183,12 @@ class MMKBRAG:
         fused = {h.key: round(h.score, TIE_DECIMALS) for h in image_hits}
         names.update((h.key, h.name) for h in image_hits)
         weight = cfg.tag_weight * (tags.entity_confidence or 1.0)  # backends without a confidence: 1
+        # The entity tag names only entities the VLM trained on: when the image's best match is one it
+        # never saw, the tag can only point elsewhere (Jordan's flag, best matched by Jordan, tagged
+        # "Malawi", whose flag the reader knows).
+        known = getattr(self.vlm, "known_entities", None)
+        if cfg.tag_needs_known_top and known and image_hits and image_hits[0].key not in known:
+            weight = 0.0
         tag_bonus: dict[str, float] = {}
         for query in tags.queries()[:1] if weight > 0 else []:
             for h in self.reference.search(text=query, k=cfg.k_entities, kinds=kinds):

@@ -170,6 +170,37 @@ def test_entities_sharing_a_picture_are_not_reordered_by_the_entity_tag():
     assert with_dnk[0].entity_key == "country:DNK"  # 0.88 + 0.1 × 0.9 beats the tied pair's 0.9
 
 
+def test_the_entity_tag_counts_only_when_the_image_best_matches_an_entity_the_vlm_knows():
+    """Jordan's flag is best matched by Jordan, which the reader never trained on; its entity tag can
+    only name an entity it knows ("Malawi") and must not pull Malawi above the image's match."""
+    from index.search import EntityHit, Match
+    from rag.vlm.base import SemanticTags
+
+    class Ref:
+        def search_embedding(self, modality, query, k=10, kinds=None, keys=None, per_modality=None):
+            if modality == "image":
+                return [EntityHit("country:JOR", "Jordan", "country", 0.82),
+                        EntityHit("country:MWI", "Malawi", "country", 0.76)]
+            return [EntityHit(k_, k_, "country", 0.5, matches=[Match("text", i, 0.5, "capital", f"{k_} capital")])
+                    for i, k_ in enumerate(keys)]
+
+        def search(self, text, k=10, kinds=None):
+            return [EntityHit("country:MWI", "Malawi", "country", 0.9, scores={"text": 0.9})]
+
+        def text_embedder(self):
+            return type("T", (), {"encode": staticmethod(lambda texts: np.zeros((1, 4), np.float32))})()
+
+    vlm = type("V", (), {"known_entities": frozenset({"country:MWI", "country:BRA"})})()
+    pipe = MMKBRAG(vlm=vlm, reference=Ref(), config=RAGConfig(tag_weight=1.0))
+    tags = SemanticTags(entity="Malawi", entity_confidence=1.0, category="country", attributes=["capital"])
+    q, vec = "What is the capital of this country?", np.zeros(4, np.float32)
+    assert pipe.retrieve(vec, q, tags, k_docs=2)[0].entity_key == "country:JOR"
+    old = pipe.retrieve(vec, q, tags, k_docs=2, config=RAGConfig(tag_weight=1.0, tag_needs_known_top=False))
+    assert old[0].entity_key == "country:MWI"
+    vlm.known_entities = frozenset({"country:JOR", "country:MWI"})  # known top match: the tag counts
+    assert pipe.retrieve(vec, q, tags, k_docs=2)[0].entity_key == "country:MWI"
+
+
 def test_the_category_tag_rules_out_kinds_the_vlm_is_sure_are_not_shown():
     """A flag question whose image also resembles an emoji: with the reader sure it is a country,
     emoji are no candidates; a kind the reader never learnt (a user's "landmark") stays one."""
