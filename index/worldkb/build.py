@@ -251,7 +251,8 @@ def build_emoji(src: dict[str, Path], out: Path, countries: list[dict[str, Any]]
             stored.append({"path": rel, "source": f"emoji-datasource-{vendor}",
                            "license": LICENSES[f"emoji-datasource-{vendor}"], "style": f"emoji-{vendor}"})
         aliases = [s.replace("_", " ") for s in e["short_names"]]
-        stem = icon_stem([name, *aliases, om.get("annotation", "") if om else ""], fluent_stems)
+        names = [name, *aliases, om.get("annotation", "") if om else ""]
+        stem = icon_stem(names, fluent_stems)
         for style in FLUENT_STYLES if stem else ():
             svg = fluent / style / f"{stem}.svg"
             if svg.exists():
@@ -260,7 +261,7 @@ def build_emoji(src: dict[str, Path], out: Path, countries: list[dict[str, Any]]
                 stored.append({"path": rel, "source": f"fluentui-emoji:icons/{style}/{svg.name}",
                                "license": LICENSES["fluentui-emoji"], "style": f"emoji-fluent-{style}"})
         for style, icons in iconify.items():
-            stem = icon_stem([name, *aliases, om.get("annotation", "") if om else ""], icons.names)
+            stem = icon_stem(names, icons.names)
             if stem:
                 rel = f"images/emoji/{unified}-{style}.png"
                 _save_png(render_svg(icons.svg(stem), EMOJI_SIZE, EMOJI_SIZE), out / rel)
