@@ -10,8 +10,10 @@ Sources (all real data, no invented facts):
   openmoji (npm, CC-BY-SA-4.0)           emoji keywords and tags
   fluentui-emoji (npm, MIT)              Microsoft Fluent emoji, flat and modern styles: a third
                                          and fourth drawing of most emoji (matched by CLDR name)
-  @iconify-json/emojione (CC-BY-4.0)     EmojiOne 2 and Noto's first (blob) emoji as Iconify SVG
-  @iconify-json/noto-v1 (Apache-2.0)     sets: a fifth and sixth drawing of most emoji (by name)
+  @iconify-json/emojione (CC-BY-4.0)     EmojiOne 2, Noto's first (blob) design, EmojiOne 1 and
+  @iconify-json/noto-v1 (Apache-2.0)     Firefox OS emoji as Iconify SVG sets: a fifth to eighth
+  @iconify-json/emojione-v1 (CC-BY-SA-4.0) drawing of many emoji (by name)
+  @iconify-json/fxemoji (Apache-2.0)
 Country-flag emoji are folded into their country (their renderings become extra flag images),
 so one flag has one entity.
 """
@@ -44,6 +46,8 @@ NPM_PACKAGES = {
     "fluentui-emoji": "1.3.0",
     "@iconify-json/emojione": "1.2.3",
     "@iconify-json/noto-v1": "1.2.5",
+    "@iconify-json/emojione-v1": "1.2.3",
+    "@iconify-json/fxemoji": "1.2.2",
 }
 PYPI_PACKAGES = {"countryinfo": "1.0.1"}
 LICENSES = {
@@ -57,11 +61,14 @@ LICENSES = {
     "fluentui-emoji": "MIT",
     "@iconify-json/emojione": "CC-BY-4.0",
     "@iconify-json/noto-v1": "Apache-2.0",
+    "@iconify-json/emojione-v1": "CC-BY-SA-4.0",
+    "@iconify-json/fxemoji": "Apache-2.0",
 }
 FLUENT_STYLES = ("flat", "modern")
 # More drawings of the emoji from Iconify icon sets, by style name: the more ways of drawing an emoji
 # the embedder trains on, the better it finds one drawn in yet another way (OpenMoji queries).
-ICONIFY_STYLES = {"emojione": "@iconify-json/emojione", "noto-v1": "@iconify-json/noto-v1"}
+ICONIFY_STYLES = {"emojione": "@iconify-json/emojione", "noto-v1": "@iconify-json/noto-v1",
+                  "emojione-v1": "@iconify-json/emojione-v1", "fxemoji": "@iconify-json/fxemoji"}
 FLAG_WIDTH = 96
 EMOJI_SIZE = 64
 
@@ -156,11 +163,12 @@ def _slug(text: str) -> str:
 
 def icon_stem(names: list[str], stems: set[str]) -> str | None:
     """The icon drawing the emoji with one of `names` (its Unicode name first, then its aliases and short
-    names), by the slugs fluentui-emoji file stems and Iconify icon names share; people and hands are
-    drawn in their default skin tone (fluentui-emoji's "-default")."""
+    names), by the slugs fluentui-emoji file stems and Iconify icon names share, or the slug without its
+    hyphens (fxemoji's "alarmclock"); people and hands are drawn in their default skin tone
+    (fluentui-emoji's "-default")."""
     for name in names:
         slug = _slug(name)
-        for stem in (slug, f"{slug}-default"):
+        for stem in (slug, f"{slug}-default", slug.replace("-", "")):
             if slug and stem in stems:
                 return stem
     return None
@@ -295,7 +303,9 @@ def write_licenses(out: Path) -> None:
             "fluentui-emoji": "Fluent emoji images, flat and modern styles, rendered from SVG at 64 px "
                               "(Microsoft Fluent Emoji, MIT)",
             "@iconify-json/emojione": "EmojiOne 2 emoji images, rendered from SVG at 64 px (Emoji One, CC-BY-4.0)",
-            "@iconify-json/noto-v1": "Noto emoji, first (blob) design, rendered from SVG at 64 px (Google, Apache-2.0)"}
+            "@iconify-json/noto-v1": "Noto emoji, first (blob) design, rendered from SVG at 64 px (Google, Apache-2.0)",
+            "@iconify-json/emojione-v1": "EmojiOne 1 emoji images, rendered from SVG at 64 px (Emoji One, CC-BY-SA-4.0)",
+            "@iconify-json/fxemoji": "Firefox OS emoji images, rendered from SVG at 64 px (Mozilla, Apache-2.0)"}
     for name, version in {**NPM_PACKAGES, **PYPI_PACKAGES}.items():
         reg = "PyPI" if name in PYPI_PACKAGES else "npm"
         lines.append(f"| {name} | {reg} | {version} | {LICENSES[name]} | {uses[name]} |")
