@@ -10,10 +10,11 @@ Sources (all real data, no invented facts):
   openmoji (npm, CC-BY-SA-4.0)           emoji keywords and tags
   fluentui-emoji (npm, MIT)              Microsoft Fluent emoji, flat and modern styles: a third
                                          and fourth drawing of most emoji (matched by CLDR name)
-  @iconify-json/emojione (CC-BY-4.0)     EmojiOne 2, Noto's first (blob) design, EmojiOne 1 and
-  @iconify-json/noto-v1 (Apache-2.0)     Firefox OS emoji as Iconify SVG sets: a fifth to eighth
-  @iconify-json/emojione-v1 (CC-BY-SA-4.0) drawing of many emoji (by name)
-  @iconify-json/fxemoji (Apache-2.0)
+  Iconify SVG icon sets (npm), matched by name: a fifth to eighth drawing of many emoji
+    @iconify-json/emojione (CC-BY-4.0)       EmojiOne 2
+    @iconify-json/noto-v1 (Apache-2.0)       Noto's first (blob) design
+    @iconify-json/emojione-v1 (CC-BY-SA-4.0) EmojiOne 1
+    @iconify-json/fxemoji (Apache-2.0)       Firefox OS emoji
 Country-flag emoji are folded into their country (their renderings become extra flag images),
 so one flag has one entity.
 """
