@@ -10,11 +10,12 @@ Sources (all real data, no invented facts):
   openmoji (npm, CC-BY-SA-4.0)           emoji keywords and tags
   fluentui-emoji (npm, MIT)              Microsoft Fluent emoji, flat and modern styles: a third
                                          and fourth drawing of most emoji (matched by CLDR name)
-  Iconify SVG icon sets (npm), matched by name: a fifth to eighth drawing of many emoji
-    @iconify-json/emojione (CC-BY-4.0)       EmojiOne 2
-    @iconify-json/noto-v1 (Apache-2.0)       Noto's first (blob) design
-    @iconify-json/emojione-v1 (CC-BY-SA-4.0) EmojiOne 1
-    @iconify-json/fxemoji (Apache-2.0)       Firefox OS emoji
+  Iconify SVG icon sets (npm), matched by name: a fifth to ninth drawing of many emoji
+    @iconify-json/emojione (CC-BY-4.0)          EmojiOne 2
+    @iconify-json/noto-v1 (Apache-2.0)          Noto's first (blob) design
+    @iconify-json/emojione-v1 (CC-BY-SA-4.0)    EmojiOne 1
+    @iconify-json/fxemoji (Apache-2.0)          Firefox OS emoji
+    @iconify-json/streamline-emojis (CC-BY-4.0) Streamline emoji (outlined, flat colours)
 Country-flag emoji are folded into their country (their renderings become extra flag images),
 so one flag has one entity.
 """
@@ -49,6 +50,7 @@ NPM_PACKAGES = {
     "@iconify-json/noto-v1": "1.2.5",
     "@iconify-json/emojione-v1": "1.2.3",
     "@iconify-json/fxemoji": "1.2.2",
+    "@iconify-json/streamline-emojis": "1.2.4",
 }
 PYPI_PACKAGES = {"countryinfo": "1.0.1"}
 LICENSES = {
@@ -64,12 +66,15 @@ LICENSES = {
     "@iconify-json/noto-v1": "Apache-2.0",
     "@iconify-json/emojione-v1": "CC-BY-SA-4.0",
     "@iconify-json/fxemoji": "Apache-2.0",
+    "@iconify-json/streamline-emojis": "CC-BY-4.0",
 }
 FLUENT_STYLES = ("flat", "modern")
 # More drawings of the emoji from Iconify icon sets, by style name: the more ways of drawing an emoji
 # the embedder trains on, the better it finds one drawn in yet another way (OpenMoji queries).
 ICONIFY_STYLES = {"emojione": "@iconify-json/emojione", "noto-v1": "@iconify-json/noto-v1",
-                  "emojione-v1": "@iconify-json/emojione-v1", "fxemoji": "@iconify-json/fxemoji"}
+                  "emojione-v1": "@iconify-json/emojione-v1", "fxemoji": "@iconify-json/fxemoji",
+                  "streamline": "@iconify-json/streamline-emojis"}
+NUMBERED_STYLES = {"streamline"}  # sets that draw some emoji in numbered variants only ("baby-1", "baby-2")
 FLAG_WIDTH = 96
 EMOJI_SIZE = 64
 
@@ -162,14 +167,15 @@ def _slug(text: str) -> str:
     return "-".join("".join(c if c.isalnum() else " " for c in text).split())
 
 
-def icon_stem(names: list[str], stems: set[str]) -> str | None:
+def icon_stem(names: list[str], stems: set[str], numbered: bool = False) -> str | None:
     """The icon drawing the emoji with one of `names` (its Unicode name first, then its aliases and short
     names), by the slugs fluentui-emoji file stems and Iconify icon names share, or the slug without its
     hyphens (fxemoji's "alarmclock"); people and hands are drawn in their default skin tone
-    (fluentui-emoji's "-default")."""
+    (fluentui-emoji's "-default"). `numbered` also takes a set's first numbered variant (Streamline's
+    "baby-1"), for sets whose names are never numbers themselves ("keycap-1" is another set's keycap 1)."""
     for name in names:
         slug = _slug(name)
-        for stem in (slug, f"{slug}-default", slug.replace("-", "")):
+        for stem in (slug, f"{slug}-default", slug.replace("-", ""), *([f"{slug}-1"] if numbered else [])):
             if slug and stem in stems:
                 return stem
     return None
@@ -270,7 +276,7 @@ def build_emoji(src: dict[str, Path], out: Path, countries: list[dict[str, Any]]
                 stored.append({"path": rel, "source": f"fluentui-emoji:icons/{style}/{svg.name}",
                                "license": LICENSES["fluentui-emoji"], "style": f"emoji-fluent-{style}"})
         for style, icons in iconify.items():
-            stem = icon_stem(names, icons.names)
+            stem = icon_stem(names, icons.names, numbered=style in NUMBERED_STYLES)
             if stem:
                 rel = f"images/emoji/{unified}-{style}.png"
                 _save_png(render_svg(icons.svg(stem), EMOJI_SIZE, EMOJI_SIZE), out / rel)
@@ -306,7 +312,9 @@ def write_licenses(out: Path) -> None:
             "@iconify-json/emojione": "EmojiOne 2 emoji images, rendered from SVG at 64 px (Emoji One, CC-BY-4.0)",
             "@iconify-json/noto-v1": "Noto emoji, first (blob) design, rendered from SVG at 64 px (Google, Apache-2.0)",
             "@iconify-json/emojione-v1": "EmojiOne 1 emoji images, rendered from SVG at 64 px (Emoji One, CC-BY-SA-4.0)",
-            "@iconify-json/fxemoji": "Firefox OS emoji images, rendered from SVG at 64 px (Mozilla, Apache-2.0)"}
+            "@iconify-json/fxemoji": "Firefox OS emoji images, rendered from SVG at 64 px (Mozilla, Apache-2.0)",
+            "@iconify-json/streamline-emojis": "Streamline emoji images, rendered from SVG at 64 px "
+                                               "(Streamline, CC-BY-4.0)"}
     for name, version in {**NPM_PACKAGES, **PYPI_PACKAGES}.items():
         reg = "PyPI" if name in PYPI_PACKAGES else "npm"
         lines.append(f"| {name} | {reg} | {version} | {LICENSES[name]} | {uses[name]} |")
