@@ -327,7 +327,8 @@ _RESIZE_WORDS = {"squash": "the whole image resized to the square input (aspect 
 _STYLE_WORDS = {"emoji-google": "Google (Apache-2.0)", "emoji-twitter": "Twitter (CC-BY-4.0)",
                 "emoji-fluent-flat": "Microsoft Fluent flat (MIT)", "emoji-fluent-modern": "Microsoft Fluent modern (MIT)",
                 "emoji-emojione": "EmojiOne 2 (CC-BY-4.0)", "emoji-noto-v1": "Noto blob (Apache-2.0)",
-                "emoji-emojione-v1": "EmojiOne 1 (CC-BY-SA-4.0)", "emoji-fxemoji": "Firefox OS (Apache-2.0)"}
+                "emoji-emojione-v1": "EmojiOne 1 (CC-BY-SA-4.0)", "emoji-fxemoji": "Firefox OS (Apache-2.0)",
+                "emoji-streamline": "Streamline (CC-BY-4.0)"}
 
 
 def _emoji_renderings() -> str:
