@@ -263,7 +263,9 @@ def drawn(img: Image.Image, rng: np.random.Generator, colours: tuple[int, int] =
         edge |= (regions != other) & (((regions < 0) != (other < 0)) | distinct)
     edge[0, :] = edge[:, 0] = False  # np.roll wraps around: the first row/column compare with the last
     width = int(rng.integers(line[0], line[1] + 1))
-    ink = np.asarray(Image.fromarray(edge.astype(np.uint8) * 255).filter(ImageFilter.MaxFilter(2 * width - 1))) > 0
+    ink = edge
+    if width > 1:  # a 1-px line is the edge itself; MaxFilter(1) crashes some Pillow builds (SIGFPE)
+        ink = np.asarray(Image.fromarray(edge.astype(np.uint8) * 255).filter(ImageFilter.MaxFilter(2 * width - 1))) > 0
     rgb[ink] = int(rng.integers(0, 50))
     silhouette = Image.fromarray((alpha | ink).astype(np.uint8) * 255)
     return Image.merge("RGBA", (*Image.fromarray(rgb).split(), silhouette))

@@ -193,6 +193,28 @@ def test_drawn_style_keeps_size_hue_and_draws_dark_outlines():
     assert arr[2, 2, 3] == 0  # outside stays transparent
 
 
+def test_drawn_one_pixel_lines_skip_the_size_one_max_filter(monkeypatch):
+    # MaxFilter(1) raised SIGFPE in every data-loading process on a GPU machine's Pillow build:
+    # a 1-px line is the edge map itself, so the filter is only run for wider lines.
+    from PIL import ImageFilter
+
+    from index.clip.augment import drawn
+
+    real = ImageFilter.MaxFilter
+
+    def max_filter(size=3):
+        assert size > 1, "MaxFilter(1) is a no-op that crashes some Pillow builds"
+        return real(size)
+
+    monkeypatch.setattr(ImageFilter, "MaxFilter", max_filter)
+    img = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
+    ImageDraw.Draw(img).ellipse((8, 8, 56, 56), fill=(250, 200, 30, 255))
+    thin = np.asarray(drawn(img, np.random.default_rng(0), line=(1, 1)))
+    thick = np.asarray(drawn(img, np.random.default_rng(0), line=(2, 2)))
+    assert thin[32, 8, :3].max() < 60 and thin[32, 8, 3] == 255  # the silhouette's edge is inked
+    assert (thin[..., :3].max(-1) < 60).sum() < (thick[..., :3].max(-1) < 60).sum()  # 1 px is thinner
+
+
 def test_warm_start_continues_from_given_weights(tmp_path, tiny_config):
     from safetensors.torch import load_file
 
