@@ -154,9 +154,9 @@ def train_clip(minutes: float = 45.0, steps: Optional[int] = None, config: str =
                run_dir: Path = Path("runs/clip")) -> None:
     """Train the shipped open_clip embedder on worldkb (contrastive, image↔text and image↔image).
     On a GPU: --device cuda --workers <spare CPU cores> (augmentation runs in the data-loading processes).
-    Fine-tune the shipped weights: --init-from mmkb-clip-tiny --lr 5e-4. Weights of another input size
-    warm-start a model too (--config mmkb-clip-tiny-64 --init-from mmkb-clip-tiny: the 64 px network
-    from the 32 px weights; only the attention pool's positions are resized).
+    Fine-tune the shipped weights: --init-from mmkb-clip-tiny-64 --lr 5e-4. Weights of another input size
+    warm-start a model too (--config mmkb-clip-tiny-64 --init-from <32 px mmkb-clip-tiny weights>: the
+    convolutions carry over; only the attention pool's positions are resized).
     --resize-mode squash (default) fits the whole image into the square input; shortest is open_clip's
     centre crop."""
     from index.clip.train import train_clip as train

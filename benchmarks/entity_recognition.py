@@ -1,6 +1,6 @@
 """Entity recognition with the image/text embedder: which worldkb entity does a query show?
 
-    python benchmarks/entity_recognition.py [--model mmkb-clip-tiny] [--distortions clean mixed …]
+    python benchmarks/entity_recognition.py [--model mmkb-clip-tiny-64] [--distortions clean mixed …]
                                             [--out benchmarks/results] [--quick]
 
 Queries are renderings the index does not hold, distorted at benchmark time with

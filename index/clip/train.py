@@ -568,7 +568,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--minutes", type=float, default=45.0)
     p.add_argument("--steps", type=int, default=6000)
     p.add_argument("--config", default=DEFAULT_CONFIG,
-                   help="mmkb-clip-tiny (shipped, 32 px) or mmkb-clip-tiny-64 (64 px)")
+                   help="mmkb-clip-tiny-64 (shipped, 64 px) or mmkb-clip-tiny (the same network at 32 px)")
     p.add_argument("--out", default=None, help="export folder (default: index/clip/checkpoints/<config>)")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--run-dir", default="runs/clip")
