@@ -5,9 +5,9 @@ from pathlib import Path
 CONFIG_DIR = Path(__file__).parent / "model_configs"
 CHECKPOINT_DIR = Path(__file__).parent / "checkpoints"
 RESIZE_MODES = ("squash", "shortest")
-# The shipped embedder: `mmkb-clip-tiny` (the same network at a 32 px input, shipped until
-# 2026-11-27) warm-started at 64 px and trained 5.5 minutes on one GPU (README, "Entity
-# recognition"). `mmkb-clip-tiny` stays a config: its weights are in git history (commit d78a51b).
+# The shipped embedder: 64 px, warm-started from the 32 px `mmkb-clip-tiny` weights (the default
+# until 2026-11-27) and trained 5.5 minutes on one GPU (README, "Entity recognition").
+# `mmkb-clip-tiny` stays a config; its weights are in git history (commit d78a51b).
 DEFAULT_CONFIG = "mmkb-clip-tiny-64"
 
 

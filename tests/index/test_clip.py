@@ -180,11 +180,17 @@ def test_shipped_embedder_recognises_a_flag_icons_flag():
     assert (CHECKPOINT_DIR / DEFAULT_CONFIG / "MODEL_CARD.md").exists()
 
 
+def _yellow_disc() -> Image.Image:
+    """A flat yellow disc on a transparent 64 px canvas: the simplest emoji-like drawing."""
+    img = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
+    ImageDraw.Draw(img).ellipse((8, 8, 56, 56), fill=(250, 200, 30, 255))
+    return img
+
+
 def test_drawn_style_keeps_size_hue_and_draws_dark_outlines():
     from index.clip.augment import drawn
 
-    img = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
-    ImageDraw.Draw(img).ellipse((8, 8, 56, 56), fill=(250, 200, 30, 255))
+    img = _yellow_disc()
     out = drawn(img, np.random.default_rng(0))
     assert out.size == img.size and out.mode == "RGBA"
     arr = np.asarray(out)
@@ -207,8 +213,7 @@ def test_drawn_one_pixel_lines_skip_the_size_one_max_filter(monkeypatch):
         return real(size)
 
     monkeypatch.setattr(ImageFilter, "MaxFilter", max_filter)
-    img = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
-    ImageDraw.Draw(img).ellipse((8, 8, 56, 56), fill=(250, 200, 30, 255))
+    img = _yellow_disc()
     thin = np.asarray(drawn(img, np.random.default_rng(0), line=(1, 1)))
     thick = np.asarray(drawn(img, np.random.default_rng(0), line=(2, 2)))
     assert thin[32, 8, :3].max() < 60 and thin[32, 8, 3] == 255  # the silhouette's edge is inked
