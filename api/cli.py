@@ -223,10 +223,16 @@ def ask(image_arg: Annotated[Optional[Path], typer.Argument(metavar="[IMAGE]", s
         return
     Console().print(f"[bold]{out.answer}[/]")
     if out.retrieved and out.p_ret is not None and out.p_ret < rag.config.gamma:
-        why = (f"the image is nearest to {out.unknown_entity}, which the reader has no facts about"
-               if out.unknown_entity else "an entity new to the reader")
+        if out.unknown_entity:
+            why = f"the image is nearest to {out.unknown_entity}, which the reader has no facts about"
+        elif out.shared_picture:
+            why = f"{', '.join(out.shared_picture)} share this picture"
+        else:
+            why = "an entity new to the reader"
         fam = f"familiarity {out.familiarity:.2f}; " if out.familiarity is not None else ""
         Console().print(f"  retrieved: {why} ({fam}P([Ret])={out.p_ret:.2f} < γ)")
+    if out.confirmed:
+        Console().print("  the reader's own answer, stated by the first document read")
     if out.retrieved:
         for c in out.citations:
             rel = f" P(Rel)={c.relevance:.2f}" if c.relevance is not None else ""

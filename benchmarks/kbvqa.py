@@ -1,8 +1,9 @@
 """KB-VQA ablation on the worldkb benchmark (MMKB-RAG, arXiv 2504.10074, Table 2 style).
 
 python benchmarks/kbvqa.py [--per-split 150] [--data runs/kbvqa-bench] [--out benchmarks/results] [--probe]
-Rows: no retrieval; naive top-k RAG (with and without the semantic tags); +RET; +SRT; +SRT+MCT; all
-three; all three with RET's tag alone (no familiarity gate); all three at γ 0.1. Columns: accuracy per split,
+Rows: no retrieval; naive top-k RAG (with and without the semantic tags, without the closed-book
+confirmation); +RET; +SRT; +SRT+MCT; all three; all three with RET's tag alone (no familiarity gate), at
+γ 0.1, without the closed-book confirmation and without the shared-picture gate. Columns: accuracy per split,
 overall, All (harmonic mean of Unseen-Q and Unseen-E), retrieval recall, share of questions that
 skipped retrieval (all and seen), p50 latency per question on this machine.
 """
@@ -24,6 +25,8 @@ ABLATIONS = [
     ("naive top-k RAG", {"mode": "naive-rag"}),
     # The paper's naive RAG: retrieval from the image and the question alone, without the VLM's semantic tags.
     ("naive top-k RAG, no semantic tags", {"mode": "naive-rag", "use_tags": False}),
+    # The reader's span alone, never its own closed-book answer (`RAGConfig.confirm_threshold`).
+    ("naive top-k RAG, no closed-book confirmation", {"mode": "naive-rag", "confirm_threshold": None}),
     ("+RET", {"mode": "mmkb-rag", "use_ret": True, "use_srt": False, "use_mct": False}),
     ("+SRT", {"mode": "mmkb-rag", "use_ret": False, "use_srt": True, "use_mct": False}),
     ("+SRT+MCT", {"mode": "mmkb-rag", "use_ret": False, "use_srt": True, "use_mct": True}),
@@ -34,6 +37,10 @@ ABLATIONS = [
     # γ = 0.5 is the paper's threshold; the shipped RET head is over-confident in its closed-book
     # answers, and γ = 0.1 did best on a worldkb dev set (seed 1, disjoint from this benchmark).
     ("RET+SRT+MCT, γ=0.1", {"mode": "mmkb-rag", "use_ret": True, "use_srt": True, "use_mct": True, "gamma": 0.1}),
+    ("RET+SRT+MCT, no closed-book confirmation", {"mode": "mmkb-rag", "use_ret": True, "use_srt": True,
+                                                  "use_mct": True, "confirm_threshold": None}),
+    ("RET+SRT+MCT, no shared-picture gate", {"mode": "mmkb-rag", "use_ret": True, "use_srt": True, "use_mct": True,
+                                             "shared_picture_gate": False}),
 ]
 
 

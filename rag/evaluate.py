@@ -20,7 +20,8 @@ def prediction_record(ex: KBVQAExample, out: RAGAnswer, correct: bool) -> dict:
     """One line of the predictions file."""
     return {"data_id": ex.data_id, "prediction": out.answer, "correct": correct, "retrieved": out.retrieved,
             "p_ret": out.p_ret, "familiarity": out.familiarity,
-            "unknown_entity": out.unknown_entity, "semantic_tags": asdict(out.tags),
+            "unknown_entity": out.unknown_entity, "shared_picture": out.shared_picture,
+            "confirmed": out.confirmed, "semantic_tags": asdict(out.tags),
             "retrieved_entities": list(dict.fromkeys(c.entity_key for c in out.candidates)),
             "citations": [{"entity": c.entity_key, "document_id": c.document_id, "relevance": c.relevance,
                            "consistency": c.consistency, "score": round(c.retrieval_score, 4)} for c in out.citations],

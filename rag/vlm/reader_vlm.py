@@ -138,12 +138,14 @@ class ReaderVLM:
         return np.concatenate([p, np.full(len(documents) - len(p), 0.5)]) if len(p) < len(documents) else p
 
     @torch.inference_mode()
-    def inspect(self, images, questions) -> tuple[list[str], np.ndarray, list[SemanticTags]]:
-        """Closed-book answers, P([Ret]) and semantic tags from one pass over the image and question."""
+    def inspect(self, images, questions) -> tuple[list[str], np.ndarray, np.ndarray, list[SemanticTags]]:
+        """Closed-book answers, their probabilities, P([Ret]) and semantic tags from one pass over the
+        image and question."""
         _, h = self._hidden(questions, images)
-        answers = [self.cfg.answers[i] for i in self.model.closed_book(h)["answer"].argmax(-1).tolist()]
+        conf, idx = torch.softmax(self.model.closed_book(h)["answer"], -1).max(-1)
+        answers = [self.cfg.answers[i] for i in idx.tolist()]
         p_ret = torch.softmax(self.model.ret_logits(h), -1)[:, 0].numpy()
-        return answers, p_ret, self._tags(h, len(questions))
+        return answers, conf.numpy(), p_ret, self._tags(h, len(questions))
 
     @torch.inference_mode()
     def semantic_tags(self, images, questions) -> list[SemanticTags]:

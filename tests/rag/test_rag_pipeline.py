@@ -290,6 +290,64 @@ def test_nearest_entity_check_needs_no_image_index():
     assert MMKBRAG(Reader(), NoIndex()).nearest_unknown(np.ones(4, np.float32)) is None
 
 
+def test_shared_picture_makes_ret_retrieve(rag, tiny_kb, monkeypatch):
+    """When the image's nearest indexed entities share one picture (a flag two territories fly), the
+    picture cannot say which one it shows: RET retrieves whatever the tag says, and names them."""
+    from index.search import EntityHit
+
+    image, q = tiny_kb / "images" / "btn.png", "What is the capital of this country?"
+    vec = rag.vlm.embed_images([str(image)])[0]
+    rag.vlm.memory, rag.vlm.familiarity_threshold = vec[None] / np.linalg.norm(vec), 0.5  # familiar
+    nearest = rag.reference.search_embedding("image", vec, k=1)[0].key
+    rag.vlm.known_entities = frozenset({nearest, "country:ZZZ"})
+    assert rag(image, q, gamma=1.01).retrieved is False  # a picture of one entity: the tag decides
+    search = rag.reference.search_embedding
+
+    def with_twin(modality, query, k=10, **kw):
+        hits = search(modality, query, k=k, **kw)
+        if modality == "image" and k > 1 and hits:  # another entity with the very same picture
+            hits.insert(1, EntityHit("country:ZZZ", "Twin", "country", hits[0].score))
+        return hits[:k]
+
+    monkeypatch.setattr(rag.reference, "search_embedding", with_twin)
+    shared = rag(image, q, gamma=1.01)
+    assert shared.retrieved and shared.shared_picture == [nearest, "country:ZZZ"] and shared.unknown_entity is None
+    assert rag(image, q, gamma=1.01, shared_picture_gate=False).retrieved is False
+    assert rag(image, q, gamma=1.01, familiarity_gate=False).retrieved is False
+
+
+def test_closed_book_answer_confirmed_by_the_first_document():
+    """The VLM's own answer wins over the span read only when it is probable enough and the first
+    document states it as whole words."""
+    from rag.vlm.base import Document
+
+    docs = [Document(1, "country:ROU", "Romania", "The capital of Romania is Bucharest."),
+            Document(2, "country:ITA", "Italy", "The capital of Italy is Rome.")]
+    confirmed = MMKBRAG.confirmed
+    assert confirmed("Bucharest", 0.6, docs, 0.5) and confirmed("bucharest.", 0.6, docs, 0.5)
+    assert not confirmed("Bucharest", 0.4, docs, 0.5)  # not sure enough
+    assert not confirmed("Bucharest", 0.9, docs, None)  # turned off
+    assert not confirmed("Bucharest", None, docs, 0.5)  # a backend without closed-book probabilities
+    assert not confirmed("Rome", 0.9, docs, 0.5)  # only the second document says it
+    assert not confirmed("Roman", 0.9, [docs[0]], 0.5) and not confirmed("", 0.9, docs, 0.5)
+    assert not confirmed("Bucharest", 0.9, [], 0.5)
+    with pytest.raises(ValueError, match="confirm_threshold"):
+        RAGConfig(confirm_threshold=1.5)
+
+
+def test_pipeline_answers_with_the_confirmed_closed_book_answer(rag, tiny_kb, monkeypatch):
+    image, q = tiny_kb / "images" / "btn.png", "What is the capital of this country?"
+    first = rag(image, q, mode="naive-rag", confirm_threshold=None)
+    text = first.candidates[0].text
+    word = text.split()[-1].strip(".")
+    inspect = rag.vlm.inspect
+    monkeypatch.setattr(rag.vlm, "inspect",
+                        lambda images, questions: ([word], np.array([0.9]), *inspect(images, questions)[2:]))
+    out = rag(image, q, mode="naive-rag")
+    assert out.confirmed and out.answer == word
+    assert rag(image, q, mode="naive-rag", confirm_threshold=0.95).confirmed is False
+
+
 def test_self_labelling_reads_held_out_views_only(tmp_path, monkeypatch):
     """The RET/SRT labels come from views reading never trained on, about known and calibration
     entities in equal parts."""
