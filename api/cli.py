@@ -186,11 +186,14 @@ def train_vlm(read_steps: int = 900, tag_steps: int = 300, out: Optional[Path] =
     console.print(f"mmkb-reader written to [bold]{path}[/]")
 
 
-def _rag(mode: str, ret: bool, srt: bool, mct: bool, vlm: Optional[str], familiarity_gate: bool = True):
+def _rag(mode: str, ret: bool, srt: bool, mct: bool, vlm: Optional[str], familiarity_gate: bool = True,
+         confirm: bool = True):
     from rag.pipeline import MMKBRAG, RAGConfig
 
     try:
         config = RAGConfig(mode=mode, use_ret=ret, use_srt=srt, use_mct=mct, familiarity_gate=familiarity_gate)
+        if not confirm:
+            config.confirm_threshold = None
         return MMKBRAG.load(vlm, config)
     except (ValueError, FileNotFoundError) as err:
         _fail(str(err))
@@ -203,6 +206,8 @@ def ask(image_arg: Annotated[Optional[Path], typer.Argument(metavar="[IMAGE]", s
         question: Annotated[Optional[str], typer.Option("--question", help="the question (or give it second)")] = None,
         mode: str = "mmkb-rag", ret: bool = True, srt: bool = True, mct: bool = True,
         familiarity_gate: Annotated[bool, typer.Option(help="RET also retrieves for an entity new to the VLM")] = True,
+        confirm: Annotated[bool, typer.Option(help="answer with the VLM's own answer when the first document "
+                                                   "read states it")] = True,
         vlm: Optional[str] = None, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Answer a question about an image, with citations (KB-VQA):
     mmkb ask --image P --question Q, or mmkb ask P Q."""
@@ -213,7 +218,7 @@ def ask(image_arg: Annotated[Optional[Path], typer.Argument(metavar="[IMAGE]", s
         _fail("give an image and a question: mmkb ask --image P --question \"What is the capital of this country?\"")
     if not image.is_file():
         _fail(f"image not found: {image}")
-    rag = _rag(mode, ret, srt, mct, vlm, familiarity_gate)
+    rag = _rag(mode, ret, srt, mct, vlm, familiarity_gate, confirm)
     try:
         out = rag(image, question)
     except (IndexNotBuiltError, ValueError) as err:
@@ -246,8 +251,8 @@ def ask(image_arg: Annotated[Optional[Path], typer.Argument(metavar="[IMAGE]", s
 
 @eval_app.command("kbvqa")
 def eval_kbvqa(questions: Path, images: Path, predictions: Path, mode: str = "mmkb-rag", ret: bool = True,
-               srt: bool = True, mct: bool = True, familiarity_gate: bool = True, vlm: Optional[str] = None,
-               evqa: bool = False) -> None:
+               srt: bool = True, mct: bool = True, familiarity_gate: bool = True, confirm: bool = True,
+               vlm: Optional[str] = None, evqa: bool = False) -> None:
     """Run KB-VQA on an InfoSeek JSONL (or E-VQA CSV with --evqa) file and print the metric table."""
     from rag.evaluate import evaluate
     from rag.kbvqa.datasets import read_evqa, read_infoseek
@@ -258,7 +263,7 @@ def eval_kbvqa(questions: Path, images: Path, predictions: Path, mode: str = "mm
         _fail(str(err))
     if not images.is_dir():
         _fail(f"images folder not found: {images} (images are DIR/<image_id>.png or .jpg)")
-    rag = _rag(mode, ret, srt, mct, vlm, familiarity_gate)
+    rag = _rag(mode, ret, srt, mct, vlm, familiarity_gate, confirm)
     try:
         summary = evaluate(rag, examples, images, predictions)
     except FileNotFoundError as err:

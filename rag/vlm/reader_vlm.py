@@ -114,13 +114,6 @@ class ReaderVLM:
         return best
 
     @torch.inference_mode()
-    def closed_book_confidence(self, images, questions) -> tuple[list[str], np.ndarray]:
-        _, h = self._hidden(questions, images)
-        p = torch.softmax(self.model.closed_book(h)["answer"], -1)
-        conf, idx = p.max(-1)
-        return [self.cfg.answers[i] for i in idx.tolist()], conf.numpy()
-
-    @torch.inference_mode()
     def retrieval_needed(self, images, questions) -> np.ndarray:
         _, h = self._hidden(questions, images)
         return torch.softmax(self.model.ret_logits(h), -1)[:, 0].numpy()

@@ -100,7 +100,7 @@ def test_eval_command_on_a_hand_written_infoseek_file(rag, tiny_kb, tiny_reader,
     assert result.exit_code == 0, result.output
     preds = [json.loads(line) for line in out.read_text().splitlines()]
     assert [p["data_id"] for p in preds] == ["q1", "q2"]
-    assert {"prediction", "semantic_tags", "retrieved_entities", "p_ret"} <= set(preds[0])
+    assert {"prediction", "semantic_tags", "retrieved_entities", "p_ret", "confirmed", "shared_picture"} <= set(preds[0])
     assert "unseen_entity" in result.output and "All" in result.output
 
 
@@ -118,6 +118,10 @@ def test_ask_command_json(rag, tiny_kb, tiny_reader):
                                      "What is the capital of this country?", "--vlm", str(tiny_reader), "--json"])
     assert named.exit_code == 0, named.output
     assert json.loads(named.stdout)["question"] == "What is the capital of this country?"
+    unconfirmed = CliRunner().invoke(app, ["ask", str(tiny_kb / "images" / "btn.png"), "What is the capital of this country?",
+                                           "--mode", "naive-rag", "--no-confirm", "--vlm", str(tiny_reader), "--json"])
+    assert unconfirmed.exit_code == 0, unconfirmed.output
+    assert json.loads(unconfirmed.stdout)["confirmed"] is False
     no_question = CliRunner().invoke(app, ["ask", "--image", str(tiny_kb / "images" / "btn.png")])
     assert no_question.exit_code == 2 and "give an image and a question" in no_question.output
 
