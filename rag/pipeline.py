@@ -316,13 +316,18 @@ class MMKBRAG:
         cands = self.retrieve(search_vector(), question, tags, cfg.k_docs, cfg)
         lap("retrieve")
         docs = self._documents(cands)
-        if cfg.mode == "naive-rag" or not (cfg.use_srt or cfg.use_mct):
-            answer, _, _ = self.vlm.read(vec, question, docs) if docs else ("", 0, -1)
-            confirmed = self.confirmed(closed_answer, closed_conf, docs, cfg.confirm_threshold)
+
+        def answer_from(read: list[Document], cited: list[Citation]) -> RAGAnswer:
+            """Read `read` (the closed-book answer when the first of them states it) and cite `cited`."""
+            answer = self.vlm.read(vec, question, read)[0] if read else ""
+            confirmed = self.confirmed(closed_answer, closed_conf, read, cfg.confirm_threshold)
             lap("read")
             return RAGAnswer(question, closed_answer if confirmed else answer or closed_answer, cfg.mode, True,
-                             p_ret, tags, cands, cands, timings, familiarity=fam, unknown_entity=unknown,
+                             p_ret, tags, cited, cands, timings, familiarity=fam, unknown_entity=unknown,
                              shared_picture=shared, confirmed=confirmed)
+
+        if cfg.mode == "naive-rag" or not (cfg.use_srt or cfg.use_mct):
+            return answer_from(docs, cands)
         kept = list(range(len(docs)))
         if cfg.use_srt:
             rel = self.vlm.relevance([vec] * len(docs), [question] * len(docs), docs)
@@ -345,9 +350,4 @@ class MMKBRAG:
         chosen = [docs[i] for i in kept]
         if cfg.mct_variant == "merge" and len(chosen) > 1:
             chosen = [replace(chosen[0], text=" ".join(d.text for d in chosen))]
-        answer, _, _ = self.vlm.read(vec, question, chosen)
-        confirmed = self.confirmed(closed_answer, closed_conf, chosen, cfg.confirm_threshold)
-        lap("read")
-        return RAGAnswer(question, closed_answer if confirmed else answer or closed_answer, cfg.mode, True, p_ret,
-                         tags, [cands[i] for i in kept], cands, timings, familiarity=fam, unknown_entity=unknown,
-                         shared_picture=shared, confirmed=confirmed)
+        return answer_from(chosen, [cands[i] for i in kept])
