@@ -33,7 +33,7 @@ def write_outputs(result, out: Path, stem: str = "sample") -> list[Path]:
 
 def _run(prompt: str, refs: list[Path], image: Optional[Path], n: int, steps: Optional[int], seed: int, out: Path,
          fast: bool, int8: bool, text_scale: Optional[float], ref_scale: Optional[float], model: Optional[str],
-         stem: str) -> None:
+         stem: str, ground: bool = False) -> None:
     from generator.pipeline import GenerationPipeline
 
     for p in refs + ([image] if image is not None else []):
@@ -43,8 +43,16 @@ def _run(prompt: str, refs: list[Path], image: Optional[Path], n: int, steps: Op
         _fail(f"--n must be at least 1, got {n}")
     try:
         pipe = GenerationPipeline.from_pretrained(model, fast=fast, int8=int8)
-        result = pipe(prompt, refs=refs, image=image, n=n, steps=steps, seed=seed,
-                      text_scale=text_scale, ref_scale=ref_scale)
+        options = dict(n=n, steps=steps, seed=seed, text_scale=text_scale, ref_scale=ref_scale)
+        if ground:
+            from index.search import ReferenceIndex
+            from rag.grounding import Grounder, generate_grounded
+
+            reference = ReferenceIndex.from_settings()
+            result = generate_grounded(pipe, Grounder(reference), prompt, **options)
+            _say_grounding(result.provenance["grounding"], reference)
+        else:
+            result = pipe(prompt, refs=refs, image=image, **options)
     except (FileNotFoundError, ValueError) as err:
         _fail(str(err))
     paths = write_outputs(result, out, stem)
@@ -54,6 +62,22 @@ def _run(prompt: str, refs: list[Path], image: Optional[Path], n: int, steps: Op
         print(p)
 
 
+def _say_grounding(grounding: dict, reference) -> None:
+    """Which entities the prompt named and the references that stand for them."""
+    for m in grounding["mentions"]:
+        how = f"{m['how']} {m['score']:.2f}" if m["how"] == "search" else m["how"]
+        console.print(f"  {m['text']!r} → {m['key']} ({m['name']}, by {how}); reference {m['style']} image",
+                      markup=False)
+    for phrase in grounding["unresolved"]:
+        console.print(f"  [yellow]no indexed entity matches[/] {phrase!r}: it stays in the prompt as text")
+    if not grounding["mentions"]:
+        held = reference.store.stats()["entities"]
+        hint = "" if held else " (the index holds no entities: run `mmkb demo` or `mmkb index ingest` first)"
+        console.print(f"  the prompt names no indexed entity{hint}; generating from the text alone")
+    else:
+        console.print(f"  caption for the generator: {grounding['caption']!r}", markup=False)
+
+
 @app.command("generate")
 def generate(prompt: Annotated[str, typer.Option(help="what to draw")],
              ref: Annotated[Optional[list[Path]], typer.Option(help="reference image (repeat for up to 3)")] = None,
@@ -61,9 +85,14 @@ def generate(prompt: Annotated[str, typer.Option(help="what to draw")],
              fast: Annotated[bool, typer.Option(help="few-step distilled model (default 4 steps)")] = False,
              int8: Annotated[bool, typer.Option(help="int8 dynamic quantization of the DiT")] = False,
              text_scale: Optional[float] = None, ref_scale: Optional[float] = None,
-             model: Annotated[Optional[str], typer.Option(help="checkpoint name or folder")] = None) -> None:
-    """Text-to-image, or generation from reference images (composition with 2–3 references)."""
-    _run(prompt, list(ref or []), None, n, steps, seed, out, fast, int8, text_scale, ref_scale, model, "sample")
+             model: Annotated[Optional[str], typer.Option(help="checkpoint name or folder")] = None,
+             ground: Annotated[bool, typer.Option(help="without --ref: find the entities the prompt names in the "
+                                                       "index and condition on their images")] = True) -> None:
+    """Knowledge-grounded generation: the entities a prompt names ("the flag of Tuvalu on a green background")
+    are found in the index and their images become the references; or give the references with --ref
+    (composition with 2–3 references)."""
+    _run(prompt, list(ref or []), None, n, steps, seed, out, fast, int8, text_scale, ref_scale, model, "sample",
+         ground=ground and not ref)
 
 
 @app.command("edit")

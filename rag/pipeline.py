@@ -165,9 +165,9 @@ class MMKBRAG:
             if not images:
                 return None
             try:  # the vectors the image index already holds
-                vectors = self.reference.vector_index("image").reconstruct(np.array([i for i, _ in images]))
+                vectors = self.reference.vector_index("image").reconstruct(np.array([i for i, _, _ in images]))
             except (KeyError, RuntimeError):  # not indexed yet: embed them
-                vectors = self.reference.image_embedder().encode_images([p for _, p in images])
+                vectors = self.reference.image_embedder().encode_images([p for _, p, _ in images])
             v = vectors.mean(0)
             self._entity_vecs[key] = v / max(float(np.linalg.norm(v)), 1e-8)
         return self._entity_vecs[key]

@@ -157,15 +157,26 @@ class EntityStore:
             out[key] = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
         return out
 
-    def entity_images(self, keys: Sequence[str]) -> dict[str, list[tuple[int, Path]]]:
-        """Entity key → (image id, absolute path) of each of its images."""
+    def entity_images(self, keys: Sequence[str]) -> dict[str, list[tuple[int, Path, str | None]]]:
+        """Entity key → (image id, absolute path, style) of each of its images."""
         with self._sessions() as s:
-            rows = s.execute(select(Entity.key, Image.id, Image.path).join(Image, Image.entity_id == Entity.id)
+            rows = s.execute(select(Entity.key, Image.id, Image.path, Image.style)
+                             .join(Image, Image.entity_id == Entity.id)
                              .where(Entity.key.in_(list(keys))).order_by(Image.id)).all()
-        out: dict[str, list[tuple[int, Path]]] = {}
-        for key, image_id, path in rows:
-            out.setdefault(key, []).append((image_id, self.home / path))
+        out: dict[str, list[tuple[int, Path, str | None]]] = {}
+        for key, image_id, path, style in rows:
+            out.setdefault(key, []).append((image_id, self.home / path, style))
         return out
+
+    def names(self) -> list[tuple[str, str, str, list[str], dict]]:
+        """(key, kind, name, aliases, attributes) of every entity, in id order: what prompts name."""
+        with self._sessions() as s:
+            entities = s.execute(select(Entity.id, Entity.key, Entity.kind, Entity.name, Entity.attributes)
+                                 .order_by(Entity.id)).all()
+            aliases: dict[int, list[str]] = {}
+            for entity_id, alias in s.execute(select(Alias.entity_id, Alias.alias).order_by(Alias.id)):
+                aliases.setdefault(entity_id, []).append(alias)
+        return [(key, kind, name, aliases.get(eid, []), attrs or {}) for eid, key, kind, name, attrs in entities]
 
     # --- index versions ------------------------------------------------------------------------
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from generator.dit import DIT_PRESETS, FLOW_LEVEL, DiT, DiTConfig, euler_sample, guided_velocity, rope_angles
-from tests.generator.conftest import perturb
+from tests.conftest import perturb
 
 
 def tiny(seed: int = 0) -> DiT:

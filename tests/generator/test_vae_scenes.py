@@ -79,7 +79,7 @@ def test_scene_checks_and_pixel_identifier_on_ground_truth():
 
 
 def test_deepened_decoder_starts_as_the_same_function():
-    from tests.generator.conftest import perturb
+    from tests.conftest import perturb
     from generator.vae import deepen_decoder
 
     torch.manual_seed(0)
