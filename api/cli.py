@@ -282,12 +282,27 @@ def eval_kbvqa(questions: Path, images: Path, predictions: Path, mode: str = "mm
 
 @app.command("demo")
 def demo(out: Optional[Path] = None, rebuild: bool = False) -> None:
-    """The main job on embedded defaults: ingest worldkb, build the index, run sample searches, write a page."""
+    """The main job on embedded defaults: ingest worldkb, build the index, run sample searches, answer
+    questions about images, generate from prompts that name entities, write a page."""
     from api.demo import run_demo
 
     page = run_demo(out, rebuild=rebuild)
     console.print(f"results page: [bold]{page}[/]")
     print(page)
+
+
+@app.command("serve")
+def serve(host: str = "127.0.0.1", port: int = 8000,
+          vlm: Annotated[Optional[str], typer.Option(help="the VLM for /v1/vqa (default: the shipped mmkb-reader)")] = None,
+          model: Annotated[Optional[str], typer.Option(help="the DiT for /v1/generate (name or folder)")] = None) -> None:
+    """The HTTP API (POST /v1/vqa, /v1/generate, /v1/search) and a web page to try it, on the configured index."""
+    import uvicorn
+
+    from api.app import create_app
+    from api.deps import Services
+
+    console.print(f"mmkb on [bold]http://{host}:{port}/[/] (API reference: /docs); models load on first use")
+    uvicorn.run(create_app(Services(vlm=vlm, dit=model)), host=host, port=port, log_level="info")
 
 
 def _mount_generator() -> None:

@@ -1,4 +1,5 @@
-"""The main job on embedded defaults: ingest worldkb, build the index, run sample searches, write a page."""
+"""The main job on embedded defaults: ingest worldkb, build the index, run sample searches, answer questions,
+generate from prompts that name entities, write a page."""
 from __future__ import annotations
 
 import base64
@@ -51,9 +52,7 @@ def ensure_index(ref: ReferenceIndex, rebuild: bool = False) -> None:
 def _thumb(path: Path, size: int = 48) -> str:
     img = PILImage.open(path).convert("RGBA")
     img.thumbnail((size, size))
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    return _png(img)
 
 
 def _rows(hits: list[EntityHit], home: Path, expected: str | None) -> str:
@@ -97,6 +96,49 @@ def answer_questions() -> list[dict]:
     return out
 
 
+GENERATION_PROMPTS = ["the flag of Tuvalu on a green background",
+                      "the Japanese flag on the left and the red apple emoji on the right on a pink background"]
+
+
+def grounded_generations(ref: ReferenceIndex, n: int = 2) -> list[dict]:
+    """Knowledge-grounded generation with the shipped DiT: prompts that name entities (skipped without one)."""
+    from generator.pipeline import GenerationPipeline
+    from rag.grounding import Grounder, generate_grounded
+
+    try:
+        pipe = GenerationPipeline.from_pretrained()
+    except FileNotFoundError as err:
+        console.print(f"no generator: skipping generation ({err})")
+        return []
+    grounder = Grounder(ref)
+    out = []
+    for prompt in GENERATION_PROMPTS:
+        t = time.perf_counter()
+        result = generate_grounded(pipe, grounder, prompt, n=n)
+        out.append({"prompt": prompt, "result": result, "ms": 1000 * (time.perf_counter() - t)})
+        named = ", ".join(m["key"] for m in result.provenance["grounding"]["mentions"])
+        console.print(f"“{prompt}” → {named}: {n} images")
+    return out
+
+
+def _generation_block(g: dict) -> str:
+    prov = g["result"].provenance
+    refs = "".join(f'<img src="{_thumb(Path(u["path"]), 48)}" title="{html.escape(u.get("name", ""))}"> '
+                   for u in prov["references"])
+    named = "; ".join(f"“{html.escape(m['text'])}” → <code>{html.escape(m['key'])}</code> ({m['how']})"
+                      for m in prov["grounding"]["mentions"])
+    images = "".join(f'<img src="{_png(im)}" width="128" height="128" style="image-rendering:pixelated;margin:4px">'
+                     for im in g["result"].images)
+    return (f"<h2>“{html.escape(g['prompt'])}”</h2><p>{named}<br>references {refs} · caption for the DiT: "
+            f"“{html.escape(prov['caption'])}” · {prov['steps']} steps · {g['ms']:.0f} ms</p><p>{images}</p>")
+
+
+def _png(img: PILImage.Image) -> str:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
 def _answer_block(a: dict) -> str:
     out = a["answer"]
     cites = "".join(f"<li><code>{html.escape(c.entity_key)}</code> · section {c.document_id}"
@@ -110,7 +152,8 @@ def _answer_block(a: dict) -> str:
             f"{html.escape(str(out.tags.entity))} / {html.escape(str(out.tags.category))})</p><ul>{cites}</ul>")
 
 
-def render_page(results: list[dict], home: Path, meta: dict, answers: list[dict] | None = None) -> str:
+def render_page(results: list[dict], home: Path, meta: dict, answers: list[dict] | None = None,
+                generations: list[dict] | None = None) -> str:
     blocks = []
     for r in results:
         query = (f'<img src="{_thumb(r["image"], 96)}"> (expected <code>{r["expected"]}</code>)'
@@ -124,6 +167,7 @@ table{{border-collapse:collapse;width:100%}}td,th{{border-bottom:1px solid #ddd;
 tr.hit{{background:#e6f4ea}}img{{vertical-align:middle}}code{{font-size:90%}}</style></head><body>
 <h1>mmkb sample searches</h1><p>{info}</p>{''.join(blocks)}
 {"<h1>Questions answered (KB-VQA)</h1>" + "".join(_answer_block(a) for a in answers) if answers else ""}
+{"<h1>Knowledge-grounded generation</h1>" + "".join(_generation_block(g) for g in generations) if generations else ""}
 </body></html>"""
 
 
@@ -150,11 +194,12 @@ def run_demo(out: Path | None = None, rebuild: bool = False, k: int = 5) -> Path
         results.append({"image": image, "expected": expected, "hits": hits, "ms": 1000 * (time.perf_counter() - t)})
         console.print(f"{image.name} → {hits[0].key} ({hits[0].name}, {hits[0].score:.3f}); expected {expected}")
     answers = answer_questions()
+    generations = grounded_generations(ref)
     meta = {"database": settings.db_url, "entities": ref.store.stats()["entities"],
             "text embedder": settings.text_embedder, "image embedder": settings.image_embedder,
             "image embedder trained": ref.image_embedder().trained}
     out = Path(out) if out else settings.home_dir / "demo"
     out.mkdir(parents=True, exist_ok=True)
     page = out / "index.html"
-    page.write_text(render_page(results, ref.store.home, meta, answers), encoding="utf-8")
+    page.write_text(render_page(results, ref.store.home, meta, answers, generations), encoding="utf-8")
     return page

@@ -10,14 +10,17 @@ one mention becomes "the flag" / "the emoji", two or three become "the first", "
 the order they are named (`generator.scenes`, the composition captions).
 
 Mentions are found in three ways, longest first:
-- a country's name, or an alias of four letters or more ("United States of America"), anywhere;
+- a country's name, or an alias of four letters or more ("United States of America"), anywhere; its
+  three-letter code in capitals beside "flag" ("the flag of the USA");
 - an emoji's name or short name followed by "emoji" ("the red apple emoji"): emoji names are common
-  words ("Man", "Star"), so the word "emoji" has to say one is meant;
+  words ("Man", "Star"), so the word "emoji" has to say one is meant, and the name has to be the whole
+  phrase ("the smiling cat emoji" is searched, not read as "Cat");
 - "the flag of X" / "X flag" / "X emoji" whose X names nothing exactly: X goes to the index's text
   search (FAISS over the sections) restricted to that kind, and its best entity is kept when its
   score reaches `search_threshold` (0.5; on the starter KB "pizza slice" → Slice of pizza 0.68,
-  "smiling cat" → Grinning cat face with smiling eyes 0.70, "unicorn head" → Unicorn face 0.56 pass, "Atlantis" → Saint Helena 0.44 and
-  "laptop" → Notebook 0.41 do not); a demonym ("the Japanese flag") names its country.
+  "smiling cat" → Grinning cat face with smiling eyes 0.70 and "unicorn head" → Unicorn face 0.56
+  pass, "Atlantis" → Saint Helena 0.44 and "laptop" → Notebook 0.41 do not); a demonym ("the
+  Japanese flag") names its country.
 """
 from __future__ import annotations
 
@@ -34,7 +37,7 @@ MAX_MENTIONS = 3  # the DiT takes at most three references (generator.pipeline.M
 ORDINALS = ("first", "second", "third")
 _WORD = re.compile(r"[\w'’-]+")
 _ARTICLES = {"the", "a", "an"}
-_LONGEST = 8  # words in the longest name matched
+_LONGEST = 14  # words in the longest name matched (emoji names run to 11)
 
 
 @dataclass
@@ -83,6 +86,7 @@ class NameTable:
         self.countries: dict[str, tuple[str, str, str, str]] = {}  # form → (key, name, kind, how)
         self.emoji: dict[str, tuple[str, str, str, str]] = {}
         self.demonyms: dict[str, tuple[str, str, str, str]] = {}
+        self.codes: dict[str, tuple[str, str, str, str]] = {}  # "USA", "GBR": as written, beside "flag" only
         self.prominence: dict[str, float] = {}
         for key, kind, name, aliases, attrs in rows:
             facts = attrs.get("facts") or {}
@@ -91,6 +95,10 @@ class NameTable:
             forms = [(name, "name")] + [(a, "alias") for a in aliases if self._usable_alias(a, kind)]
             for form, how in forms:
                 self._add(table, _norm(form), (key, name, kind, how))
+            if kind == "country":
+                for code in aliases:
+                    if len(code) >= 3 and code.isalpha() and code.isupper():
+                        self._add(self.codes, code, (key, name, kind, "code"))
             if kind == "country" and isinstance(facts.get("demonym"), str):
                 self._add(self.demonyms, _norm(facts["demonym"]), (key, name, kind, "demonym"))
 
@@ -119,8 +127,9 @@ def _entity_phrase(words: list[re.Match], i: int, j: int) -> tuple[int, int]:
     low = [w.group().lower() for w in words]
     if j < len(low) and low[j] in ("flag", "emoji"):
         j += 1
-    if i >= 2 and low[i - 1] == "of" and low[i - 2] == "flag":
-        i -= 2
+    k = i - 1 if i >= 1 and low[i - 1] in _ARTICLES else i  # "the flag of the United Kingdom"
+    if k >= 2 and low[k - 1] == "of" and low[k - 2] == "flag":
+        i = k - 2
     if i >= 1 and low[i - 1] in _ARTICLES:
         i -= 1
     return i, j
@@ -152,7 +161,11 @@ def find_mentions(prompt: str, table: NameTable, reference: ReferenceIndex | Non
             before_emoji = j < len(low) and low[j] == "emoji"
             before_flag = j < len(low) and low[j] == "flag"
             if before_emoji and form in table.emoji:
+                if i > 0 and not taken[i - 1] and low[i - 1] not in _GRAMMAR:
+                    continue  # "the smiling cat emoji" is not the cat emoji: the whole phrase is searched
                 claim(i, j, table.emoji[form])
+            elif n == 1 and words[i].group() in table.codes and (before_flag or _after_flag_of(low, i)):
+                claim(i, j, table.codes[words[i].group()])  # "the flag of the USA", "the GBR flag"
             elif form in table.countries or possessive:
                 claim(i, j, table.countries[form[:-2] if possessive else form])
             elif before_flag and form in table.demonyms:
@@ -164,7 +177,8 @@ def find_mentions(prompt: str, table: NameTable, reference: ReferenceIndex | Non
                 continue
             kind = "country" if w == "flag" else "emoji"
             if w == "flag" and i + 1 < len(low) and low[i + 1] == "of":
-                span = _free_words(low, taken, i + 2, +1)
+                start = i + 3 if i + 2 < len(low) and low[i + 2] in _ARTICLES else i + 2
+                span = _free_words(low, taken, start, +1)
             else:
                 span = _free_words(low, taken, i - 1, -1)
             if span is None:
@@ -182,6 +196,11 @@ def find_mentions(prompt: str, table: NameTable, reference: ReferenceIndex | Non
                 unresolved.append(prompt[words[min(a, i)].start():words[max(b, i + 1) - 1].end()])
     found.sort(key=lambda m: m.start)
     return found, unresolved
+
+
+def _after_flag_of(low: list[str], i: int) -> bool:
+    k = i - 1 if i >= 1 and low[i - 1] in _ARTICLES else i
+    return k >= 2 and low[k - 1] == "of" and low[k - 2] == "flag"
 
 
 # Words of the DiT's caption grammar (positions, colours, joins) end a searched name.

@@ -1,0 +1,44 @@
+"""The HTTP API and its web page: `mmkb serve`, or `uvicorn api.app:app`.
+
+    POST /v1/vqa       image + question → answer, tags, citations          (mmkb ask)
+    POST /v1/generate  prompt [+ reference images] → PNGs + provenance     (mmkb generate)
+    POST /v1/search    image and/or text → entities                        (mmkb index search)
+    GET  /health       what the index holds and which models are loaded
+    GET  /             a page to try all three; GET /docs for the OpenAPI reference
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.responses import HTMLResponse
+
+from api.deps import Services, ServicesDep
+from api.routes import generate, search, vqa
+
+PAGE = Path(__file__).with_name("static") / "index.html"
+
+
+def create_app(services: Services | None = None) -> FastAPI:
+    app = FastAPI(title="mmkb", summary="Multimodal knowledge-based RAG: KB-VQA with citations and "
+                                          "knowledge-grounded image generation over one reference index.")
+    app.state.services = services or Services()
+    for module in (vqa, generate, search):
+        app.include_router(module.router)
+
+    @app.get("/health")
+    def health(services: ServicesDep) -> dict:
+        store = services.reference.store
+        active = {m: (v.count if v else None) for m in ("text", "image") for v in [store.active_index(m)]}
+        return {"status": "ok", "entities": store.stats()["entities"], "kinds": store.kinds(),
+                "indexed": active, "loaded": {"vlm": services._rag is not None,
+                                              "generators": [f"fast={f}, int8={q}" for f, q in services._generators]}}
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def page() -> str:
+        return PAGE.read_text(encoding="utf-8")
+
+    return app
+
+
+app = create_app()  # `uvicorn api.app:app`; nothing loads until the first request

@@ -1,0 +1,1 @@
+"""The HTTP routes: KB-VQA, knowledge-grounded generation, entity search."""

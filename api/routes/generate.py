@@ -1,0 +1,48 @@
+"""POST /v1/generate: knowledge-grounded image generation (the `mmkb generate` of HTTP).
+
+Without uploaded references, the entities the prompt names are found in the index and their images
+condition the DiT (rag.grounding); with references, they are used as given. Images come back as
+base64 PNGs beside the provenance: the caption the DiT got, which entities and images were used,
+seeds, steps and timings."""
+from __future__ import annotations
+
+import base64
+import io
+from typing import Annotated, Optional
+
+from fastapi import APIRouter, File, Form, HTTPException, UploadFile
+
+from api.deps import ServicesDep, read_image
+
+router = APIRouter()
+MAX_N = 8
+
+
+@router.post("/v1/generate")
+def generate(services: ServicesDep, prompt: Annotated[str, Form(description="e.g. the flag of Tuvalu on a green background")],
+             refs: Annotated[Optional[list[UploadFile]], File(description="up to 3 reference images")] = None,
+             n: Annotated[int, Form(ge=1, le=MAX_N)] = 1, steps: Annotated[Optional[int], Form(ge=1, le=100)] = None,
+             seed: Annotated[int, Form()] = 0,
+             fast: Annotated[bool, Form(description="the few-step distilled model (4 steps)")] = False,
+             ground: Annotated[bool, Form(description="find the entities the prompt names in the index")] = True) -> dict:
+    from rag.grounding import generate_grounded
+
+    pictures = [read_image(r, "reference image") for r in refs or []]
+    def render():
+        pipe = services.generator(fast=fast)
+        options = dict(n=n, steps=steps, seed=seed)
+        if ground and not pictures:
+            return generate_grounded(pipe, services.grounder, prompt, **options)
+        return pipe(prompt, refs=pictures, **options)
+
+    try:
+        result = services.run(render)
+    except (ValueError, FileNotFoundError) as err:
+        raise HTTPException(400, str(err)) from None
+    return {"images": [_png(img) for img in result.images], "provenance": result.provenance}
+
+
+def _png(img) -> str:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()

@@ -1,0 +1,28 @@
+"""POST /v1/search: the entities an image and/or a text match (the `mmkb index search` of HTTP)."""
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+from fastapi import APIRouter, File, Form, HTTPException, UploadFile
+
+from api.deps import ServicesDep, read_image
+
+router = APIRouter()
+
+
+@router.post("/v1/search")
+def search(services: ServicesDep, image: Annotated[Optional[UploadFile], File()] = None,
+           text: Annotated[Optional[str], Form()] = None, k: Annotated[int, Form(ge=1, le=100)] = 5,
+           kind: Annotated[Optional[str], Form(description="only entities of this kind, e.g. country")] = None) -> dict:
+    from index.search import IndexNotBuiltError
+
+    picture = read_image(image) if image is not None else None
+    if picture is None and not (text or "").strip():
+        raise HTTPException(400, "give an image, a text or both")
+    try:
+        hits = services.run(lambda: services.reference.search(text=text or None, image=picture, k=k,
+                                                             kinds=[kind] if kind else None))
+    except IndexNotBuiltError as err:
+        raise HTTPException(503, f"{err} (or `mmkb demo`, which ingests the starter KB and builds it)") from None
+    return {"hits": [{"key": h.key, "name": h.name, "kind": h.kind, "score": round(h.score, 4),
+                      "scores": {m: round(s, 4) for m, s in h.scores.items()}} for h in hits]}

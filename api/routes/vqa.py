@@ -1,0 +1,31 @@
+"""POST /v1/vqa: answer a question about an image with citations (the `mmkb ask` of HTTP)."""
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, HTTPException, UploadFile
+
+from api.deps import ServicesDep, plain, read_image
+
+router = APIRouter()
+
+
+@router.post("/v1/vqa")
+def vqa(services: ServicesDep, image: Annotated[UploadFile, File(description="the picture asked about")],
+        question: Annotated[str, Form(description="e.g. What is the capital of this country?")],
+        mode: Annotated[str, Form(description="no-rag, naive-rag or mmkb-rag")] = "mmkb-rag",
+        ret: Annotated[bool, Form()] = True, srt: Annotated[bool, Form()] = True,
+        mct: Annotated[bool, Form()] = True) -> dict:
+    """The answer, the tags, whether it retrieved and why, and the documents it cites."""
+    from index.search import IndexNotBuiltError
+
+    picture = read_image(image)
+    if not question.strip():
+        raise HTTPException(400, "the question is empty")
+    try:
+        out = services.run(lambda: services.rag(picture, question, mode=mode, use_ret=ret, use_srt=srt, use_mct=mct))
+    except IndexNotBuiltError as err:
+        raise HTTPException(503, f"{err} (or `mmkb demo`, which ingests the starter KB and builds it)") from None
+    except ValueError as err:
+        raise HTTPException(400, str(err)) from None
+    return plain(out.to_dict())

@@ -1,0 +1,114 @@
+"""The HTTP API on a tiny KB: KB-VQA, grounded generation, search, the page, and clear errors."""
+from __future__ import annotations
+
+import base64
+import io
+
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from api.app import create_app
+from api.deps import Services
+
+
+@pytest.fixture
+def services(home, tiny_kb):
+    from index.config import get_settings
+    from index.ingest import ingest_folder
+    from index.search import ReferenceIndex
+    from index.store import EntityStore
+
+    settings = get_settings()
+    store = EntityStore(settings.db_url, settings.home_dir)
+    ingest_folder(store, tiny_kb, show_progress=False)
+    s = Services()
+    s._reference = ReferenceIndex(store, settings)
+    return s
+
+
+def test_vqa_before_the_index_is_built_says_what_to_run(services, tiny_kb, tiny_reader):
+    from rag.pipeline import MMKBRAG
+    from rag.vlm.reader_vlm import ReaderVLM
+
+    services._rag = MMKBRAG(ReaderVLM.load(tiny_reader), services.reference)
+    client = TestClient(create_app(services))
+    with open(tiny_kb / "images" / "btn.png", "rb") as fh:
+        r = client.post("/v1/vqa", files={"image": ("btn.png", fh, "image/png")},
+                        data={"question": "What is the capital of this country?", "mode": "naive-rag"})
+    assert r.status_code == 503 and "mmkb index build" in r.json()["detail"]
+
+
+def test_vqa_answers_with_citations_and_refuses_bad_input(services, tiny_kb, tiny_reader):
+    from rag.pipeline import MMKBRAG
+    from rag.vlm.reader_vlm import ReaderVLM
+
+    services.reference.build(show_progress=False)
+    services._rag = MMKBRAG(ReaderVLM.load(tiny_reader), services.reference)
+    client = TestClient(create_app(services))
+    flag = (tiny_kb / "images" / "btn.png").read_bytes()
+    r = client.post("/v1/vqa", files={"image": ("btn.png", flag, "image/png")},
+                    data={"question": "What is the capital of this country?", "mode": "naive-rag"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["retrieved"] and body["mode"] == "naive-rag" and isinstance(body["answer"], str)
+    assert body["citations"] and body["citations"][0]["entity_key"] == "country:BTN"
+    assert set(body["tags"]) >= {"entity", "category", "attributes"}
+    bad = client.post("/v1/vqa", files={"image": ("notes.txt", b"not a picture", "text/plain")},
+                      data={"question": "What is the capital of this country?"})
+    assert bad.status_code == 400 and "notes.txt" in bad.json()["detail"] and "PNG" in bad.json()["detail"]
+    empty = client.post("/v1/vqa", files={"image": ("btn.png", flag, "image/png")}, data={"question": "  "})
+    assert empty.status_code == 400 and "empty" in empty.json()["detail"]
+    mode = client.post("/v1/vqa", files={"image": ("btn.png", flag, "image/png")},
+                       data={"question": "Capital?", "mode": "sometimes-rag"})
+    assert mode.status_code == 400 and "naive-rag" in mode.json()["detail"]
+    assert client.post("/v1/vqa", data={"question": "Capital?"}).status_code == 422  # no image
+
+
+def test_generate_grounds_the_prompt_and_returns_pngs(services, tiny_checkpoints):
+    from generator.pipeline import GenerationPipeline
+
+    services._generators[False, False] = GenerationPipeline.from_pretrained(tiny_checkpoints[0])
+    client = TestClient(create_app(services))
+    r = client.post("/v1/generate", data={"prompt": "the flag of Bhutan on the left and the red apple emoji on the "
+                                                    "right on a pink background", "n": "2", "steps": "1"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert len(body["images"]) == 2
+    img = Image.open(io.BytesIO(base64.b64decode(body["images"][0].split(",", 1)[1])))
+    assert img.size == (64, 64)
+    p = body["provenance"]
+    assert p["caption"] == "the first on the left and the second on the right on a pink background"
+    assert [u["entity"] for u in p["references"]] == ["country:BTN", "emoji:1F34E"] and p["seeds"] == [0, 1]
+    plain = client.post("/v1/generate", data={"prompt": "the flag of Bhutan on a blue background", "steps": "1",
+                                              "ground": "false"})
+    assert plain.status_code == 200 and plain.json()["provenance"]["references"] == []
+    too_many = client.post("/v1/generate", data={"prompt": "x", "n": "50"})
+    assert too_many.status_code == 422
+
+
+def test_search_health_and_page(services, tiny_kb):
+    services.reference.build(["text"], show_progress=False)
+    client = TestClient(create_app(services))
+    hits = client.post("/v1/search", data={"text": "Thimphu", "k": "2"}).json()["hits"]
+    assert hits[0]["key"] == "country:BTN" and "text" in hits[0]["scores"]
+    assert client.post("/v1/search", data={}).status_code == 400
+    health = client.get("/health").json()
+    assert health["entities"] == 3 and health["indexed"]["text"] > 0 and health["indexed"]["image"] is None
+    page = client.get("/")
+    assert page.status_code == 200 and "/v1/vqa" in page.text and "/v1/generate" in page.text
+
+
+def test_mmkb_serve_runs_the_app_on_the_given_port(monkeypatch):
+    import uvicorn
+    from typer.testing import CliRunner
+
+    from api.cli import app as cli
+
+    seen = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(app=app, **kw))
+    r = CliRunner().invoke(cli, ["serve", "--port", "8123", "--vlm", "some/reader"])
+    assert r.exit_code == 0, r.output
+    assert seen["port"] == 8123 and seen["host"] == "127.0.0.1" and "http://127.0.0.1:8123/" in r.output
+    assert seen["app"].state.services.vlm_name == "some/reader"
+    assert {"/v1/vqa", "/v1/generate", "/v1/search", "/health"} <= set(seen["app"].openapi()["paths"])
