@@ -31,8 +31,7 @@ def create_app(services: Services | None = None) -> FastAPI:
         store = services.reference.store
         active = {m: (v.count if v else None) for m in ("text", "image") for v in [store.active_index(m)]}
         return {"status": "ok", "entities": store.stats()["entities"], "kinds": store.kinds(),
-                "indexed": active, "loaded": {"vlm": services._rag is not None,
-                                              "generators": [f"fast={f}, int8={q}" for f, q in services._generators]}}
+                "indexed": active, "loaded": services.loaded()}
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page() -> str:

@@ -2,15 +2,14 @@
 generate from prompts that name entities, write a page."""
 from __future__ import annotations
 
-import base64
 import html
-import io
 import time
 from pathlib import Path
 
 from PIL import Image as PILImage
 from rich.console import Console
 
+from api.deps import png_data_url
 from index.config import get_settings
 from index.ingest import ingest_folder
 from index.search import EntityHit, ReferenceIndex
@@ -52,7 +51,7 @@ def ensure_index(ref: ReferenceIndex, rebuild: bool = False) -> None:
 def _thumb(path: Path, size: int = 48) -> str:
     img = PILImage.open(path).convert("RGBA")
     img.thumbnail((size, size))
-    return _png(img)
+    return png_data_url(img)
 
 
 def _rows(hits: list[EntityHit], home: Path, expected: str | None) -> str:
@@ -127,16 +126,10 @@ def _generation_block(g: dict) -> str:
                    for u in prov["references"])
     named = "; ".join(f"“{html.escape(m['text'])}” → <code>{html.escape(m['key'])}</code> ({m['how']})"
                       for m in prov["grounding"]["mentions"])
-    images = "".join(f'<img src="{_png(im)}" width="128" height="128" style="image-rendering:pixelated;margin:4px">'
+    images = "".join(f'<img src="{png_data_url(im)}" width="128" height="128" style="image-rendering:pixelated;margin:4px">'
                      for im in g["result"].images)
     return (f"<h2>“{html.escape(g['prompt'])}”</h2><p>{named}<br>references {refs} · caption for the DiT: "
             f"“{html.escape(prov['caption'])}” · {prov['steps']} steps · {g['ms']:.0f} ms</p><p>{images}</p>")
-
-
-def _png(img: PILImage.Image) -> str:
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
 def _answer_block(a: dict) -> str:

@@ -8,8 +8,11 @@ one's spinning workers — on 2 cores the DiT took 1.4 s per image from FastAPI'
 """
 from __future__ import annotations
 
+import base64
 import io
 import json
+import logging
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated
 
@@ -17,14 +20,17 @@ from fastapi import Depends, HTTPException, Request, UploadFile
 from PIL import Image, UnidentifiedImageError
 
 MAX_UPLOAD_BYTES = 10 << 20
+log = logging.getLogger("mmkb.api")
 
 
 class Services:
-    """Lazily loaded MMKB-RAG pipeline, generator pipelines and grounder over one reference index."""
+    """Lazily loaded MMKB-RAG pipeline, generator pipelines and grounder over one reference index.
+    The models load on the model thread (`run`); the index is made once, under a lock, for every thread."""
 
     def __init__(self, vlm: str | None = None, dit: str | None = None) -> None:
         self.vlm_name, self.dit_name = vlm, dit
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mmkb-models")
+        self._lock = threading.Lock()
         self._rag = None
         self._reference = None
         self._grounder = None
@@ -36,21 +42,20 @@ class Services:
 
     @property
     def reference(self):
-        if self._reference is None:
-            from index.search import ReferenceIndex
+        with self._lock:
+            if self._reference is None:
+                from index.search import ReferenceIndex
 
-            self._reference = self.rag.reference if self._rag is not None else ReferenceIndex.from_settings()
-        return self._reference
+                self._reference = ReferenceIndex.from_settings()
+            return self._reference
 
     @property
     def rag(self):
         if self._rag is None:
-            from index.search import ReferenceIndex
             from rag.pipeline import MMKBRAG
             from rag.vlm import load_vlm
 
-            self._rag = MMKBRAG(load_vlm(self.vlm_name), self._reference or ReferenceIndex.from_settings())
-            self._reference = self._rag.reference
+            self._rag = MMKBRAG(load_vlm(self.vlm_name), self.reference)
         return self._rag
 
     @property
@@ -65,8 +70,16 @@ class Services:
         if (fast, int8) not in self._generators:
             from generator.pipeline import GenerationPipeline
 
-            self._generators[fast, int8] = GenerationPipeline.from_pretrained(self.dit_name, fast=fast, int8=int8)
+            pipe = GenerationPipeline.from_pretrained(self.dit_name, fast=fast, int8=int8)
+            with self._lock:
+                self._generators[fast, int8] = pipe
         return self._generators[fast, int8]
+
+    def loaded(self) -> dict:
+        """Which models are loaded (for /health, from any thread)."""
+        with self._lock:
+            return {"vlm": self._rag is not None,
+                    "generators": [f"fast={f}, int8={q}" for f, q in self._generators]}
 
 
 def get_services(request: Request) -> Services:
@@ -77,7 +90,7 @@ ServicesDep = Annotated[Services, Depends(get_services)]
 
 
 def read_image(upload: UploadFile, what: str = "image") -> Image.Image:
-    """An uploaded file as an RGB(A) PIL image, or a 400 that says what was wrong."""
+    """An uploaded file as a decoded PIL image, or a 400/413 that says what was wrong."""
     data = upload.file.read(MAX_UPLOAD_BYTES + 1)
     if not data:
         raise HTTPException(400, f"the {what} {upload.filename!r} is empty: upload a PNG or JPEG file")
@@ -95,3 +108,17 @@ def read_image(upload: UploadFile, what: str = "image") -> Image.Image:
 def plain(obj):
     """JSON-ready: numpy scalars and arrays (in tags and scores) as Python numbers and lists."""
     return json.loads(json.dumps(obj, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
+
+
+def png_data_url(img: Image.Image) -> str:
+    """An image as a `data:image/png;base64,…` URL, for JSON replies and HTML pages."""
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def unavailable(err: Exception) -> HTTPException:
+    """A 503 for what the server lacks (a checkpoint, an image file): the detail without its paths, which
+    go to the server's log."""
+    log.error("unavailable: %s", err)
+    return HTTPException(503, f"the server is missing a file it needs ({type(err).__name__}); its log says which")

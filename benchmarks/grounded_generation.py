@@ -139,22 +139,13 @@ def scene_prompts(n: int, seed: int = 5):
 
 
 def score(images, items, pixel) -> dict:
-    from generator.identify import background_colour, crop, nearest_colour, placed_slot
+    """benchmarks/generation.py's scoring (entity in its slot by pixel NN, colour, position, clean)."""
+    from types import SimpleNamespace
 
-    ok = col = pos = 0
-    for img, (_, colour, objects) in zip(images, items):
-        arr = np.asarray(img.convert("RGB"))
-        slots = [s for _, s in objects]
-        bg = background_colour(arr, slots)
-        ok += all(pixel(crop(arr, s), bg) == a.key for a, s in objects)
-        col += nearest_colour(bg) == colour
-        if len(objects) == 1:
-            pos += placed_slot(arr, bg) == slots[0]
-    n = len(items)
-    out = {"n": n, "fidelity_pixel_nn": round(ok / n, 3), "background_colour": round(col / n, 3)}
-    if len(items[0][2]) == 1:
-        out["position"] = round(pos / n, 3)
-    return out
+    from benchmarks.generation import score as score_scenes
+
+    scenes = [SimpleNamespace(objects=objects, colour=colour) for _, colour, objects in items]
+    return score_scenes(np.stack([np.asarray(img.convert("RGB")) for img in images]), scenes, pixel, None)
 
 
 def main() -> None:
@@ -246,12 +237,13 @@ def markdown(r: dict) -> str:
         lines.append(f"| {row['phrase']} | {found} | {'yes' if row['right'] else 'no'} |")
     lines += ["",
               "## Generation from named entities", "",
-              "| prompts | method | n | entity right (pixel NN) | background colour | position | p50 ms / prompt |",
-              "|---|---|---|---|---|---|---|"]
+              "| prompts | method | n | entity right (pixel NN) | background colour | position | clean background "
+              "| p50 ms / prompt |",
+              "|---|---|---|---|---|---|---|---|"]
     for row in r["generation"]:
         pos = f"{row['position']:.0%}" if "position" in row else "–"
         lines.append(f"| {row['set']} | {row['method']} | {row['n']} | {row['fidelity_pixel_nn']:.0%} | "
-                     f"{row['background_colour']:.0%} | {pos} | {row['p50_ms']} |")
+                     f"{row['background_colour']:.0%} | {pos} | {row.get('clean_background', 0):.0%} | {row['p50_ms']} |")
     return "\n".join(lines) + "\n"
 
 

@@ -9,18 +9,20 @@ in a rendering the DiT trained on, and the prompt is rewritten in the DiT's capt
 one mention becomes "the flag" / "the emoji", two or three become "the first", "the second", … in
 the order they are named (`generator.scenes`, the composition captions).
 
-Mentions are found in three ways, longest first:
+Mentions are found in these ways, longest names first:
 - a country's name, or an alias of four letters or more ("United States of America"), anywhere; its
   three-letter code in capitals beside "flag" ("the flag of the USA");
 - an emoji's name or short name followed by "emoji" ("the red apple emoji"): emoji names are common
   words ("Man", "Star"), so the word "emoji" has to say one is meant, and the name has to be the whole
   phrase ("the smiling cat emoji" is searched, not read as "Cat");
+- a demonym before "flag" ("the Japanese flag") names its country;
 - "the flag of X" / "X flag" / "X emoji" whose X names nothing exactly: X goes to the index's text
   search (FAISS over the sections) restricted to that kind, and its best entity is kept when its
   score reaches `search_threshold` (0.5; on the starter KB "pizza slice" → Slice of pizza 0.68,
   "smiling cat" → Grinning cat face with smiling eyes 0.70 and "unicorn head" → Unicorn face 0.56
-  pass, "Atlantis" → Saint Helena 0.44 and "laptop" → Notebook 0.41 do not); a demonym ("the
-  Japanese flag") names its country.
+  pass, "Atlantis" → Saint Helena 0.44 and "laptop" → Notebook 0.41 do not).
+A name spans punctuation only where the name has it ("Man: red hair", not "South, Sudan"), and a
+phrase never grows into another mention's words.
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from generator.scenes import COLOURS
 from index.search import IndexNotBuiltError, ReferenceIndex
 
 # Renderings the shipped DiTs trained on, best first (generator.scenes.ASSET_STYLES): a reference in
@@ -35,8 +38,9 @@ from index.search import IndexNotBuiltError, ReferenceIndex
 PREFERRED_STYLES = ("flag", "emoji-google", "emoji-twitter")
 MAX_MENTIONS = 3  # the DiT takes at most three references (generator.pipeline.MAX_REFS)
 ORDINALS = ("first", "second", "third")
-_WORD = re.compile(r"[\w'’-]+")
+_WORD = re.compile(r"\w(?:[\w'’-]*\w)?")  # quotes around a word are not part of it
 _ARTICLES = {"the", "a", "an"}
+_QUOTES = " \t\n\"'‘’“”"
 _LONGEST = 14  # words in the longest name matched (emoji names run to 11)
 
 
@@ -76,7 +80,21 @@ class GroundedPrompt:
 
 
 def _norm(text: str) -> str:
-    return " ".join(w.lower().replace("’", "'") for w in _WORD.findall(text))
+    """Lower-case words, with the punctuation between them kept: "Man: red hair" → "man : red hair";
+    quotes drop out. Names and the prompt's word runs compare in this form."""
+    spans = [m.span() for m in _WORD.finditer(text)]
+    return _form(text, spans, 0, len(spans))
+
+
+def _form(text: str, spans: list[tuple[int, int]], i: int, j: int) -> str:
+    """The normalised form (`_norm`) of the words i..j-1 of `text`, `spans` being its words."""
+    out = []
+    for t in range(i, j):
+        if t > i:
+            gap = "".join(text[spans[t - 1][1]:spans[t][0]].split()).strip(_QUOTES)
+            out.append(f" {gap} " if gap else " ")
+        out.append(text[spans[t][0]:spans[t][1]].lower().replace("’", "'"))
+    return "".join(out)
 
 
 class NameTable:
@@ -121,103 +139,131 @@ class NameTable:
         return len(alias) >= 4 and not alias.isupper() and not alias.startswith("flag-")
 
 
-def _entity_phrase(words: list[re.Match], i: int, j: int) -> tuple[int, int]:
-    """Grow the words i..j-1 naming an entity to the phrase that names its picture: a leading article,
-    "flag of" before it, "flag"/"emoji" or "'s flag" after it."""
-    low = [w.group().lower() for w in words]
-    if j < len(low) and low[j] in ("flag", "emoji"):
-        j += 1
-    k = i - 1 if i >= 1 and low[i - 1] in _ARTICLES else i  # "the flag of the United Kingdom"
-    if k >= 2 and low[k - 1] == "of" and low[k - 2] == "flag":
-        i = k - 2
-    if i >= 1 and low[i - 1] in _ARTICLES:
-        i -= 1
-    return i, j
+# Words of the DiT's caption grammar (positions, joins; with the colours, `_GRAMMAR`): they end a name that
+# is searched (colours only a country's: emoji names hold colours). A word before an emoji's name that is
+# none of `_CAPTION_WORDS` may be part of its name.
+_CAPTION_WORDS = {"on", "at", "in", "and", "with", "next", "to", "of", "the", "a", "an", "background", "left",
+                  "right", "top", "bottom", "center", "centre", "beside", "above", "below", "flag", "emoji"}
+_GRAMMAR = _CAPTION_WORDS | {w for colour in COLOURS for w in colour.split()}
+
+
+class _Words:
+    """A prompt's words, their normalised forms, and which ones a mention has claimed."""
+
+    def __init__(self, prompt: str) -> None:
+        self.prompt = prompt
+        self.spans = [m.span() for m in _WORD.finditer(prompt)]
+        self.low = [_norm(prompt[a:b]) for a, b in self.spans]
+        self.taken = [False] * len(self.spans)
+
+    def __len__(self) -> int:
+        return len(self.spans)
+
+    def joined(self, i: int) -> bool:
+        """Words i-1 and i are only spaces or quotes apart (no comma or full stop between them)."""
+        return 0 < i < len(self) and not self.prompt[self.spans[i - 1][1]:self.spans[i][0]].strip(_QUOTES)
+
+    def free(self, i: int) -> bool:
+        return 0 <= i < len(self) and not self.taken[i]
+
+    def flag_of_before(self, i: int) -> int | None:
+        """Where "flag of" or "flag of the" ends right before word i starts, else None."""
+        k = i - 1 if self.free(i - 1) and self.low[i - 1] in _ARTICLES and self.joined(i) else i
+        if k >= 2 and self.low[k - 1] == "of" and self.low[k - 2] == "flag" and all(
+                self.free(t) and self.joined(t + 1) for t in (k - 2, k - 1)):
+            return k - 2
+        return None
+
+    def phrase(self, i: int, j: int) -> tuple[int, int]:
+        """Grow the words i..j-1 naming an entity to the phrase that names its picture: a leading article,
+        "flag of" before it, "flag"/"emoji" after it; never into a word another mention holds."""
+        if self.free(j) and self.joined(j) and self.low[j] in ("flag", "emoji"):
+            j += 1
+        flag = self.flag_of_before(i)
+        if flag is not None:
+            i = flag
+        if self.free(i - 1) and self.joined(i) and self.low[i - 1] in _ARTICLES:
+            i -= 1
+        return i, j
+
+    def run_of_free(self, start: int, step: int, stop: set[str], most: int = 4) -> tuple[int, int] | None:
+        """Up to `most` joined, unclaimed words not in `stop` from `start` going `step` (±1)."""
+        idx, t = [], start
+        while self.free(t) and len(idx) < most and self.low[t] not in stop and (
+                not idx or self.joined(max(t, idx[-1]))):
+            idx.append(t)
+            t += step
+        return (min(idx), max(idx) + 1) if idx else None
 
 
 def find_mentions(prompt: str, table: NameTable, reference: ReferenceIndex | None = None,
                   search_threshold: float = 0.5) -> tuple[list[Mention], list[str]]:
     """The entities `prompt` names, in prompt order, and the "X flag"/"X emoji" phrases nothing matched."""
-    words = list(_WORD.finditer(prompt))
-    low = [_norm(w.group()) for w in words]
-    taken = [False] * len(words)
+    w = _Words(prompt)
     found: list[Mention] = []
 
     def claim(i: int, j: int, entry: tuple[str, str, str, str], score: float = 1.0) -> None:
-        a, b = _entity_phrase(words, i, j)
+        a, b = w.phrase(i, j)
         for t in range(a, b):
-            taken[t] = True
+            w.taken[t] = True
         key, name, kind, how = entry
-        found.append(Mention(prompt[words[a].start():words[b - 1].end()], words[a].start(), words[b - 1].end(),
-                             key, name, kind, how, score))
+        start, end = w.spans[a][0], w.spans[b - 1][1]
+        while start > 0 and prompt[start - 1] in _QUOTES.strip():  # quotes around the phrase go with it
+            start -= 1
+        while end < len(prompt) and prompt[end] in _QUOTES.strip():
+            end += 1
+        found.append(Mention(prompt[start:end], start, end, key, name, kind, how, score))
 
-    for n in range(min(_LONGEST, len(words)), 0, -1):  # longest names first: "South Sudan" before "Sudan"
-        for i in range(len(words) - n + 1):
+    deferred = []  # emoji names with a word before them: a modifier ("smiling cat") or another mention
+    for n in range(min(_LONGEST, len(w)), 0, -1):  # longest names first: "South Sudan" before "Sudan"
+        for i in range(len(w) - n + 1):
             j = i + n
-            if any(taken[i:j]):
+            if any(w.taken[i:j]):
                 continue
-            form = " ".join(low[i:j])
+            form = _form(prompt, w.spans, i, j)  # punctuation inside it must be the name's own
+            before = w.low[j] if w.free(j) and w.joined(j) else None
             possessive = form.endswith("'s") and form[:-2] in table.countries
-            before_emoji = j < len(low) and low[j] == "emoji"
-            before_flag = j < len(low) and low[j] == "flag"
-            if before_emoji and form in table.emoji:
-                if i > 0 and not taken[i - 1] and low[i - 1] not in _GRAMMAR:
-                    continue  # "the smiling cat emoji" is not the cat emoji: the whole phrase is searched
-                claim(i, j, table.emoji[form])
-            elif n == 1 and words[i].group() in table.codes and (before_flag or _after_flag_of(low, i)):
-                claim(i, j, table.codes[words[i].group()])  # "the flag of the USA", "the GBR flag"
+            code = prompt[w.spans[i][0]:w.spans[i][1]] if n == 1 else None
+            if before == "emoji" and form in table.emoji:
+                if w.free(i - 1) and w.joined(i) and w.low[i - 1] not in _CAPTION_WORDS:
+                    deferred.append((i, j, table.emoji[form]))
+                else:
+                    claim(i, j, table.emoji[form])
+            elif code in table.codes and (before == "flag" or w.flag_of_before(i) is not None):
+                claim(i, j, table.codes[code])  # "the flag of the USA", "the GBR flag"
             elif form in table.countries or possessive:
                 claim(i, j, table.countries[form[:-2] if possessive else form])
-            elif before_flag and form in table.demonyms:
+            elif before == "flag" and form in table.demonyms:
                 claim(i, j, table.demonyms[form])
+    for i, j, entry in deferred:  # "Japan red apple emoji": Japan is a mention now, "red apple" stands whole
+        if not any(w.taken[i:j]) and not (w.free(i - 1) and w.joined(i)):
+            claim(i, j, entry)  # else "the smiling cat emoji" is not the cat emoji: the phrase is searched
     unresolved = []
     if reference is not None:
-        for i, w in enumerate(low):  # "X flag" / "X emoji" / "flag of X" that named nothing exactly
-            if taken[i] or w not in ("flag", "emoji"):
+        for i, word in enumerate(w.low):  # "X flag" / "X emoji" / "flag of X" that named nothing exactly
+            if w.taken[i] or word not in ("flag", "emoji"):
                 continue
-            kind = "country" if w == "flag" else "emoji"
-            if w == "flag" and i + 1 < len(low) and low[i + 1] == "of":
-                start = i + 3 if i + 2 < len(low) and low[i + 2] in _ARTICLES else i + 2
-                span = _free_words(low, taken, start, +1)
+            kind = "country" if word == "flag" else "emoji"
+            stop = _GRAMMAR if kind == "country" else _CAPTION_WORDS  # "a green flag"; "the big red apple emoji"
+            if word == "flag" and w.free(i + 1) and w.low[i + 1] == "of":
+                start = i + 3 if w.free(i + 2) and w.low[i + 2] in _ARTICLES else i + 2
+                span = w.run_of_free(start, +1, stop)
             else:
-                span = _free_words(low, taken, i - 1, -1)
+                span = w.run_of_free(i - 1, -1, stop)
             if span is None:
                 continue
             a, b = span
-            query = " ".join(low[a:b])
             try:
-                hits = reference.search(text=query, kinds=[kind], k=1)
+                hits = reference.search(text=" ".join(w.low[a:b]), kinds=[kind], k=1)
             except IndexNotBuiltError:  # names still resolve; searching waits for `mmkb index build`
                 hits = []
             if hits and hits[0].score >= search_threshold:
                 h = hits[0]
                 claim(a, b, (h.key, h.name, h.kind, "search"), round(float(h.score), 3))
             else:
-                unresolved.append(prompt[words[min(a, i)].start():words[max(b, i + 1) - 1].end()])
+                unresolved.append(prompt[w.spans[min(a, i)][0]:w.spans[max(b, i + 1) - 1][1]])
     found.sort(key=lambda m: m.start)
     return found, unresolved
-
-
-def _after_flag_of(low: list[str], i: int) -> bool:
-    k = i - 1 if i >= 1 and low[i - 1] in _ARTICLES else i
-    return k >= 2 and low[k - 1] == "of" and low[k - 2] == "flag"
-
-
-# Words of the DiT's caption grammar (positions, colours, joins) end a searched name.
-_GRAMMAR = {"on", "at", "in", "and", "with", "next", "to", "of", "the", "a", "an", "background", "left", "right",
-            "top", "bottom", "center", "centre", "beside", "above", "below", "flag", "emoji"}
-
-
-def _free_words(low: list[str], taken: list[bool], start: int, step: int, most: int = 4) -> tuple[int, int] | None:
-    """The run of up to `most` unclaimed, non-grammar words from `start` going `step` (±1)."""
-    idx = []
-    t = start
-    while 0 <= t < len(low) and len(idx) < most and not taken[t] and low[t] not in _GRAMMAR:
-        idx.append(t)
-        t += step
-    if not idx:
-        return None
-    return min(idx), max(idx) + 1
 
 
 def caption_for(prompt: str, mentions: list[Mention]) -> str:

@@ -6,13 +6,11 @@ base64 PNGs beside the provenance: the caption the DiT got, which entities and i
 seeds, steps and timings."""
 from __future__ import annotations
 
-import base64
-import io
 from typing import Annotated, Optional
 
 from fastapi import APIRouter, File, Form, HTTPException, UploadFile
 
-from api.deps import ServicesDep, read_image
+from api.deps import ServicesDep, plain, png_data_url, read_image, unavailable
 
 router = APIRouter()
 MAX_N = 8
@@ -25,9 +23,11 @@ def generate(services: ServicesDep, prompt: Annotated[str, Form(description="e.g
              seed: Annotated[int, Form()] = 0,
              fast: Annotated[bool, Form(description="the few-step distilled model (4 steps)")] = False,
              ground: Annotated[bool, Form(description="find the entities the prompt names in the index")] = True) -> dict:
+    """Images for a prompt: the entities it names are drawn from the index's images, or from `refs`."""
     from rag.grounding import generate_grounded
 
     pictures = [read_image(r, "reference image") for r in refs or []]
+
     def render():
         pipe = services.generator(fast=fast)
         options = dict(n=n, steps=steps, seed=seed)
@@ -37,12 +37,8 @@ def generate(services: ServicesDep, prompt: Annotated[str, Form(description="e.g
 
     try:
         result = services.run(render)
-    except (ValueError, FileNotFoundError) as err:
+    except ValueError as err:
         raise HTTPException(400, str(err)) from None
-    return {"images": [_png(img) for img in result.images], "provenance": result.provenance}
-
-
-def _png(img) -> str:
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    except FileNotFoundError as err:
+        raise unavailable(err) from None
+    return {"images": [png_data_url(img) for img in result.images], "provenance": plain(result.provenance)}

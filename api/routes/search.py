@@ -16,11 +16,13 @@ def search(services: ServicesDep, image: Annotated[Optional[UploadFile], File()]
            kind: Annotated[Optional[str], Form(description="only entities of this kind, e.g. country")] = None) -> dict:
     from index.search import IndexNotBuiltError
 
+    """Entities best first, each with its fused and per-modality scores."""
     picture = read_image(image) if image is not None else None
-    if picture is None and not (text or "").strip():
+    text = (text or "").strip() or None
+    if picture is None and text is None:
         raise HTTPException(400, "give an image, a text or both")
     try:
-        hits = services.run(lambda: services.reference.search(text=text or None, image=picture, k=k,
+        hits = services.run(lambda: services.reference.search(text=text, image=picture, k=k,
                                                              kinds=[kind] if kind else None))
     except IndexNotBuiltError as err:
         raise HTTPException(503, f"{err} (or `mmkb demo`, which ingests the starter KB and builds it)") from None

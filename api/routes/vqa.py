@@ -5,7 +5,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, HTTPException, UploadFile
 
-from api.deps import ServicesDep, plain, read_image
+from api.deps import ServicesDep, plain, read_image, unavailable
 
 router = APIRouter()
 
@@ -28,4 +28,6 @@ def vqa(services: ServicesDep, image: Annotated[UploadFile, File(description="th
         raise HTTPException(503, f"{err} (or `mmkb demo`, which ingests the starter KB and builds it)") from None
     except ValueError as err:
         raise HTTPException(400, str(err)) from None
+    except FileNotFoundError as err:  # the VLM's checkpoint or an indexed image is missing
+        raise unavailable(err) from None
     return plain(out.to_dict())

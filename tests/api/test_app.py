@@ -85,6 +85,23 @@ def test_generate_grounds_the_prompt_and_returns_pngs(services, tiny_checkpoints
     assert plain.status_code == 200 and plain.json()["provenance"]["references"] == []
     too_many = client.post("/v1/generate", data={"prompt": "x", "n": "50"})
     assert too_many.status_code == 422
+    four = client.post("/v1/generate", data={"prompt": "Bhutan, Nepal, the red apple emoji and the flag of Chad",
+                                             "steps": "1"})
+    assert four.status_code == 200  # Chad is not in the tiny KB: three entities, Chad's words stay text
+    crowd = client.post("/v1/generate", data={"prompt": "x"}, files=[("refs", (f"r{i}.png", _png_bytes(), "image/png"))
+                                                                        for i in range(4)])
+    assert crowd.status_code == 400 and "at most 3" in crowd.json()["detail"]
+    given = client.post("/v1/generate", data={"prompt": "the flag on a blue background", "steps": "1"},
+                        files=[("refs", ("mine.png", _png_bytes(), "image/png"))])
+    assert given.status_code == 200, given.text
+    used = given.json()["provenance"]["references"]
+    assert len(used) == 1 and used[0]["role"] == "reference" and "grounding" not in given.json()["provenance"]
+
+
+def _png_bytes() -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 30), (200, 30, 30)).save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def test_search_health_and_page(services, tiny_kb):

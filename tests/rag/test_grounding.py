@@ -13,8 +13,9 @@ ROWS = [  # (key, kind, name, aliases, attributes), as EntityStore.names() gives
     ("country:SDN", "country", "Sudan", ["SD"], {"facts": {"population": 40_000_000}}),
     ("country:SSD", "country", "South Sudan", ["SS"], {}),
     ("country:USA", "country", "United States", ["US", "USA", "United States of America"], {}),
-    ("country:GEO", "country", "Georgia", [], {"facts": {"population": 3_700_000}}),
     ("country:XGE", "country", "Georgia", [], {"facts": {"population": 10}}),
+    ("country:GEO", "country", "Georgia", [], {"facts": {"population": 3_700_000}}),
+    ("country:JPN", "country", "Japan", [], {}),
     ("emoji:1F34E", "emoji", "Red apple", ["apple"], {}),
     ("emoji:1F468", "emoji", "Man", ["man"], {}),
     ("emoji:2B50", "emoji", "Star", ["star"], {}),
@@ -43,6 +44,37 @@ def test_longest_name_aliases_demonyms_and_ties():
         ("the United States of America flag", "country:USA", "alias")]
     assert mentions("the Bhutanese flag on red") == [("the Bhutanese flag", "country:BTN", "demonym")]
     assert mentions("Georgia on a white background") == [("Georgia", "country:GEO", "name")]  # the more prominent
+
+
+def test_quotes_punctuation_and_neighbouring_mentions():
+    assert mentions("the 'Bhutan' flag on red") == [("the 'Bhutan' flag", "country:BTN", "name")]
+    quoted = "the flag of ‘Japan’ at the top"
+    assert caption_for(quoted, find_mentions(quoted, NameTable(ROWS))[0]) == "the flag at the top"
+    # a country just before an emoji's name leaves the name whole; a comma ends a name
+    assert mentions("Japan red apple emoji") == [("Japan", "country:JPN", "name"),
+                                                 ("red apple emoji", "emoji:1F34E", "name")]
+    assert mentions("South, Sudan") == [("Sudan", "country:SDN", "name")]
+    # a phrase never grows into another mention's words
+    overlap = "the Bhutan flag of Japan"
+    found, _ = find_mentions(overlap, NameTable(ROWS))
+    assert [m.text for m in found] == ["the Bhutan flag", "Japan"]
+    assert caption_for(overlap, found) == "the first of the second"
+
+
+def test_what_goes_to_the_text_search():
+    """Only the words before "flag"/"emoji" (or after "flag of") that named nothing are searched; a colour
+    is never a country's name, but may be part of an emoji's."""
+    asked = []
+
+    class Index:
+        def search(self, text, kinds, k):
+            asked.append((text, kinds[0]))
+            return []
+
+    found, unresolved = find_mentions("a green flag, the big red apple emoji and the flag of the Atlantis isles",
+                                      NameTable(ROWS), Index())
+    assert found == [] and asked == [("big red apple", "emoji"), ("atlantis isles", "country")]
+    assert unresolved == ["big red apple emoji", "flag of the Atlantis isles"]
 
 
 def test_common_words_and_codes_are_not_entities():
