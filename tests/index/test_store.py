@@ -26,6 +26,18 @@ def test_ingest_stores_entities_sections_images_and_tags(store, tiny_kb):
     assert all(p.is_file() and p.is_relative_to(store.home) for p in paths)
 
 
+def test_names_and_images_for_grounding(store, tiny_kb):
+    """What rag.grounding reads, on SQLite and PostgreSQL alike."""
+    ingest_folder(store, tiny_kb, show_progress=False)
+    rows = {key: (kind, name, aliases) for key, kind, name, aliases, _ in store.names()}
+    assert rows["country:BTN"] == ("country", "Bhutan", ["Kingdom of Bhutan"])
+    assert rows["emoji:1F34E"] == ("emoji", "Red apple", ["apple"])
+    images = store.entity_images(["country:BTN", "emoji:1F34E"])
+    (image_id, path, style), = images["country:BTN"]
+    assert isinstance(image_id, int) and path.is_file() and style == "flag"
+    assert images["emoji:1F34E"][0][2] == "emoji"
+
+
 def test_reingest_is_idempotent(store, tiny_kb):
     ingest_folder(store, tiny_kb, show_progress=False)
     before = store.stats()
