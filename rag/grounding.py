@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-
 from generator.scenes import COLOURS
 from index.search import IndexNotBuiltError, ReferenceIndex
 
@@ -54,8 +52,8 @@ class Mention:
     key: str
     name: str
     kind: str
-    how: str  # "name", "alias", "demonym" or "search"
-    score: float  # 1.0 for a name or alias; the text index's score for a searched one
+    how: str  # "name", "alias", "demonym", "code" or "search"
+    score: float  # 1.0 for an exact match; the text index's score for a searched one
     reference: str | None = None  # the reference image's path
     style: str | None = None
 
@@ -108,7 +106,10 @@ class NameTable:
         self.prominence: dict[str, float] = {}
         for key, kind, name, aliases, attrs in rows:
             facts = attrs.get("facts") or {}
-            self.prominence[key] = float(attrs.get("prominence") or facts.get("population") or 0)
+            value = attrs.get("prominence")  # as EntityStore.prominence reads it
+            value = facts.get("population") if value is None else value
+            numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+            self.prominence[key] = float(value) if numeric else 0.0
             table = self.emoji if kind == "emoji" else self.countries
             forms = [(name, "name")] + [(a, "alias") for a in aliases if self._usable_alias(a, kind)]
             for form, how in forms:
