@@ -49,8 +49,8 @@ def _run(prompt: str, refs: list[Path], image: Optional[Path], n: int, steps: Op
             from rag.grounding import Grounder, generate_grounded
 
             reference = ReferenceIndex.from_settings()
-            result = generate_grounded(pipe, Grounder(reference), prompt, **options)
-            _say_grounding(result.provenance["grounding"], reference)
+            result = generate_grounded(pipe, Grounder(reference), prompt, image=image, **options)
+            _say_grounding(result.provenance["grounding"], reference, editing=image is not None)
         else:
             result = pipe(prompt, refs=refs, image=image, **options)
     except (FileNotFoundError, ValueError) as err:
@@ -62,8 +62,11 @@ def _run(prompt: str, refs: list[Path], image: Optional[Path], n: int, steps: Op
         print(p)
 
 
-def _say_grounding(grounding: dict, reference) -> None:
-    """Which entities the prompt named and the references that stand for them."""
+def _say_grounding(grounding: dict, reference, editing: bool = False) -> None:
+    """Which entities the prompt named and the references that stand for them (nothing for an edit
+    that names none: most edits name no entity)."""
+    if editing and not grounding["mentions"] and not grounding["unresolved"]:
+        return
     for m in grounding["mentions"]:
         how = f"{m['how']} {m['score']:.2f}" if m["how"] == "search" else m["how"]
         console.print(f"  {m['text']!r} → {m['key']} ({m['name']}, by {how}); reference {m['style']} image",
@@ -101,9 +104,13 @@ def edit(image: Annotated[Path, typer.Option(help="the image to edit")],
          ref: Annotated[Optional[list[Path]], typer.Option(help="a second image, e.g. to swap in")] = None,
          n: int = 1, steps: Optional[int] = None, seed: int = 0, out: Path = Path("outputs/edit"),
          fast: bool = False, int8: bool = False, text_scale: Optional[float] = None,
-         ref_scale: Optional[float] = None, model: Optional[str] = None) -> None:
-    """Edit an image by instruction (background colour, move, swap with a second image)."""
-    _run(instruction, list(ref or []), image, n, steps, seed, out, fast, int8, text_scale, ref_scale, model, "edit")
+         ref_scale: Optional[float] = None, model: Optional[str] = None,
+         ground: Annotated[bool, typer.Option(help="without --ref: the entity the instruction names comes from the "
+                                                   "index (\"replace the flag with the flag of Japan\")")] = True) -> None:
+    """Edit an image by instruction (background colour, move, swap with a second image or with an entity
+    the instruction names)."""
+    _run(instruction, list(ref or []), image, n, steps, seed, out, fast, int8, text_scale, ref_scale, model, "edit",
+         ground=ground and not ref)
 
 
 @train_app.command("vae")

@@ -34,7 +34,7 @@ from index.search import IndexNotBuiltError, ReferenceIndex
 # Renderings the shipped DiTs trained on, best first (generator.scenes.ASSET_STYLES): a reference in
 # another style still conditions the DiT, so any image is used when none of these exists.
 PREFERRED_STYLES = ("flag", "emoji-google", "emoji-twitter")
-MAX_MENTIONS = 3  # the DiT takes at most three references (generator.pipeline.MAX_REFS)
+MAX_MENTIONS = 3  # the DiT takes at most three references (generator.pipeline.MAX_REFS), an edited image one
 ORDINALS = ("first", "second", "third")
 _WORD = re.compile(r"\w(?:[\w'’-]*\w)?")  # quotes around a word are not part of it
 _ARTICLES = {"the", "a", "an"}
@@ -267,13 +267,16 @@ def find_mentions(prompt: str, table: NameTable, reference: ReferenceIndex | Non
     return found, unresolved
 
 
-def caption_for(prompt: str, mentions: list[Mention]) -> str:
+def caption_for(prompt: str, mentions: list[Mention], editing: bool = False) -> str:
     """The prompt with each mention replaced in the DiT's grammar: "the flag"/"the emoji" when one
-    entity is named, "the first"/"the second"/"the third" (by first mention) when several are."""
+    entity is named, "the first"/"the second"/"the third" (by first mention) when several are; in an
+    edit, where the image edited is the first, "the second image", "the third image"."""
     order = list(dict.fromkeys(m.key for m in mentions))
     out, last = [], 0
     for m in mentions:
-        if len(order) == 1:
+        if editing:
+            stand_in = f"the {ORDINALS[order.index(m.key) + 1]} image"
+        elif len(order) == 1:
             stand_in = "the flag" if m.kind == "country" else "the emoji"
         else:
             stand_in = f"the {ORDINALS[order.index(m.key)]}"
@@ -296,15 +299,18 @@ class Grounder:
             self._table = NameTable(self.reference.store.names())
         return self._table
 
-    def __call__(self, prompt: str) -> GroundedPrompt:
+    def __call__(self, prompt: str, editing: bool = False) -> GroundedPrompt:
+        """`editing`: the prompt is an edit instruction ("replace the flag with the flag of Japan"), whose
+        image to edit takes the first of the generator's reference slots."""
         if not isinstance(prompt, str) or not prompt.strip():
             raise ValueError("prompt must be a non-empty string")
         mentions, unresolved = find_mentions(prompt, self.table, self.reference, self.search_threshold)
         keys = list(dict.fromkeys(m.key for m in mentions))  # one reference per entity, however often named
-        if len(keys) > MAX_MENTIONS:
+        most = MAX_MENTIONS - editing
+        if len(keys) > most:
             names = ", ".join(dict.fromkeys(m.name for m in mentions))
-            raise ValueError(f"the prompt names {len(keys)} entities ({names}); the generator composes at most "
-                             f"{MAX_MENTIONS}: name fewer")
+            raise ValueError(f"the prompt names {len(keys)} entities ({names}); the generator takes at most "
+                             f"{most} {'beside the image edited' if editing else 'at once'}: name fewer")
         images = self.reference.store.entity_images(keys)
         for m in mentions:
             ranked = sorted(images.get(m.key, []), key=lambda c: PREFERRED_STYLES.index(c[2])
@@ -313,16 +319,17 @@ class Grounder:
                 m.reference, m.style = str(ranked[0][1]), ranked[0][2]
         kept = [m for m in mentions if m.reference]
         unresolved += [f"{m.text} ({m.key} has no image)" for m in mentions if not m.reference]
-        return GroundedPrompt(prompt, caption_for(prompt, kept) if kept else prompt, kept, unresolved)
+        return GroundedPrompt(prompt, caption_for(prompt, kept, editing) if kept else prompt, kept, unresolved)
 
 
-def generate_grounded(pipe, grounder: Grounder, prompt: str, **kwargs):
-    """Ground `prompt` in the index and generate from the caption and its references: a
-    `generator.pipeline.GenerationResult` whose provenance also holds the grounding."""
-    grounded = grounder(prompt)
-    result = pipe(grounded.caption, refs=grounded.references, **kwargs)
+def generate_grounded(pipe, grounder: Grounder, prompt: str, image=None, **kwargs):
+    """Ground `prompt` in the index and generate from the caption and its references (editing `image`
+    when one is given): a `generator.pipeline.GenerationResult` whose provenance also holds the grounding."""
+    grounded = grounder(prompt, editing=image is not None)
+    result = pipe(grounded.caption, refs=grounded.references, image=image, **kwargs)
     named = list({m.key: m for m in grounded.mentions}.values())
-    for used, m in zip(result.provenance["references"], named):  # the same order
+    references = [u for u in result.provenance["references"] if u["role"] == "reference"]
+    for used, m in zip(references, named):  # the same order
         used.update(entity=m.key, name=m.name)
     result.provenance.update(prompt=prompt, caption=grounded.caption, grounding=grounded.to_dict())
     return result

@@ -17,20 +17,25 @@ MAX_N = 8
 
 
 @router.post("/v1/generate")
-def generate(services: ServicesDep, prompt: Annotated[str, Form(description="e.g. the flag of Tuvalu on a green background")],
+def generate(services: ServicesDep,
+             prompt: Annotated[str, Form(description="what to draw, e.g. the flag of Tuvalu on a green background; "
+                                                     "with `image`, the edit, e.g. replace the flag with the flag of Japan")],
              refs: Annotated[Optional[list[UploadFile]], File(description="up to 3 reference images")] = None,
+             image: Annotated[Optional[UploadFile], File(description="an image to edit (a scene the DiT drew)")] = None,
              n: Annotated[int, Form(ge=1, le=MAX_N)] = 1, steps: Annotated[Optional[int], Form(ge=1, le=100)] = None,
              seed: Annotated[int, Form()] = 0,
              fast: Annotated[bool, Form(description="the few-step distilled model (4 steps)")] = False,
              ground: Annotated[bool, Form(description="find the entities the prompt names in the index")] = True) -> dict:
-    """Images for a prompt: the entities it names are drawn from the index's images, or from `refs`."""
+    """Images for a prompt, or an edit of `image`: the entities it names are drawn from the index's images,
+    or from `refs`."""
     from rag.grounding import generate_grounded
 
     pictures = [read_image(r, "reference image") for r in refs or []]
+    source = read_image(image, "image to edit") if image is not None else None
 
     def render():
         pipe = services.generator(fast=fast)
-        options = dict(n=n, steps=steps, seed=seed)
+        options = dict(n=n, steps=steps, seed=seed, image=source)
         if ground and not pictures:
             return generate_grounded(pipe, services.grounder, prompt, **options)
         return pipe(prompt, refs=pictures, **options)

@@ -96,6 +96,12 @@ def test_generate_grounds_the_prompt_and_returns_pngs(services, tiny_checkpoints
     assert given.status_code == 200, given.text
     used = given.json()["provenance"]["references"]
     assert len(used) == 1 and used[0]["role"] == "reference" and "grounding" not in given.json()["provenance"]
+    edit = client.post("/v1/generate", data={"prompt": "replace the flag with the flag of Bhutan", "steps": "1"},
+                       files={"image": ("scene.png", _png_bytes(), "image/png")})
+    assert edit.status_code == 200, edit.text
+    p = edit.json()["provenance"]
+    assert p["caption"] == "replace the flag with the second image"
+    assert [u.get("entity") for u in p["references"]] == [None, "country:BTN"]
 
 
 def _png_bytes() -> bytes:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from PIL import Image
 from typer.testing import CliRunner
 
 from rag.grounding import Grounder, NameTable, caption_for, find_mentions
@@ -141,3 +142,32 @@ def test_mmkb_generate_grounds_a_prompt_in_the_index(grounder, tiny_checkpoints,
     assert r.exit_code == 0, r.output
     side = json.loads((out / "sample-0.json").read_text())
     assert side["references"] == [] and side["prompt"] == "the flag of Bhutan on a blue background"
+
+
+def test_an_edit_names_what_to_swap_in(grounder, tiny_checkpoints, tmp_path):
+    """ "replace the flag with the flag of Bhutan": the image edited is the DiT's first reference, Bhutan the
+    second, as in the swap captions it trained on."""
+    from api.cli import app
+
+    found, _ = find_mentions("replace the flag with the flag of Bhutan", NameTable(ROWS))
+    assert caption_for("replace the flag with the flag of Bhutan", found, editing=True) == \
+        "replace the flag with the second image"
+    g = grounder("replace the emoji with the flag of Bhutan", editing=True)
+    assert g.caption == "replace the emoji with the second image" and len(g.references) == 1
+    with pytest.raises(ValueError, match="at most 2 beside the image edited"):
+        grounder._table = NameTable(ROWS + [("country:NPL", "country", "Nepal", [], {})])
+        grounder("replace it with Bhutan, Nepal and the red apple emoji", editing=True)
+    grounder._table = None
+    scene = tmp_path / "scene.png"
+    Image.new("RGB", (64, 64), (40, 160, 60)).save(scene)
+    out = tmp_path / "edit"
+    r = CliRunner().invoke(app, ["edit", "--image", str(scene), "--instruction", "replace the flag with the flag of "
+                                 "Bhutan", "--steps", "1", "--out", str(out), "--model", str(tiny_checkpoints[0])])
+    assert r.exit_code == 0, r.output
+    side = json.loads((out / "edit-0.json").read_text())
+    assert side["caption"] == "replace the flag with the second image"
+    assert [u["role"] for u in side["references"]] == ["edit source", "reference"]
+    assert side["references"][1]["entity"] == "country:BTN" and "entity" not in side["references"][0]
+    plain = CliRunner().invoke(app, ["edit", "--image", str(scene), "--instruction", "change the background to red",
+                                     "--steps", "1", "--out", str(out), "--model", str(tiny_checkpoints[0])])
+    assert plain.exit_code == 0 and "names no indexed entity" not in plain.output
