@@ -114,8 +114,10 @@ def grounding_accuracy(grounder, rows) -> dict:
 
 
 def scene_prompts(n: int, seed: int = 5):
-    """One-object prompts for `n` seen and `n` held-out entities, and `n` two-object held-out prompts."""
-    from generator.scenes import COLOURS, PAIRS, SLOTS, article, load_assets, named, is_held_out
+    """One-object prompts for `n` seen and `n` held-out entities, `n` two-object held-out prompts and `n`
+    edits of a held-out scene that name the held-out entity to swap in; items are (prompt, colour,
+    objects, image to edit or None)."""
+    from generator.scenes import COLOURS, PAIRS, SLOTS, article, is_held_out, load_assets, named, render, thing
 
     rng = random.Random(seed)
     assets = [a for a in load_assets() if a.style in ("flag", "emoji-google")]
@@ -126,15 +128,22 @@ def scene_prompts(n: int, seed: int = 5):
         items = []
         for a in rng.sample(pool, n):
             colour, slot = rng.choice(list(COLOURS)), rng.choice(list(SLOTS))
-            items.append((f"{named(a)} {slot} on {article(colour)} background", colour, [(a, slot)]))
+            items.append((f"{named(a)} {slot} on {article(colour)} background", colour, [(a, slot)], None))
         sets[label] = items
     items = []
     one_each = list({a.key: a for a in held}.values())
     for _ in range(n):
         a, b = rng.sample(one_each, 2)
         colour, (s1, s2) = rng.choice(list(COLOURS)), rng.choice(PAIRS)
-        items.append((f"{named(a)} {s1} and {named(b)} {s2} on {article(colour)} background", colour, [(a, s1), (b, s2)]))
+        items.append((f"{named(a)} {s1} and {named(b)} {s2} on {article(colour)} background", colour,
+                      [(a, s1), (b, s2)], None))
     sets["held-out, two objects"] = items
+    items = []
+    for _ in range(n):  # the scene to edit is rendered from the assets, as the generator's edit tasks are
+        a, b = rng.sample(one_each, 2)
+        colour, slot = rng.choice(list(COLOURS)), rng.choice(list(SLOTS))
+        items.append((f"replace the {thing(a)} with {named(b)}", colour, [(b, slot)], render([(a.path, slot)], colour)))
+    sets["held-out, swap by name (edit)"] = items
     return sets
 
 
@@ -144,7 +153,7 @@ def score(images, items, pixel) -> dict:
 
     from benchmarks.generation import score as score_scenes
 
-    scenes = [SimpleNamespace(objects=objects, colour=colour) for _, colour, objects in items]
+    scenes = [SimpleNamespace(objects=objects, colour=colour) for _, colour, objects, _ in items]
     return score_scenes(np.stack([np.asarray(img.convert("RGB")) for img in images]), scenes, pixel, None)
 
 
@@ -180,9 +189,10 @@ def main() -> None:
     for label, items in sets.items():
         for method, (pipe, ground) in methods.items():
             images, ms = [], []
-            for i, (prompt, _, _) in enumerate(tqdm(items, desc=f"{label[:22]} · {method[:22]}")):
+            for i, (prompt, _, _, source) in enumerate(tqdm(items, desc=f"{label[:22]} · {method[:22]}")):
                 t = time.perf_counter()
-                res = generate_grounded(pipe, grounder, prompt, seed=i) if ground else pipe(prompt, seed=i)
+                res = (generate_grounded(pipe, grounder, prompt, image=source, seed=i) if ground
+                       else pipe(prompt, image=source, seed=i))
                 ms.append(1000 * (time.perf_counter() - t))
                 images.append(res.images[0])
             rows.append({"set": label, "method": method, **score(images, items, pixel),
@@ -201,7 +211,7 @@ def grid(shown: dict, sets: dict, out: Path) -> None:
     """Per set: the first four prompts (rows) × methods (columns)."""
     methods = list(dict.fromkeys(m for _, m in shown))
     cell, pad, text_w = 96, 6, 330
-    rows = [(label, i) for label in sets for i in range(4)]
+    rows = [(label, i) for label in sets for i in range(min(4, len(sets[label])))]
     canvas = Image.new("RGB", (text_w + len(methods) * (cell + pad), 24 + len(rows) * (cell + pad)), "white")
     draw = ImageDraw.Draw(canvas)
     for j, m in enumerate(methods):
