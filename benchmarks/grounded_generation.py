@@ -208,24 +208,28 @@ def main() -> None:
 
 
 def grid(shown: dict, sets: dict, out: Path) -> None:
-    """Per set: the first four prompts (rows) × methods (columns)."""
+    """Per set: the first four prompts (rows) × methods (columns), after the scene edited for edits."""
     methods = list(dict.fromkeys(m for _, m in shown))
     cell, pad, text_w = 96, 6, 330
+    columns = ["scene edited"] + methods
     rows = [(label, i) for label in sets for i in range(min(4, len(sets[label])))]
-    canvas = Image.new("RGB", (text_w + len(methods) * (cell + pad), 24 + len(rows) * (cell + pad)), "white")
+    canvas = Image.new("RGB", (text_w + len(columns) * (cell + pad), 24 + len(rows) * (cell + pad)), "white")
     draw = ImageDraw.Draw(canvas)
-    for j, m in enumerate(methods):
+    for j, m in enumerate(columns):
         draw.text((text_w + j * (cell + pad), 6), m[:18], fill="black")
     for r, (label, i) in enumerate(rows):
         y = 24 + r * (cell + pad)
-        words, line, lines = sets[label][i][0].split(), "", []
+        prompt, _, _, source = sets[label][i]
+        words, line, lines = prompt.split(), "", []
         for w in words:
             if len(line) + len(w) > 48:
                 lines.append(line)
                 line = ""
             line += w + " "
         draw.multiline_text((6, y + 6), "\n".join(lines + [line]), fill="black")
-        for j, m in enumerate(methods):
+        if source is not None:
+            canvas.paste(source.convert("RGB").resize((cell, cell), Image.NEAREST), (text_w, y))
+        for j, m in enumerate(methods, 1):
             canvas.paste(shown[label, m][i].resize((cell, cell), Image.NEAREST), (text_w + j * (cell + pad), y))
     canvas.save(out)
 
