@@ -122,3 +122,8 @@ def unavailable(err: Exception) -> HTTPException:
     go to the server's log."""
     log.error("unavailable: %s", err)
     return HTTPException(503, f"the server is missing a file it needs ({type(err).__name__}); its log says which")
+
+
+def index_missing(err: Exception) -> HTTPException:
+    """A 503 for a question asked before the index is built, naming the command that builds it."""
+    return HTTPException(503, f"{err} (or `mmkb demo`, which ingests the starter KB and builds it)")

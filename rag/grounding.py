@@ -91,8 +91,12 @@ def _form(text: str, spans: list[tuple[int, int]], i: int, j: int) -> str:
         if t > i:
             gap = "".join(text[spans[t - 1][1]:spans[t][0]].split()).strip(_QUOTES)
             out.append(f" {gap} " if gap else " ")
-        out.append(text[spans[t][0]:spans[t][1]].lower().replace("’", "'"))
+        out.append(_lower(text[spans[t][0]:spans[t][1]]))
     return "".join(out)
+
+
+def _lower(word: str) -> str:
+    return word.lower().replace("’", "'")
 
 
 class NameTable:
@@ -154,7 +158,7 @@ class _Words:
     def __init__(self, prompt: str) -> None:
         self.prompt = prompt
         self.spans = [m.span() for m in _WORD.finditer(prompt)]
-        self.low = [_norm(prompt[a:b]) for a, b in self.spans]
+        self.low = [_lower(prompt[a:b]) for a, b in self.spans]
         self.taken = [False] * len(self.spans)
 
     def __len__(self) -> int:

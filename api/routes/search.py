@@ -5,7 +5,7 @@ from typing import Annotated, Optional
 
 from fastapi import APIRouter, File, Form, HTTPException, UploadFile
 
-from api.deps import ServicesDep, read_image
+from api.deps import ServicesDep, index_missing, read_image
 
 router = APIRouter()
 
@@ -25,6 +25,6 @@ def search(services: ServicesDep, image: Annotated[Optional[UploadFile], File()]
         hits = services.run(lambda: services.reference.search(text=text, image=picture, k=k,
                                                              kinds=[kind] if kind else None))
     except IndexNotBuiltError as err:
-        raise HTTPException(503, f"{err} (or `mmkb demo`, which ingests the starter KB and builds it)") from None
+        raise index_missing(err) from None
     return {"hits": [{"key": h.key, "name": h.name, "kind": h.kind, "score": round(h.score, 4),
                       "scores": {m: round(s, 4) for m, s in h.scores.items()}} for h in hits]}

@@ -5,7 +5,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, HTTPException, UploadFile
 
-from api.deps import ServicesDep, plain, read_image, unavailable
+from api.deps import ServicesDep, index_missing, plain, read_image, unavailable
 
 router = APIRouter()
 
@@ -25,7 +25,7 @@ def vqa(services: ServicesDep, image: Annotated[UploadFile, File(description="th
     try:
         out = services.run(lambda: services.rag(picture, question, mode=mode, use_ret=ret, use_srt=srt, use_mct=mct))
     except IndexNotBuiltError as err:
-        raise HTTPException(503, f"{err} (or `mmkb demo`, which ingests the starter KB and builds it)") from None
+        raise index_missing(err) from None
     except ValueError as err:
         raise HTTPException(400, str(err)) from None
     except FileNotFoundError as err:  # the VLM's checkpoint or an indexed image is missing
