@@ -3,6 +3,7 @@
     POST /v1/vqa       image + question → answer, tags, citations          (mmkb ask)
     POST /v1/generate  prompt [+ reference images] → PNGs + provenance     (mmkb generate)
     POST /v1/search    image and/or text → entities                        (mmkb index search)
+    POST /v1/tags      image → suggested labels (curation tagger)          (mmkb curate tag)
     GET  /health       what the index holds and which models are loaded
     GET  /             a page to try all three; GET /docs for the OpenAPI reference
 """
@@ -14,7 +15,7 @@ from fastapi import FastAPI
 from fastapi.responses import HTMLResponse
 
 from api.deps import Services, ServicesDep
-from api.routes import generate, search, vqa
+from api.routes import generate, search, tags, vqa
 
 PAGE = Path(__file__).with_name("static") / "index.html"
 
@@ -23,7 +24,7 @@ def create_app(services: Services | None = None) -> FastAPI:
     app = FastAPI(title="mmkb", summary="Multimodal knowledge-based RAG: KB-VQA with citations and "
                                           "knowledge-grounded image generation over one reference index.")
     app.state.services = services or Services()
-    for module in (vqa, generate, search):
+    for module in (vqa, generate, search, tags):
         app.include_router(module.router)
 
     @app.get("/health")

@@ -80,6 +80,7 @@ def index_search(text: Optional[str] = None, image: Optional[Path] = None,
                  k: Annotated[int, typer.Option("-k", "--k")] = 10,
                  kind: Annotated[Optional[list[str]], typer.Option(help="only these entity kinds")] = None,
                  clip_text: Annotated[bool, typer.Option(help="also match --text against the images (CLIP text tower)")] = False,
+                 tag: Annotated[Optional[list[str]], typer.Option(help="only entities with this accepted tag")] = None,
                  as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Entities matching a text and/or image query."""
     from index.search import IndexNotBuiltError, ReferenceIndex
@@ -88,8 +89,14 @@ def index_search(text: Optional[str] = None, image: Optional[Path] = None,
         _fail("give --text and/or --image")
     if image is not None and not image.is_file():
         _fail(f"image not found: {image}")
+    ref = ReferenceIndex.from_settings()
+    keys = None
+    if tag:
+        keys = ref.store.keys_tagged(tag)
+        if not keys:
+            _fail(f"no entity has an accepted tag {' or '.join(map(repr, tag))} (see `mmkb curate tags --state accepted`)")
     try:
-        hits = ReferenceIndex.from_settings().search(text=text, image=image, k=k, kinds=kind, text_to_image=clip_text)
+        hits = ref.search(text=text, image=image, k=k, kinds=kind, keys=keys, text_to_image=clip_text)
     except IndexNotBuiltError as err:
         _fail(str(err))
     if as_json:
@@ -316,6 +323,17 @@ def _mount_generator() -> None:
 
 
 _mount_generator()
+
+
+def _mount_curation() -> None:
+    """`mmkb curate …` and `mmkb train tagger` live in api/curate_cli.py."""
+    from api import curate_cli as cur
+
+    app.add_typer(cur.curate_app, name="curate")
+    train_app.command("tagger")(cur.tagger)
+
+
+_mount_curation()
 
 
 def main() -> None:

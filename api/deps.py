@@ -8,7 +8,6 @@ one's spinning workers — on 2 cores the DiT took 1.4 s per image from FastAPI'
 """
 from __future__ import annotations
 
-import base64
 import io
 import json
 import logging
@@ -18,6 +17,8 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, UploadFile
 from PIL import Image, UnidentifiedImageError
+
+from index.files import png_data_url  # noqa: F401  (the routes' and pages' one PNG helper)
 
 MAX_UPLOAD_BYTES = 10 << 20
 log = logging.getLogger("mmkb.api")
@@ -35,6 +36,7 @@ class Services:
         self._reference = None
         self._grounder = None
         self._generators: dict[tuple[bool, bool], object] = {}
+        self._tagger = None
 
     def run(self, fn, *args, **kwargs):
         """fn(*args, **kwargs) on the model thread, after the calls before it; its result or its error."""
@@ -66,6 +68,14 @@ class Services:
             self._grounder = Grounder(self.reference)
         return self._grounder
 
+    @property
+    def tagger(self):
+        if self._tagger is None:
+            from index.tagger import Tagger
+
+            self._tagger = Tagger()
+        return self._tagger
+
     def generator(self, fast: bool = False, int8: bool = False):
         if (fast, int8) not in self._generators:
             from generator.pipeline import GenerationPipeline
@@ -78,7 +88,7 @@ class Services:
     def loaded(self) -> dict:
         """Which models are loaded (for /health, from any thread)."""
         with self._lock:
-            return {"vlm": self._rag is not None,
+            return {"vlm": self._rag is not None, "tagger": self._tagger is not None,
                     "generators": [f"fast={f}, int8={q}" for f, q in self._generators]}
 
 
@@ -108,13 +118,6 @@ def read_image(upload: UploadFile, what: str = "image") -> Image.Image:
 def plain(obj):
     """JSON-ready: numpy scalars and arrays (in tags and scores) as Python numbers and lists."""
     return json.loads(json.dumps(obj, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
-
-
-def png_data_url(img: Image.Image) -> str:
-    """An image as a `data:image/png;base64,…` URL, for JSON replies and HTML pages."""
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
 def unavailable(err: Exception) -> HTTPException:

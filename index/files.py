@@ -1,8 +1,12 @@
 """Filesystem helpers shared by everything that writes a folder users rely on."""
 from __future__ import annotations
 
+import base64
+import io
 import shutil
 from pathlib import Path
+
+from PIL import Image
 
 
 def replace_dir(tmp: Path, out: Path) -> Path:
@@ -16,3 +20,20 @@ def replace_dir(tmp: Path, out: Path) -> Path:
     tmp.replace(out)
     shutil.rmtree(old, ignore_errors=True)
     return out
+
+
+def atomic_write_text(path: Path, text: str) -> Path:
+    """Write `text` to `path` through a temporary file beside it, so a reader never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def png_data_url(img: Image.Image) -> str:
+    """An image as a `data:image/png;base64,…` URL, for JSON replies and self-contained HTML pages."""
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()

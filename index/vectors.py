@@ -448,6 +448,10 @@ class VectorIndex:
             raise KeyError(f"{len(ids) - len(positions)} of the ids are not in the index")
         return faiss.downcast_index(self._index.index).reconstruct_batch(positions)
 
+    def ids(self) -> np.ndarray:
+        """The database ids of the live vectors, ascending."""
+        return self._lookup_table()[1].copy()
+
     def _id_map(self) -> np.ndarray:
         """Database id of each stored position (negative for removed vectors)."""
         return self._lookup_table()[0]

@@ -160,3 +160,37 @@ def tiny_reader(tmp_path_factory):
 
     assert len(ReaderVLM.load(path).known_entities) == card["familiarity"]["known_entities"]  # the keys load too
     return path
+
+
+def _shape(path: Path, shape: str, colour: tuple[int, int, int], size: int = 48) -> None:
+    img = Image.new("RGBA", (size, size), (0, 0, 0, 0))
+    draw = ImageDraw.Draw(img)
+    box = [6, 6, size - 6, size - 6]
+    (draw.ellipse if shape == "circle" else draw.rectangle)(box, fill=(*colour, 255), outline=(0, 0, 0, 255), width=2)
+    img.save(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_tagger(tmp_path_factory):
+    """(tagger folder, manifest) of a tagger trained for seconds on coloured shapes with keywords."""
+    from index.tagger import TaggerConfig, train_tagger
+
+    root = tmp_path_factory.mktemp("tagger-kb")
+    (root / "images").mkdir()
+    colours = {"red": (220, 30, 30), "blue": (30, 60, 220), "green": (30, 170, 60), "yellow": (240, 210, 40)}
+    with open(root / "manifest.jsonl", "w") as fh:
+        for n, (colour, rgb) in enumerate(colours.items()):
+            for shape in ("circle", "square"):
+                for variant in range(3):
+                    name = f"{colour}-{shape}" + (f"-{variant}" if variant else "")
+                    _shape(root / "images" / f"{name}.png", shape, tuple(max(0, c - 25 * variant) for c in rgb))
+                    words = f"{colour}, {shape} and {'round' if shape == 'circle' else 'corner'}"
+                    fh.write(json.dumps({
+                        "key": f"emoji:T{n}{shape[0]}{variant}", "kind": "emoji", "name": name.replace("-", " "),
+                        "category": "Shapes", "subcategory": f"shape-{shape}",
+                        "sections": [{"heading": "keywords", "text": f"Keywords for the {name} emoji: {words}."}],
+                        "images": [{"path": f"images/{name}.png", "style": "test"}]}) + "\n")
+    torch.manual_seed(0)
+    path = train_tagger(TaggerConfig(manifest=str(root / "manifest.jsonl"), min_count=2, views=3, epochs=15,
+                                     batch_size=16, lr=5e-3), out=root / "tagger")
+    return path, root / "manifest.jsonl"

@@ -168,6 +168,14 @@ class EntityStore:
             out.setdefault(key, []).append((image_id, self.home / path, style))
         return out
 
+    def keys_tagged(self, labels: Sequence[str]) -> list[str]:
+        """Keys of the entities carrying an accepted tag with any of `labels` (case-insensitive)."""
+        wanted = [label.strip().lower() for label in labels]
+        with self._sessions() as s:
+            return list(s.scalars(select(Entity.key).join(Tag, Tag.entity_id == Entity.id)
+                                  .where(func.lower(Tag.label).in_(wanted), Tag.review_state == "accepted")
+                                  .distinct().order_by(Entity.key)))
+
     def names(self) -> list[tuple[str, str, str, list[str], dict]]:
         """(key, kind, name, aliases, attributes) of every entity, in id order: what prompts name."""
         with self._sessions() as s:

@@ -135,3 +135,20 @@ def test_mmkb_serve_runs_the_app_on_the_given_port(monkeypatch):
     assert seen["port"] == 8123 and seen["host"] == "127.0.0.1" and "http://127.0.0.1:8123/" in r.output
     assert seen["app"].state.services.vlm_name == "some/reader"
     assert {"/v1/vqa", "/v1/generate", "/v1/search", "/health"} <= set(seen["app"].openapi()["paths"])
+
+
+def test_tags_suggests_labels_for_an_image(services, tiny_tagger):
+    from index.tagger import Tagger
+
+    path, manifest = tiny_tagger
+    services._tagger = Tagger(path)
+    client = TestClient(create_app(services))
+    image = (manifest.parent / "images" / "red-circle.png").read_bytes()
+    r = client.post("/v1/tags", files={"image": ("red.png", image, "image/png")}, data={"top": "5"})
+    assert r.status_code == 200, r.text
+    labels = r.json()["labels"]
+    assert len(labels) == 5 and labels[0]["probability"] >= labels[-1]["probability"]
+    assert "red" in [lab["label"] for lab in labels]
+    assert client.post("/v1/tags", files={"image": ("x.txt", b"nope", "text/plain")}).status_code == 400
+    assert client.post("/v1/tags", files={"image": ("red.png", image, "image/png")},
+                       data={"threshold": "2"}).status_code == 422

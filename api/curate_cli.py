@@ -1,0 +1,161 @@
+"""`mmkb curate …` (tag suggestions, review, near-duplicates) and `mmkb train tagger`."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+curate_app = typer.Typer(help="Curate the reference index: tag suggestions to review, near-duplicate images.",
+                         no_args_is_help=True)
+console = Console(stderr=True, soft_wrap=True)
+
+
+def _fail(message: str) -> None:
+    console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(2)
+
+
+def _pages_dir() -> Path:
+    from index.config import get_settings
+
+    return get_settings().home_dir / "curation"
+
+
+def tagger(out: Optional[Path] = None, embedder: Annotated[Optional[str], typer.Option(
+               help="image embedder whose features it reads (default: the configured one)")] = None,
+           manifest: Annotated[Optional[Path], typer.Option(help="a manifest.jsonl with tags or keywords sections "
+                                                                  "(default: worldkb's)")] = None,
+           min_count: int = 8, views: int = 4, epochs: int = 12, lr: float = 2e-3, seed: int = 0,
+           learn_labels: Annotated[bool, typer.Option(help="ablation: learn the label embeddings instead of ASGE")] = False) -> None:
+    """Train the CMA + ASGE multi-label tagger (arXiv 1912.07872) over the frozen image embedder: minutes on a CPU."""
+    from index.tagger.train import CHECKPOINTS, DEFAULT_TAGGER, TaggerConfig, train_tagger
+
+    kwargs = {"embedder": embedder, "min_count": min_count, "views": views, "epochs": epochs, "lr": lr,
+              "seed": seed, "learn_labels": learn_labels}
+    if manifest is not None:
+        if not manifest.is_file():
+            _fail(f"manifest not found: {manifest}")
+        kwargs["manifest"] = str(manifest)
+    try:
+        path = train_tagger(TaggerConfig(**kwargs), out=out or CHECKPOINTS / DEFAULT_TAGGER)
+    except (ValueError, FileNotFoundError) as err:
+        _fail(str(err))
+    held = json.loads((path / "config.json").read_text())["summary"].get("held_out")
+    if held:
+        console.print(f"held-out entities: mAP {held['mAP']:.3f}, CF1@3 {held['CF1']:.3f}, OF1@3 {held['OF1']:.3f}")
+    console.print(f"tagger written to [bold]{path}[/]")
+
+
+def _load_tagger(path: Optional[Path]):
+    from index.tagger import Tagger
+
+    try:
+        return Tagger(path)
+    except FileNotFoundError as err:
+        _fail(str(err))
+
+
+@curate_app.command("tag")
+def curate_tag(kind: Annotated[Optional[list[str]], typer.Option(help="only entities of these kinds")] = None,
+               key: Annotated[Optional[list[str]], typer.Option(help="only these entity keys")] = None,
+               threshold: float = 0.3, top: int = 5,
+               tagger_path: Annotated[Optional[Path], typer.Option("--tagger", help="a tagger folder")] = None,
+               page: Optional[Path] = None,
+               dry_run: Annotated[bool, typer.Option(help="show suggestions without storing them")] = False,
+               as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Suggest tags for entities from their images; stored as pending tags, shown on a page."""
+    from index.curate import suggest_tags, tag_page
+    from index.store import EntityStore
+
+    if not 0.0 <= threshold <= 1.0:
+        _fail(f"--threshold is a probability between 0 and 1, not {threshold}")
+    model = _load_tagger(tagger_path)
+    store = EntityStore.from_settings()
+    try:
+        suggestions = suggest_tags(store, model, kinds=kind, keys=key, threshold=threshold, top=top, write=not dry_run)
+    except ValueError as err:
+        _fail(str(err))
+    page = tag_page(suggestions, page or _pages_dir() / "tags.html", model.name)
+    with_any = [s for s in suggestions if s.labels]
+    if as_json:
+        print(json.dumps([{"key": s.key, "name": s.name, "suggested": [{"label": lab, "p": round(p, 4)}
+                                                                        for lab, p in s.labels]}
+                          for s in suggestions], ensure_ascii=False, indent=2))
+    else:
+        table = Table("entity", "name", "suggested (probability)")
+        for s in with_any[:20]:
+            table.add_row(s.key, s.name, ", ".join(f"{lab} {p:.2f}" for lab, p in s.labels))
+        Console().print(table)
+    stored = "not stored (--dry-run)" if dry_run else "stored as pending tags (`mmkb curate review`)"
+    console.print(f"{len(with_any)} of {len(suggestions)} entities got suggestions, {stored}; page: [bold]{page}[/]")
+
+
+@curate_app.command("review")
+def curate_review(accept_above: Annotated[Optional[float], typer.Option(help="accept pending tags this probable")] = None,
+                  reject_below: Annotated[Optional[float], typer.Option(help="reject pending tags less probable")] = None,
+                  accept: Annotated[Optional[list[str]], typer.Option(help="KEY=LABEL to accept")] = None,
+                  reject: Annotated[Optional[list[str]], typer.Option(help="KEY=LABEL to reject")] = None) -> None:
+    """Accept or reject pending tags; accepted ones filter `mmkb index search --tag`."""
+    from index.curate import parse_pairs, review_tags
+    from index.store import EntityStore
+
+    if accept_above is None and reject_below is None and not accept and not reject:
+        _fail("say what to review: --accept-above P, --reject-below P, --accept KEY=LABEL or --reject KEY=LABEL")
+    try:
+        counts = review_tags(EntityStore.from_settings(), accept_above, reject_below,
+                             parse_pairs(accept or []), parse_pairs(reject or []))
+    except ValueError as err:
+        _fail(str(err))
+    console.print(f"accepted {counts['accepted']}, rejected {counts['rejected']}")
+
+
+@curate_app.command("tags")
+def curate_tags(key: Optional[str] = None,
+                state: Annotated[Optional[str], typer.Option(help="pending, accepted or rejected")] = None,
+                as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """List tags with their source, confidence and review state."""
+    from index.curate import list_tags
+    from index.store import EntityStore
+
+    if state not in (None, "pending", "accepted", "rejected"):
+        _fail(f"--state is pending, accepted or rejected, not {state!r}")
+    rows = list_tags(EntityStore.from_settings(), state, key)
+    if as_json:
+        print(json.dumps(rows, ensure_ascii=False, indent=2))
+        return
+    table = Table("entity", "label", "source", "confidence", "state")
+    for r in rows:
+        table.add_row(r["key"], r["label"], r["source"], f"{r['confidence']:.2f}", r["state"])
+    Console().print(table)
+
+
+@curate_app.command("dedup")
+def curate_dedup(threshold: float = 0.97, page: Optional[Path] = None,
+                 as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Near-duplicate images in the active image index (shared pictures, mislabelled or repeated images)."""
+    import numpy as np
+
+    from index.curate import duplicate_page, find_duplicates
+    from index.search import IndexNotBuiltError, ReferenceIndex
+
+    if not -1.0 <= threshold <= 1.0:
+        _fail(f"--threshold is a cosine between -1 and 1, not {threshold}")
+    ref = ReferenceIndex.from_settings()
+    try:
+        index = ref.vector_index("image")
+    except IndexNotBuiltError as err:
+        _fail(str(err))
+    ids = np.sort(index.ids())
+    pairs = find_duplicates(ref.store, index.reconstruct(ids), ids, threshold)
+    page = duplicate_page(pairs, page or _pages_dir() / "duplicates.html", ref.store.home, threshold)
+    if as_json:
+        print(json.dumps([{"a": {k: p.a[k] for k in ("key", "image_id", "path")},
+                           "b": {k: p.b[k] for k in ("key", "image_id", "path")},
+                           "cosine": round(p.similarity, 4), "same_entity": p.same_entity, "same_file": p.identical}
+                          for p in pairs], ensure_ascii=False, indent=2))
+    cross = sum(1 for p in pairs if not p.same_entity)
+    console.print(f"{len(pairs)} pairs at cosine ≥ {threshold} ({cross} between two entities); page: [bold]{page}[/]")

@@ -1,0 +1,247 @@
+"""Curation of the reference index: tag suggestions to review, and near-duplicate images.
+
+`suggest_tags` runs the tagger (`index.tagger`) over entities' images, averages the label
+probabilities over each entity's images and stores the labels it is confident of as pending tags
+(`source = "tagger:<name>"`); `review_tags` accepts or rejects them; accepted tags filter searches
+(`mmkb index search --tag`). `find_duplicates` compares every indexed image with its nearest
+neighbours and reports pairs that are (nearly) the same picture — two entities sharing one (a
+flag flown by several territories), or one entity holding the same rendering twice. Each writes a
+page a curator can look at.
+"""
+from __future__ import annotations
+
+import html
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import select
+
+from index.files import atomic_write_text, png_data_url
+from index.store import Entity, EntityStore, Image, Tag
+from index.tagger.labels import display, keywords
+
+PENDING, ACCEPTED, REJECTED = "pending", "accepted", "rejected"
+
+
+@dataclass
+class Suggestion:
+    key: str
+    name: str
+    kind: str
+    images: list[Path]
+    labels: list[tuple[str, float]]  # (label, probability), most probable first, new to the entity
+    known: list[str] = field(default_factory=list)  # labels the entity already carries
+
+
+def known_labels(entity: Entity) -> list[str]:
+    """Labels an entity carries already: accepted tags, its keywords section, its category fields."""
+    out = [t.label for t in entity.tags if t.review_state == ACCEPTED]
+    for doc in entity.documents:
+        for s in doc.sections:
+            if s.heading == "keywords":
+                out += keywords(s.text)
+    attrs = entity.attributes or {}
+    out += [f"{f}:{attrs[f]}" for f in ("category", "subcategory") if attrs.get(f)]
+    return list(dict.fromkeys(out))
+
+
+def suggest_tags(store: EntityStore, tagger, kinds: Sequence[str] | None = None, keys: Sequence[str] | None = None,
+                 threshold: float = 0.3, top: int = 5, write: bool = True) -> list[Suggestion]:
+    """Tag suggestions for entities with images; stored as pending tags unless `write` is False.
+
+    A label the entity already carries, or one a curator rejected for it, is not suggested again;
+    a pending suggestion made before is updated in place."""
+    source = f"tagger:{tagger.name}"
+    with store.session() as s:
+        q = select(Entity).order_by(Entity.id)
+        if kinds:
+            q = q.where(Entity.kind.in_(list(kinds)))
+        if keys:
+            q = q.where(Entity.key.in_(list(keys)))
+        entities = [e for e in s.scalars(q) if e.images]
+        if keys:
+            missing = sorted(set(keys) - {e.key for e in entities})
+            if missing:
+                raise ValueError(f"no such entity with images: {', '.join(missing[:5])}"
+                                 f"{' …' if len(missing) > 5 else ''} (see `mmkb index stats`)")
+        paths = [[store.home / im.path for im in e.images] for e in entities]
+        flat = [p for ps in paths for p in ps]
+        probs = tagger.predict(flat) if flat else np.zeros((0, len(tagger.labels)))
+        out, start = [], 0
+        for e, ps in zip(entities, paths):
+            p = probs[start:start + len(ps)].mean(axis=0)
+            start += len(ps)
+            known = known_labels(e)
+            rejected = {t.label for t in e.tags if t.review_state == REJECTED}
+            skip = set(known) | rejected
+            ranked = [(tagger.labels[j], float(p[j])) for j in np.argsort(-p)
+                      if p[j] >= threshold and tagger.labels[j] not in skip][:top]
+            out.append(Suggestion(e.key, e.name, e.kind, ps, ranked, known))
+            if write:
+                pending = {t.label: t for t in e.tags if t.source == source and t.image_id is None}
+                for label, conf in ranked:
+                    if label in pending:
+                        if pending[label].review_state == PENDING:
+                            pending[label].confidence = conf
+                    else:
+                        e.tags.append(Tag(label=label, source=source, confidence=conf, review_state=PENDING))
+    return out
+
+
+def review_tags(store: EntityStore, accept_above: float | None = None, reject_below: float | None = None,
+                accept: Sequence[tuple[str, str]] = (), reject: Sequence[tuple[str, str]] = ()) -> dict[str, int]:
+    """Accept or reject pending tags: by confidence, or one (entity key, label) at a time (labels
+    compared without case). Nothing changes unless every named pair is pending."""
+    counts = {ACCEPTED: 0, REJECTED: 0}
+    with store.session() as s:
+        pending = s.execute(select(Tag, Entity.key).join(Entity, Tag.entity_id == Entity.id)
+                            .where(Tag.review_state == PENDING)).all()
+        by_pair: dict[tuple[str, str], list[Tag]] = {}
+        for tag, key in pending:
+            by_pair.setdefault((key, tag.label.lower()), []).append(tag)
+        for pairs, state in ((accept, ACCEPTED), (reject, REJECTED)):
+            for key, label in pairs:
+                pair = (key, label.lower())
+                if pair not in by_pair:
+                    raise ValueError(f"no pending tag {label!r} on {key}: see `mmkb curate tags --state pending`")
+                for tag in by_pair.pop(pair):
+                    tag.review_state = state
+                    counts[state] += 1
+        for tags in by_pair.values():
+            for tag in tags:
+                if accept_above is not None and tag.confidence >= accept_above:
+                    tag.review_state = ACCEPTED
+                    counts[ACCEPTED] += 1
+                elif reject_below is not None and tag.confidence < reject_below:
+                    tag.review_state = REJECTED
+                    counts[REJECTED] += 1
+    return counts
+
+
+def list_tags(store: EntityStore, state: str | None = None, key: str | None = None) -> list[dict]:
+    """Tags with their entity, source, confidence and review state."""
+    with store.session() as s:
+        q = select(Tag, Entity.key, Entity.name).join(Entity, Tag.entity_id == Entity.id).order_by(Entity.id, Tag.id)
+        if state:
+            q = q.where(Tag.review_state == state)
+        if key:
+            q = q.where(Entity.key == key)
+        return [{"key": k, "name": n, "label": t.label, "source": t.source, "confidence": round(t.confidence, 4),
+                 "state": t.review_state} for t, k, n in s.execute(q).all()]
+
+
+# --- near-duplicates ---------------------------------------------------------------------------
+
+@dataclass
+class DuplicatePair:
+    a: dict  # image_id, path, key, name, style
+    b: dict
+    similarity: float
+    same_entity: bool
+    identical: bool  # same file content
+
+
+def find_duplicates(store: EntityStore, vectors: np.ndarray, ids: np.ndarray, threshold: float = 0.97,
+                    neighbours: int = 5, block: int = 2048) -> list[DuplicatePair]:
+    """Pairs of images whose embeddings' cosine is ≥ `threshold`, most similar first, each pair once.
+
+    `vectors` are the unit-length image embeddings of image `ids` (the active image index's)."""
+    vectors = np.asarray(vectors, np.float32)
+    ids = np.asarray(ids, np.int64)
+    k = min(neighbours + 1, len(ids))
+    found: dict[tuple[int, int], float] = {}
+    for start in range(0, len(ids), block):
+        sims = vectors[start:start + block] @ vectors.T
+        top = np.argpartition(-sims, k - 1, axis=1)[:, :k] if k < len(ids) else np.tile(np.arange(len(ids)), (len(sims), 1))
+        for row, cols in enumerate(top):
+            i = start + row
+            for j in cols:
+                if j != i and sims[row, j] >= threshold:
+                    pair = (int(min(ids[i], ids[j])), int(max(ids[i], ids[j])))
+                    found[pair] = max(found.get(pair, -1.0), float(sims[row, j]))
+    if not found:
+        return []
+    info = store.image_hits(sorted({i for pair in found for i in pair}))
+    with store.session() as s:
+        hashes = dict(s.execute(select(Image.id, Image.content_hash).where(Image.id.in_(list(info)))).all())
+    out = []
+    for (a, b), sim in sorted(found.items(), key=lambda kv: -kv[1]):
+        ia, ib = info[a], info[b]
+        out.append(DuplicatePair({**ia, "path": ia["path"]}, {**ib, "path": ib["path"]}, sim,
+                                 ia["key"] == ib["key"], hashes.get(a) == hashes.get(b)))
+    return out
+
+
+# --- pages -------------------------------------------------------------------------------------
+
+def _thumb(path: Path, size: int = 72) -> str:
+    from index.embedders import open_rgb
+
+    try:
+        img = open_rgb(path)
+    except (OSError, ValueError):
+        return ""
+    img.thumbnail((size, size))
+    return f'<img src="{png_data_url(img)}" alt="">'
+
+
+_STYLE = ("<style>body{font-family:sans-serif;margin:1.5em;color:#222}table{border-collapse:collapse}"
+          "td,th{border-bottom:1px solid #ddd;padding:.4em .6em;vertical-align:top;text-align:left}"
+          ".tag{display:inline-block;margin:.1em;padding:.1em .4em;border-radius:.6em;background:#e8f0fe}"
+          ".known{background:#eee;color:#666}.p{color:#666;font-size:.85em}img{margin-right:2px}</style>")
+
+
+def _page(title: str, intro: str, body: str) -> str:
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>{_STYLE}"
+            f"</head><body><h1>{html.escape(title)}</h1><p>{intro}</p>{body}</body></html>\n")
+
+
+def tag_page(suggestions: Sequence[Suggestion], out: Path, tagger_name: str, limit: int = 300) -> Path:
+    """A page of suggested tags: each entity's images, its new labels with probabilities, what it has."""
+    shown = [s for s in suggestions if s.labels][:limit]
+    rows = []
+    for s in shown:
+        thumbs = "".join(_thumb(p, 56) for p in s.images[:6])
+        new = " ".join(f'<span class="tag">{html.escape(display(lab))} <span class="p">{p:.2f}</span></span>'
+                       for lab, p in s.labels)
+        known = " ".join(f'<span class="tag known">{html.escape(display(lab))}</span>' for lab in s.known[:12])
+        rows.append(f"<tr><td>{thumbs}</td><td><b>{html.escape(s.name)}</b><br><code>{html.escape(s.key)}</code></td>"
+                    f"<td>{new}</td><td>{known}</td></tr>")
+    with_any = sum(1 for s in suggestions if s.labels)
+    intro = (f"{with_any} of {len(suggestions)} entities got suggestions from <code>{html.escape(tagger_name)}</code>"
+             f"{f' (first {limit} shown)' if with_any > limit else ''}. Suggestions are pending tags: accept or "
+             "reject them with <code>mmkb curate review</code>.")
+    body = ("<table><tr><th>images</th><th>entity</th><th>suggested (probability)</th><th>already has</th></tr>"
+            + "".join(rows) + "</table>")
+    atomic_write_text(out, _page("Tag suggestions", intro, body))
+    return out
+
+
+def duplicate_page(pairs: Sequence[DuplicatePair], out: Path, home: Path, threshold: float, limit: int = 300) -> Path:
+    rows = []
+    for p in pairs[:limit]:
+        kind = "same file" if p.identical else ("same entity" if p.same_entity else "two entities")
+        cells = "".join(f"<td>{_thumb(home / d['path'])}<br><b>{html.escape(d['name'])}</b> "
+                        f"<code>{html.escape(d['key'])}</code><br><span class='p'>{html.escape(str(d.get('style') or ''))}"
+                        f"</span></td>" for d in (p.a, p.b))
+        rows.append(f"<tr>{cells}<td>{p.similarity:.3f}</td><td>{kind}</td></tr>")
+    cross = sum(1 for p in pairs if not p.same_entity)
+    intro = (f"{len(pairs)} image pairs at cosine ≥ {threshold} ({cross} between two entities: a shared picture "
+             f"or a mislabelled image){f'; first {limit} shown' if len(pairs) > limit else ''}.")
+    body = ("<table><tr><th>image</th><th>image</th><th>cosine</th><th>what</th></tr>" + "".join(rows) + "</table>")
+    atomic_write_text(out, _page("Near-duplicate images", intro, body))
+    return out
+
+
+def parse_pairs(items: Sequence[str]) -> list[tuple[str, str]]:
+    """`KEY=LABEL` arguments → (key, label) pairs, with a clear error for anything else."""
+    out = []
+    for item in items:
+        m = re.fullmatch(r"\s*([^=\s]+)\s*=\s*(.+?)\s*", item)
+        if not m:
+            raise ValueError(f"{item!r}: give an entity key and a label as KEY=LABEL, e.g. emoji:1F600=happy")
+        out.append((m.group(1), m.group(2)))
+    return out
