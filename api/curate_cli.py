@@ -29,13 +29,14 @@ def tagger(out: Optional[Path] = None, embedder: Annotated[Optional[str], typer.
                help="image embedder whose features it reads (default: the configured one)")] = None,
            manifest: Annotated[Optional[Path], typer.Option(help="a manifest.jsonl with tags or keywords sections "
                                                                   "(default: worldkb's)")] = None,
-           min_count: int = 8, views: int = 4, epochs: int = 12, lr: float = 2e-3, seed: int = 0,
-           learn_labels: Annotated[bool, typer.Option(help="ablation: learn the label embeddings instead of ASGE")] = False) -> None:
+           min_count: int = 8, views: int = 4, epochs: Optional[int] = None, dim: Optional[int] = None,
+           lr: float = 2e-3, seed: int = 0,
+           labels: Annotated[Optional[str], typer.Option(help="label embeddings: asge | text | text+asge | learned")] = None) -> None:
     """Train the CMA + ASGE multi-label tagger (arXiv 1912.07872) over the frozen image embedder: minutes on a CPU."""
     from index.tagger.train import CHECKPOINTS, DEFAULT_TAGGER, TaggerConfig, train_tagger
 
-    kwargs = {"embedder": embedder, "min_count": min_count, "views": views, "epochs": epochs, "lr": lr,
-              "seed": seed, "learn_labels": learn_labels}
+    kwargs = {"embedder": embedder, "min_count": min_count, "views": views, "lr": lr, "seed": seed}
+    kwargs.update({k: v for k, v in (("epochs", epochs), ("dim", dim), ("labels", labels)) if v is not None})
     if manifest is not None:
         if not manifest.is_file():
             _fail(f"manifest not found: {manifest}")
@@ -63,20 +64,33 @@ def _load_tagger(path: Optional[Path]):
 def curate_tag(kind: Annotated[Optional[list[str]], typer.Option(help="only entities of these kinds")] = None,
                key: Annotated[Optional[list[str]], typer.Option(help="only these entity keys")] = None,
                threshold: float = 0.3, top: int = 5,
+               knn_weight: Annotated[float, typer.Option(help="weight of the labels of the image index's nearest "
+                                                              "other entities (0: the tagger alone)")] = 0.5,
                tagger_path: Annotated[Optional[Path], typer.Option("--tagger", help="a tagger folder")] = None,
                page: Optional[Path] = None,
                dry_run: Annotated[bool, typer.Option(help="show suggestions without storing them")] = False,
                as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Suggest tags for entities from their images; stored as pending tags, shown on a page."""
     from index.curate import suggest_tags, tag_page
-    from index.store import EntityStore
+
+    from index.search import ReferenceIndex
 
     if not 0.0 <= threshold <= 1.0:
         _fail(f"--threshold is a probability between 0 and 1, not {threshold}")
+    if not 0.0 <= knn_weight <= 1.0:
+        _fail(f"--knn-weight is between 0 and 1, not {knn_weight}")
     model = _load_tagger(tagger_path)
-    store = EntityStore.from_settings()
+    reference = ReferenceIndex.from_settings()
+    store = reference.store
+    version = store.active_index("image")
+    if knn_weight and (version is None or version.embedder != model.embedder.fingerprint):
+        why = ("there is no image index (`mmkb index build`)" if version is None else
+               f"the image index was built with {version.embedder}, the tagger reads {model.embedder.fingerprint}")
+        console.print(f"[yellow]{why}: suggesting from the tagger alone[/]")
     try:
-        suggestions = suggest_tags(store, model, kinds=kind, keys=key, threshold=threshold, top=top, write=not dry_run)
+        suggestions = suggest_tags(store, model, kinds=kind, keys=key, threshold=threshold, top=top,
+                                   write=not dry_run, reference=reference if knn_weight else None,
+                                   knn_weight=knn_weight)
     except ValueError as err:
         _fail(str(err))
     page = tag_page(suggestions, page or _pages_dir() / "tags.html", model.name)

@@ -1,5 +1,5 @@
 """The main job on embedded defaults: ingest worldkb, build the index, run sample searches, answer questions,
-generate from prompts that name entities, write a page."""
+generate from prompts that name entities, suggest tags and find near-duplicates for curators, write a page."""
 from __future__ import annotations
 
 import html
@@ -132,6 +132,63 @@ def _generation_block(g: dict) -> str:
             f"“{html.escape(prov['caption'])}” · {prov['steps']} steps · {g['ms']:.0f} ms</p><p>{images}</p>")
 
 
+def curation(ref: ReferenceIndex, picks: int = 6) -> dict | None:
+    """The curator's view: the tagger's labels for emoji drawings of entities it never trained on (nothing
+    stored), and the near-duplicate pictures of the index. Skipped without a tagger."""
+    import numpy as np
+
+    from index.clip.data import is_held_out
+    from index.curate import find_duplicates, neighbour_labels
+    from index.tagger import Tagger
+    from index.tagger.labels import record_labels
+    from index.tagger.train import load_records
+    from index.worldkb import MANIFEST
+
+    try:
+        tagger = Tagger(embedder=ref.image_embedder())
+    except FileNotFoundError as err:
+        console.print(f"no tagger: skipping curation ({err})")
+        return None
+    labels = {r["key"]: record_labels(r) for r in load_records(MANIFEST)}
+    queries = _query_images()
+    keys = [k for k in sorted(queries) if k.startswith("emoji:") and is_held_out(k) and labels.get(k)]
+    chosen = keys[:: max(1, len(keys) // picks)][:picks]
+    images = [next(p for p in queries[k] if "emoji" in p.parts) for k in chosen]
+    probs, vectors = tagger.predict_with_embeddings(images)
+    knn = neighbour_labels(ref, tagger, vectors, chosen)  # as `mmkb curate tag` does; the entity's own images never vote
+    if knn is not None:
+        probs = (probs + knn) / 2
+    tagged = [{"key": k, "image": im, "has": labels[k],
+               "top": [(tagger.labels[j], float(p[j])) for j in np.argsort(-p)[:5]]}
+              for k, im, p in zip(chosen, images, probs)]
+    index = ref.vector_index("image")
+    ids = np.sort(index.ids())
+    pairs = find_duplicates(ref.store, index.reconstruct(ids), ids, threshold=0.97)
+    cross = [p for p in pairs if not p.same_entity]
+    console.print(f"curation: tags for {len(tagged)} unseen emoji; {len(pairs)} near-duplicate image pairs, "
+                  f"{len(cross)} between two entities")
+    return {"tagger": tagger.name, "tagged": tagged, "pairs": len(pairs), "cross": cross}
+
+
+def _curation_block(c: dict, home: Path) -> str:
+    from index.tagger.labels import display
+
+    rows = "".join(
+        f'<tr><td><img src="{_thumb(t["image"], 64)}"></td><td><code>{html.escape(t["key"])}</code></td><td>'
+        + ", ".join(f'<span style="color:{"#137333" if lab in t["has"] else "#a50e0e"}">{html.escape(display(lab))}'
+                    f" {p:.2f}</span>" for lab, p in t["top"]) + "</td></tr>" for t in c["tagged"])
+    dups = "".join(f'<tr><td><img src="{_thumb(home / p.a["path"], 40)}"> <code>{html.escape(p.a["key"])}</code></td>'
+                   f'<td><img src="{_thumb(home / p.b["path"], 40)}"> <code>{html.escape(p.b["key"])}</code></td>'
+                   f"<td>{p.similarity:.3f}</td></tr>" for p in c["cross"][:6])
+    return (f"<h1>Curation</h1><h2>Tags suggested by {html.escape(c['tagger'])} for emoji it never saw "
+            "(OpenMoji drawings; tagger averaged with the labels of the index's nearest other entities, as "
+            "<code>mmkb curate tag</code> does; green: the entity carries the label)</h2>"
+            f"<table><tr><th></th><th>entity</th><th>top-5 labels</th></tr>{rows}</table>"
+            f"<h2>Near-duplicate pictures in the index: {c['pairs']} pairs at cosine ≥ 0.97, "
+            f"{len(c['cross'])} between two entities (<code>mmkb curate dedup</code>)</h2>"
+            f"<table><tr><th>image</th><th>image</th><th>cosine</th></tr>{dups}</table>")
+
+
 def _answer_block(a: dict) -> str:
     out = a["answer"]
     cites = "".join(f"<li><code>{html.escape(c.entity_key)}</code> · section {c.document_id}"
@@ -146,7 +203,7 @@ def _answer_block(a: dict) -> str:
 
 
 def render_page(results: list[dict], home: Path, meta: dict, answers: list[dict] | None = None,
-                generations: list[dict] | None = None) -> str:
+                generations: list[dict] | None = None, curated: dict | None = None) -> str:
     blocks = []
     for r in results:
         query = (f'<img src="{_thumb(r["image"], 96)}"> (expected <code>{r["expected"]}</code>)'
@@ -161,6 +218,7 @@ tr.hit{{background:#e6f4ea}}img{{vertical-align:middle}}code{{font-size:90%}}</s
 <h1>mmkb sample searches</h1><p>{info}</p>{''.join(blocks)}
 {"<h1>Questions answered (KB-VQA)</h1>" + "".join(_answer_block(a) for a in answers) if answers else ""}
 {"<h1>Knowledge-grounded generation</h1>" + "".join(_generation_block(g) for g in generations) if generations else ""}
+{_curation_block(curated, home) if curated else ""}
 </body></html>"""
 
 
@@ -188,11 +246,12 @@ def run_demo(out: Path | None = None, rebuild: bool = False, k: int = 5) -> Path
         console.print(f"{image.name} → {hits[0].key} ({hits[0].name}, {hits[0].score:.3f}); expected {expected}")
     answers = answer_questions()
     generations = grounded_generations(ref)
+    curated = curation(ref)
     meta = {"database": settings.db_url, "entities": ref.store.stats()["entities"],
             "text embedder": settings.text_embedder, "image embedder": settings.image_embedder,
             "image embedder trained": ref.image_embedder().trained}
     out = Path(out) if out else settings.home_dir / "demo"
     out.mkdir(parents=True, exist_ok=True)
     page = out / "index.html"
-    page.write_text(render_page(results, ref.store.home, meta, answers, generations), encoding="utf-8")
+    page.write_text(render_page(results, ref.store.home, meta, answers, generations, curated), encoding="utf-8")
     return page

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import platform
 import shutil
 import time
 from collections.abc import Iterator, Sequence
@@ -44,12 +46,12 @@ class TaggerConfig:
     min_count: int = 8           # a label needs this many training entities
     views: int = 4               # per training image: the rendering itself + (views - 1) augmented
     drawn_fraction: float = 0.25
-    epochs: int = 12
+    epochs: int = 5
     batch_size: int = 256
     lr: float = 2e-3
-    dim: int = 256
+    dim: int = 128
     asge_steps: int = 400
-    learn_labels: bool = False   # ablation: label embeddings learned freely instead of ASGE's
+    labels: str = "asge"         # label embeddings: asge | text | text+asge | learned (see LABEL_EMBEDDINGS)
     seed: int = 0
 
 
@@ -194,10 +196,30 @@ def label_text_embeddings(vocab: Sequence[str]) -> np.ndarray:
     return load_text_embedder().encode([display(v) for v in vocab])
 
 
+LABEL_EMBEDDINGS = {
+    "asge": "ASGE: fitted to the label co-occurrence graph, from the label words' MiniLM vectors (the paper)",
+    "text": "the label words' MiniLM vectors as they are (no graph)",
+    "text+asge": "both side by side (concatenated)",
+    "learned": "learned with the head from the MiniLM vectors (no graph; ablation)",
+}
+
+
+def label_embeddings(kind: str, vocab: Sequence[str], entity_y: np.ndarray, steps: int,
+                     seed: int) -> tuple[np.ndarray, dict]:
+    """The CMA head's label embeddings of one `LABEL_EMBEDDINGS` kind, and ASGE's report."""
+    if kind not in LABEL_EMBEDDINGS:
+        raise ValueError(f"label embeddings {kind!r}: choose one of {', '.join(LABEL_EMBEDDINGS)}")
+    text = label_text_embeddings(vocab)
+    text = text / np.linalg.norm(text, axis=1, keepdims=True)
+    graph, report = asge(adjacency(entity_y), text, steps=steps, seed=seed)
+    return {"asge": graph, "text": text, "learned": text,
+            "text+asge": np.concatenate([text, graph], axis=1)}[kind].astype(np.float32), report
+
+
 def build_model(kind: str, in_dims: Sequence[int], label_emb: np.ndarray, dim: int) -> torch.nn.Module:
     if kind == "linear":
         return LinearTagger(in_dims[-1], len(label_emb))
-    return CMATagger(in_dims, torch.as_tensor(label_emb), dim=dim, learn_labels=(kind == "cma-learned"))
+    return CMATagger(in_dims, torch.as_tensor(label_emb), dim=dim, learn_labels=(kind == "learned"))
 
 
 def train_tagger(cfg: TaggerConfig | None = None, out: Path | None = None,
@@ -225,14 +247,16 @@ def train_tagger(cfg: TaggerConfig | None = None, out: Path | None = None,
         vf = extract(embedder, (load_image(e.path) for e in held_ex), len(held_ex), desc="held-out images")
         val = (vf, multi_hot([e.labels for e in held_ex], vocab))
     entity_y = multi_hot(list({e.key: e.labels for e in train_ex}.values()), vocab)
-    label_emb, graph = asge(adjacency(entity_y), label_text_embeddings(vocab), steps=cfg.asge_steps, seed=cfg.seed)
+    label_emb, graph = label_embeddings(cfg.labels, vocab, entity_y, cfg.asge_steps, cfg.seed)
     in_dims = [f.shape[1] for f in feats]
-    model = build_model("cma-learned" if cfg.learn_labels else "cma", in_dims, label_emb, cfg.dim)
+    model = build_model("learned" if cfg.labels == "learned" else "cma", in_dims, label_emb, cfg.dim)
     history = fit(model, feats, y, cfg, val)
     summary = {"labels": len(vocab), "training_images": len(train_ex), "training_entities": len({e.key for e in train_ex}),
                "held_out_images": len(held_ex), "held_out_entities": len({e.key for e in held_ex}),
                "asge": graph, "history": history, "minutes": (time.time() - started) / 60,
-               "embedder": embedder.name, "embedder_fingerprint": embedder.fingerprint}
+               "embedder": embedder.name, "embedder_fingerprint": embedder.fingerprint,
+               "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads"
+                          + (f", {torch.cuda.get_device_name()}" if embedder.device.startswith("cuda") else "")}
     if val is not None:
         summary["held_out"] = metrics(predict(model, val[0]), val[1])
     return export(model, vocab, in_dims, cfg, out, summary)
@@ -259,10 +283,7 @@ def export(model: CMATagger, vocab: Sequence[str], in_dims: Sequence[int], cfg: 
 
 def command_line(cfg: TaggerConfig, out: Path) -> str:
     default = TaggerConfig()
-    flags = [f"--{k.replace('_', '-')} {v}" for k, v in asdict(cfg).items()
-             if v != getattr(default, k) and k not in ("learn_labels",)]
-    if cfg.learn_labels:
-        flags.append("--learn-labels")
+    flags = [f"--{k.replace('_', '-')} {v}" for k, v in asdict(cfg).items() if v != getattr(default, k)]
     return " ".join(["mmkb train tagger", *flags, f"--out {out}"])
 
 
@@ -284,11 +305,11 @@ Classification" (arXiv 1912.07872). It suggests keywords, categories and subcate
   {s['training_entities']} entities, {cfg['views']} views each (the rendering + query-like augmentations,
   {cfg['drawn_fraction']:.0%} redrawn as flat outlined icons). Held out: {s['held_out_entities']} entities
   ({s['held_out_images']} images) that the embedder never trained on either.
-- ASGE: label graph from co-occurrence over training entities; embeddings start from all-MiniLM-L6-v2's
-  vectors of the label words; mean squared gap to the adjacency {s['asge']['gap_before']:.4f} → {s['asge']['gap_after']:.4f};
-  for {s['asge']['nearest_is_neighbour']:.0%} of labels the nearest other label is a graph neighbour.
+- Label embeddings: {LABEL_EMBEDDINGS[cfg['labels']]}. ASGE on the co-occurrence graph of the training
+  entities, from all-MiniLM-L6-v2's vectors of the label words: mean squared gap to the adjacency
+  {s['asge']['gap_before']:.4f} → {s['asge']['gap_after']:.4f}; for {s['asge']['nearest_is_neighbour']:.0%} of labels the nearest other label is a graph neighbour.
 - Training: binary cross-entropy, AdamW (lr {cfg['lr']}, one-cycle), batch {cfg['batch_size']}, {cfg['epochs']} epochs,
-  seed {cfg['seed']}; {s['minutes']:.1f} min in all (features + ASGE + head) on the machine that ran it.
+  seed {cfg['seed']}; {s['minutes']:.1f} min in all (features + ASGE + head) on {s.get('machine', 'the machine that ran it')}.
 - Command: `{command_line(TaggerConfig(**cfg), Path('index/tagger/checkpoints/mmkb-tagger'))}`
 
 ## Held-out entities (never trained on), each image as the KB holds it
@@ -331,10 +352,15 @@ class Tagger:
 
     def predict(self, images: Sequence[Image.Image | str | Path], batch_size: int = 128) -> np.ndarray:
         """(images × labels) probabilities."""
+        return self.predict_with_embeddings(images, batch_size)[0]
+
+    def predict_with_embeddings(self, images: Sequence[Image.Image | str | Path],
+                                batch_size: int = 128) -> tuple[np.ndarray, np.ndarray]:
+        """(images × labels) probabilities and the images' unit-length embeddings (what the index holds)."""
         if not images:
-            return np.zeros((0, len(self.labels)), np.float32)
+            return np.zeros((0, len(self.labels)), np.float32), np.zeros((0, self.embedder.dim), np.float32)
         feats = extract(self.embedder, (open_rgb(im) for im in images), len(images), batch_size, desc="tagging")
-        return predict(self.model, feats)
+        return predict(self.model, feats), F.normalize(feats[-1].float(), dim=-1).numpy()
 
     @torch.inference_mode()
     def attention(self, image: Image.Image | str | Path, label: str) -> np.ndarray:

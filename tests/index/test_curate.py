@@ -89,3 +89,23 @@ def test_find_duplicates_pairs_each_once_and_says_what_they_are(kb_store, tmp_pa
     assert find_duplicates(kb_store, vecs, ids, threshold=1.01) == []
     page = duplicate_page(pairs, tmp_path / "dup.html", kb_store.home, 0.97)
     assert "two entities" in page.read_text() and "Bhutan" in page.read_text()
+
+
+def test_neighbour_labels_vote_from_other_entities_through_the_index(kb_store, tagger):
+    from index.config import get_settings
+    from index.curate import neighbour_labels
+    from index.search import ReferenceIndex
+
+    ref = ReferenceIndex(kb_store, get_settings())
+    assert neighbour_labels(ref, tagger, np.zeros((1, 256), np.float32), ["x"]) is None  # no index yet
+    ref.build(["image"], show_progress=False)
+    images = kb_store.entity_images(["country:BTN", "emoji:1F34E"])
+    paths = [images["country:BTN"][0][1], images["emoji:1F34E"][0][1]]
+    _, vecs = tagger.predict_with_embeddings(paths)
+    knn = neighbour_labels(ref, tagger, vecs, ["country:BTN", "emoji:1F34E"])
+    red = tagger.labels.index("red")
+    assert knn[0, red] > 0  # Bhutan's neighbours include the red apple, whose keywords say red
+    assert knn[1].sum() == 0  # the apple's own image never votes; the flags carry no labels
+    mixed = suggest_tags(kb_store, tagger, keys=["country:BTN"], threshold=0.0, top=50, write=False,
+                         reference=ref, knn_weight=1.0)
+    assert [label for label, _ in mixed[0].labels][0] == "red"

@@ -100,3 +100,18 @@ def test_tagger_errors_are_clear(tmp_path, tiny_tagger):
     with pytest.raises(ValueError, match="lower --min-count"):
         train_tagger(TaggerConfig(manifest=str(manifest), min_count=1000, views=1, epochs=1), out=tmp_path / "t")
     assert not (tmp_path / "t").exists()
+
+
+def test_label_embedding_kinds():
+    from index.tagger.train import label_embeddings
+
+    vocab = ["red", "blue", "round"]
+    y = np.array([[1, 0, 1], [0, 1, 1], [1, 0, 0]], np.float32)
+    text, report = label_embeddings("text", vocab, y, steps=50, seed=0)
+    both, _ = label_embeddings("text+asge", vocab, y, steps=50, seed=0)
+    graph, _ = label_embeddings("asge", vocab, y, steps=50, seed=0)
+    assert text.shape == graph.shape == (3, 384) and both.shape == (3, 768)
+    assert np.allclose(both[:, :384], text) and np.allclose(both[:, 384:], graph)
+    assert report["gap_after"] < report["gap_before"]
+    with pytest.raises(ValueError, match="choose one of"):
+        label_embeddings("graph", vocab, y, steps=1, seed=0)
