@@ -10,6 +10,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from api.console import console
+from api.console import fail as _fail
 from index.clip import DEFAULT_CONFIG
 
 app = typer.Typer(help="mmkb: multimodal knowledge-based retrieval-augmented generation.",
@@ -22,12 +24,6 @@ app.add_typer(index_app, name="index")
 eval_app = typer.Typer(help="Evaluate on benchmarks.", no_args_is_help=True)
 app.add_typer(train_app, name="train")
 app.add_typer(eval_app, name="eval")
-console = Console(stderr=True, soft_wrap=True)
-
-
-def _fail(message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}")
-    raise typer.Exit(2)
 
 
 @data_app.command("build-worldkb")

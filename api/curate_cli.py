@@ -9,14 +9,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from api.console import console
+from api.console import fail as _fail
+from index.tagger.config import TaggerConfig
+
 curate_app = typer.Typer(help="Curate the reference index: tag suggestions to review, near-duplicate images.",
                          no_args_is_help=True)
-console = Console(stderr=True, soft_wrap=True)
-
-
-def _fail(message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}")
-    raise typer.Exit(2)
+_DEFAULT = TaggerConfig()
 
 
 def _pages_dir() -> Path:
@@ -29,20 +28,18 @@ def tagger(out: Optional[Path] = None, embedder: Annotated[Optional[str], typer.
                help="image embedder whose features it reads (default: the configured one)")] = None,
            manifest: Annotated[Optional[Path], typer.Option(help="a manifest.jsonl with tags or keywords sections "
                                                                   "(default: worldkb's)")] = None,
-           min_count: int = 8, views: int = 4, epochs: Optional[int] = None, dim: Optional[int] = None,
-           lr: float = 2e-3, seed: int = 0,
-           labels: Annotated[Optional[str], typer.Option(help="label embeddings: asge | text | text+asge | learned")] = None) -> None:
+           min_count: int = _DEFAULT.min_count, views: int = _DEFAULT.views, epochs: int = _DEFAULT.epochs,
+           dim: int = _DEFAULT.dim, lr: float = _DEFAULT.lr, seed: int = _DEFAULT.seed,
+           labels: Annotated[str, typer.Option(help="label embeddings: asge | text | text+asge | learned")] = _DEFAULT.labels) -> None:
     """Train the CMA + ASGE multi-label tagger (arXiv 1912.07872) over the frozen image embedder: minutes on a CPU."""
-    from index.tagger.train import CHECKPOINTS, DEFAULT_TAGGER, TaggerConfig, train_tagger
+    from index.tagger.train import CHECKPOINTS, DEFAULT_TAGGER, train_tagger
 
-    kwargs = {"embedder": embedder, "min_count": min_count, "views": views, "lr": lr, "seed": seed}
-    kwargs.update({k: v for k, v in (("epochs", epochs), ("dim", dim), ("labels", labels)) if v is not None})
-    if manifest is not None:
-        if not manifest.is_file():
-            _fail(f"manifest not found: {manifest}")
-        kwargs["manifest"] = str(manifest)
+    if manifest is not None and not manifest.is_file():
+        _fail(f"manifest not found: {manifest}")
     try:
-        path = train_tagger(TaggerConfig(**kwargs), out=out or CHECKPOINTS / DEFAULT_TAGGER)
+        cfg = TaggerConfig(manifest=str(manifest) if manifest else None, embedder=embedder, min_count=min_count,
+                           views=views, epochs=epochs, dim=dim, lr=lr, seed=seed, labels=labels)
+        path = train_tagger(cfg, out=out or CHECKPOINTS / DEFAULT_TAGGER)
     except (ValueError, FileNotFoundError) as err:
         _fail(str(err))
     held = json.loads((path / "config.json").read_text())["summary"].get("held_out")
@@ -77,6 +74,8 @@ def curate_tag(kind: Annotated[Optional[list[str]], typer.Option(help="only enti
 
     if not 0.0 <= threshold <= 1.0:
         _fail(f"--threshold is a probability between 0 and 1, not {threshold}")
+    if top < 1:
+        _fail(f"--top must be at least 1, not {top}")
     if not 0.0 <= knn_weight <= 1.0:
         _fail(f"--knn-weight is between 0 and 1, not {knn_weight}")
     model = _load_tagger(tagger_path)
@@ -151,8 +150,6 @@ def curate_tags(key: Optional[str] = None,
 def curate_dedup(threshold: float = 0.97, page: Optional[Path] = None,
                  as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Near-duplicate images in the active image index (shared pictures, mislabelled or repeated images)."""
-    import numpy as np
-
     from index.curate import duplicate_page, find_duplicates
     from index.search import IndexNotBuiltError, ReferenceIndex
 
@@ -163,7 +160,7 @@ def curate_dedup(threshold: float = 0.97, page: Optional[Path] = None,
         index = ref.vector_index("image")
     except IndexNotBuiltError as err:
         _fail(str(err))
-    ids = np.sort(index.ids())
+    ids = index.ids()
     pairs = find_duplicates(ref.store, index.reconstruct(ids), ids, threshold)
     page = duplicate_page(pairs, page or _pages_dir() / "duplicates.html", ref.store.home, threshold)
     if as_json:

@@ -6,10 +6,10 @@ import html
 import time
 from pathlib import Path
 
-from PIL import Image as PILImage
 from rich.console import Console
 
-from api.deps import png_data_url
+from index.curate import thumbnail_url
+from index.files import png_data_url
 from index.config import get_settings
 from index.ingest import ingest_folder
 from index.search import EntityHit, ReferenceIndex
@@ -49,9 +49,7 @@ def ensure_index(ref: ReferenceIndex, rebuild: bool = False) -> None:
 
 
 def _thumb(path: Path, size: int = 48) -> str:
-    img = PILImage.open(path).convert("RGBA")
-    img.thumbnail((size, size))
-    return png_data_url(img)
+    return thumbnail_url(path, size)
 
 
 def _rows(hits: list[EntityHit], home: Path, expected: str | None) -> str:
@@ -138,7 +136,7 @@ def curation(ref: ReferenceIndex, picks: int = 6) -> dict | None:
     import numpy as np
 
     from index.clip.data import is_held_out
-    from index.curate import find_duplicates, neighbour_labels
+    from index.curate import find_duplicates, tag_images
     from index.tagger import Tagger
     from index.tagger.labels import record_labels
     from index.tagger.train import load_records
@@ -154,15 +152,12 @@ def curation(ref: ReferenceIndex, picks: int = 6) -> dict | None:
     keys = [k for k in sorted(queries) if k.startswith("emoji:") and is_held_out(k) and labels.get(k)]
     chosen = keys[:: max(1, len(keys) // picks)][:picks]
     images = [next(p for p in queries[k] if "emoji" in p.parts) for k in chosen]
-    probs, vectors = tagger.predict_with_embeddings(images)
-    knn = neighbour_labels(ref, tagger, vectors, chosen)  # as `mmkb curate tag` does; the entity's own images never vote
-    if knn is not None:
-        probs = (probs + knn) / 2
+    probs = tag_images(tagger, images, ref, own=chosen)  # as `mmkb curate tag` does; own images never vote
     tagged = [{"key": k, "image": im, "has": labels[k],
                "top": [(tagger.labels[j], float(p[j])) for j in np.argsort(-p)[:5]]}
               for k, im, p in zip(chosen, images, probs)]
     index = ref.vector_index("image")
-    ids = np.sort(index.ids())
+    ids = index.ids()
     pairs = find_duplicates(ref.store, index.reconstruct(ids), ids, threshold=0.97)
     cross = [p for p in pairs if not p.same_entity]
     console.print(f"curation: tags for {len(tagged)} unseen emoji; {len(pairs)} near-duplicate image pairs, "

@@ -18,8 +18,6 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request, UploadFile
 from PIL import Image, UnidentifiedImageError
 
-from index.files import png_data_url  # noqa: F401  (the routes' and pages' one PNG helper)
-
 MAX_UPLOAD_BYTES = 10 << 20
 log = logging.getLogger("mmkb.api")
 
@@ -73,7 +71,7 @@ class Services:
         if self._tagger is None:
             from index.tagger import Tagger
 
-            self._tagger = Tagger()
+            self._tagger = Tagger(embedder=self.reference.image_embedder())
         return self._tagger
 
     def generator(self, fast: bool = False, int8: bool = False):

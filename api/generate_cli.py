@@ -6,16 +6,12 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
+
+from api.console import console
+from api.console import fail as _fail
 
 app = typer.Typer(help="Generate and edit images with mmkb's DiT.", no_args_is_help=True)
 train_app = typer.Typer(help="Train the generator: VAE, DiT, few-step distillation.", no_args_is_help=True)
-console = Console(stderr=True, soft_wrap=True)
-
-
-def _fail(message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}")
-    raise typer.Exit(2)
 
 
 def write_outputs(result, out: Path, stem: str = "sample") -> list[Path]:

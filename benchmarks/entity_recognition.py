@@ -285,12 +285,16 @@ def summarise(results: list[dict], methods: list[str]) -> dict:
 
 
 def targets_met(report: dict) -> dict[str, bool]:
-    """The issue's targets for the trained model (mean recall@1 over distortions; images/s)."""
+    """The issue's targets for the trained model (mean recall@1 over distortions; images/s).
+
+    The issue asks for queries from renderings not used in training. The embedder trains on both
+    vendors' renderings of its training entities (other random distortions of the same pictures),
+    so only the held-out entities' cross-vendor queries meet that condition; the "all" and
+    "trained" rows are reported but are not the target."""
     model, summary = report["methods"][0], report["summary"]
-    out = {"flags r@1 ≥ 0.95": summary["flags/all"][model] >= TARGETS["flags"]}
-    for sub in ("held-out", "all"):
-        out[f"emoji cross-vendor ({sub}) r@1 ≥ 0.85"] = \
-            summary[f"emoji_cross_vendor/{sub}"][model] >= TARGETS["emoji_cross_vendor"]
+    out = {"flags r@1 ≥ 0.95": summary["flags/all"][model] >= TARGETS["flags"],
+           "emoji cross-vendor (held-out entities) r@1 ≥ 0.85":
+               summary["emoji_cross_vendor/held-out"][model] >= TARGETS["emoji_cross_vendor"]}
     out["throughput ≥ 200 images/s"] = max(t["with_preprocessing"] for t in report["throughput"]) >= TARGETS["throughput"]
     return out
 
@@ -310,6 +314,8 @@ def markdown(report: dict) -> str:
                   "picture (`same_picture`: flag-icons draws several territories with another country's flag, "
                   "e.g. Saint Barthélemy with the French tricolour), which no image method can tell apart; "
                   "flags/strict counts only the query's own label."]
+    lines += ["", "emoji_cross_vendor/trained (and so /all) queries are other distortions of renderings the embedder "
+              "trained on: only /held-out meets the issue's condition (queries from renderings not used in training)."]
     lines += ["", "Targets: " + "; ".join(f"{k}: {'met' if v else 'NOT met'}" for k, v in report["targets_met"].items()),
               "", f"## {methods[0]}: recall@1 / @5 / @20 per distortion", "",
               "| task | subset | " + " | ".join(report["distortions"]) + " |",

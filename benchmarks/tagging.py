@@ -7,7 +7,8 @@ tagger's vocabulary). Every method reads the same frozen image embedder; the hea
 same cached features of the same training views (the training entities' KB renderings plus
 augmented query-like views, as `mmkb train tagger` does):
 
-- kNN label transfer: the 10 training images nearest in the embedding vote with their labels;
+- kNN label transfer: the 10 nearest KB pictures of training entities other than the image's own
+  vote with their labels (cosine³), as `mmkb curate tag` does through the image index;
 - CLIP zero-shot: cosine between the image and the CLIP text tower's "an emoji: <label>";
 - linear: one logistic output per label on the pooled embedding;
 - the CMA head with each kind of label embedding: ASGE (the paper's: fitted to the co-occurrence
@@ -53,7 +54,8 @@ from index.worldkb.build_queries import QUERY_DIR  # noqa: E402
 REPORTED = ("mAP", "CF1", "OF1")
 
 
-def eval_sets(records: list[dict], root: Path, seed: int) -> dict[str, tuple[list[Image.Image], list[list[str]]]]:
+def eval_sets(records: list[dict], root: Path, seed: int) -> dict[str, tuple[list[Image.Image], list[list[str]], list[str]]]:
+    """Set name → (images, each image's labels, each image's entity key)."""
     _, held = examples(records, root)
     labels_of = {r["key"]: record_labels(r) for r in records}
     rng = np.random.default_rng(seed)
@@ -61,16 +63,20 @@ def eval_sets(records: list[dict], root: Path, seed: int) -> dict[str, tuple[lis
     mixed = [open_rgb(distort(load_image(e.path), "mixed", rng)) for e in held]
     rows = [json.loads(line) for line in (QUERY_DIR / "manifest.jsonl").read_text().splitlines()]
     om = [r for r in rows if r["style"] == "openmoji" and r["key"] in labels_of and labels_of[r["key"]]]
-    out = {"held-out entities, KB renderings": (clean, [e.labels for e in held]),
-           "held-out entities, mixed distortion": (mixed, [e.labels for e in held])}
+    out = {"held-out entities, KB renderings": (clean, [e.labels for e in held], [e.key for e in held]),
+           "held-out entities, mixed distortion": (mixed, [e.labels for e in held], [e.key for e in held])}
     for name, keep in (("OpenMoji drawings, held-out entities", True), ("OpenMoji drawings, training entities", False)):
         sel = [r for r in om if is_held_out(r["key"]) == keep]
-        out[name] = ([open_rgb(load_image(QUERY_DIR / r["path"])) for r in sel], [labels_of[r["key"]] for r in sel])
+        out[name] = ([open_rgb(load_image(QUERY_DIR / r["path"])) for r in sel], [labels_of[r["key"]] for r in sel],
+                     [r["key"] for r in sel])
     return out
 
 
-def knn_scores(train_vecs: np.ndarray, train_y: np.ndarray, vecs: np.ndarray, k: int = 10) -> np.ndarray:
+def knn_scores(train_vecs: np.ndarray, train_y: np.ndarray, train_keys: np.ndarray, vecs: np.ndarray,
+               keys: list[str], k: int = 10) -> np.ndarray:
+    """What `mmkb curate tag` does through the index: the k nearest KB pictures of *other* entities vote."""
     sims = vecs @ train_vecs.T
+    sims[train_keys[None, :] == np.asarray(keys)[:, None]] = -np.inf  # an entity's own pictures never vote
     top = np.argpartition(-sims, k, axis=1)[:, :k]
     w = np.maximum(np.take_along_axis(sims, top, axis=1), 0) ** 3
     return np.einsum("nk,nkl->nl", w, train_y[top]) / np.maximum(w.sum(1, keepdims=True), 1e-9)
@@ -137,8 +143,8 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = TaggerConfig(**{**shipped.config["train_cfg"], "seed": args.seed, **overrides})
     emb = shipped.embedder
     vocab = shipped.labels
-    records = load_records(cfg.manifest)
-    root = Path(cfg.manifest).parent
+    records = load_records(cfg.manifest_path)
+    root = cfg.manifest_path.parent
     train_ex, _ = examples(records, root)
     rng = np.random.default_rng(args.seed)
     feats = extract(emb, views_of([e.path for e in train_ex], cfg.views, rng, cfg.drawn_fraction),
@@ -155,16 +161,18 @@ def main(argv: list[str] | None = None) -> dict:
                             in_dims, label_emb, cfg.dim)
         fit(model, feats, torch.as_tensor(y), cfg, desc=f"training {name}")
         heads[name] = model
-    pooled = torch.nn.functional.normalize(feats[-1].float(), dim=-1).numpy()
+    clean = np.arange(0, len(y), cfg.views)  # each training picture as the KB holds it (its first view)
+    memory = torch.nn.functional.normalize(feats[-1][clean].float(), dim=-1).numpy()
+    memory_y, memory_keys = y[clean], np.array([e.key for e in train_ex])
     text = emb.encode_texts([f"an emoji: {display(v)}" for v in vocab])
     sets = eval_sets(records, root, args.seed)
     results: dict[str, dict] = {m: {} for m in ["kNN label transfer", "CLIP zero-shot", *heads, "shipped tagger",
                                                 "shipped tagger + kNN (average)"]}
-    for set_name, (images, truth) in sets.items():
+    for set_name, (images, truth, keys) in sets.items():
         t = multi_hot(truth, vocab)
         ef = extract(emb, images, len(images), desc=set_name)
         vec = torch.nn.functional.normalize(ef[-1].float(), dim=-1).numpy()
-        knn = knn_scores(pooled, y, vec)
+        knn = knn_scores(memory, memory_y, memory_keys, vec, keys)
         results["kNN label transfer"][set_name] = metrics(knn, t)
         results["CLIP zero-shot"][set_name] = metrics(vec @ text.T, t)
         for name, model in heads.items():
@@ -172,7 +180,7 @@ def main(argv: list[str] | None = None) -> dict:
         mine = predict(shipped.model, ef)
         results["shipped tagger"][set_name] = metrics(mine, t)
         results["shipped tagger + kNN (average)"][set_name] = metrics((mine + knn) / 2, t)
-    om_images, om_truth = sets["OpenMoji drawings, held-out entities"]
+    om_images, om_truth, _ = sets["OpenMoji drawings, held-out entities"]
     args.out.mkdir(parents=True, exist_ok=True)
     grid(shipped, om_images, om_truth, args.out / "tagging.png")
     report = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -10,7 +10,8 @@ from typing import Annotated, Optional
 
 from fastapi import APIRouter, File, Form, HTTPException, UploadFile
 
-from api.deps import ServicesDep, plain, png_data_url, read_image, unavailable
+from api.deps import ServicesDep, plain, read_image, unavailable
+from index.files import png_data_url
 
 router = APIRouter()
 MAX_N = 8

@@ -14,7 +14,9 @@ router = APIRouter()
 def tags(services: ServicesDep, image: Annotated[UploadFile, File()],
          top: Annotated[int, Form(ge=1, le=50)] = 5,
          threshold: Annotated[float, Form(ge=0.0, le=1.0)] = 0.0) -> dict:
-    """Labels most probable first (at most `top`, each at least `threshold`), from the shipped tagger."""
+    """Labels most probable first (at most `top`, each at least `threshold`): the shipped tagger averaged
+    with the labels of the image index's nearest entities when the index is built, as `mmkb curate tag`."""
+    from index.curate import tag_images
     from index.tagger.labels import display
 
     picture = read_image(image)
@@ -22,7 +24,7 @@ def tags(services: ServicesDep, image: Annotated[UploadFile, File()],
         tagger = services.run(lambda: services.tagger)
     except FileNotFoundError as err:
         raise unavailable(err) from None
-    probs = services.run(tagger.predict, [picture])[0]
+    probs = services.run(tag_images, tagger, [picture], services.reference)[0]
     order = [int(j) for j in probs.argsort()[::-1][:top] if probs[j] >= threshold]
     return {"tagger": tagger.name,
             "labels": [{"label": tagger.labels[j], "display": display(tagger.labels[j]),

@@ -8,6 +8,11 @@ the label-embedding space. For label k the attention over the cells is the softm
 cosine between the label's ASGE embedding and each projected cell (CMA); the label's aggregated
 feature is the attention-weighted sum of the visual features, and a per-label linear classifier
 scores it. Trained with binary cross-entropy, one output per label.
+
+Where this differs from the paper: the attention map is a softmax over the cells with a learned
+temperature (the paper normalises its cosine map its own way), and the cells of every scale share one
+attention map, where the paper's multi-scale model (MS-CMA) runs CMA per scale and fuses the scores.
+With 21 cells in all at 64 px, one map over every scale is what this input size leaves.
 """
 from __future__ import annotations
 

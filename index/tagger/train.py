@@ -30,29 +30,13 @@ from index.clip.data import is_held_out, load_image
 from index.embedders import ImageEmbedder, open_rgb
 from index.files import replace_dir
 from index.tagger.asge import adjacency, asge
+from index.tagger.config import LABEL_EMBEDDINGS, TaggerConfig
 from index.tagger.labels import multi_hot, record_labels, vocabulary
 from index.tagger.model import CMATagger, LinearTagger, visual_features
-from index.worldkb import MANIFEST
 
 log = logging.getLogger(__name__)
 CHECKPOINTS = Path(__file__).parent / "checkpoints"
 DEFAULT_TAGGER = "mmkb-tagger"
-
-
-@dataclass
-class TaggerConfig:
-    manifest: str = str(MANIFEST)
-    embedder: str | None = None  # None: the configured image embedder (settings.image_embedder)
-    min_count: int = 8           # a label needs this many training entities
-    views: int = 4               # per training image: the rendering itself + (views - 1) augmented
-    drawn_fraction: float = 0.25
-    epochs: int = 5
-    batch_size: int = 256
-    lr: float = 2e-3
-    dim: int = 128
-    asge_steps: int = 400
-    labels: str = "asge"         # label embeddings: asge | text | text+asge | learned (see LABEL_EMBEDDINGS)
-    seed: int = 0
 
 
 @dataclass
@@ -167,7 +151,8 @@ def average_precision(scores: np.ndarray, truth: np.ndarray) -> float:
 
 def metrics(probs: np.ndarray, y: np.ndarray, top: int = 3) -> dict[str, float]:
     """The paper's protocol: mAP over labels with a positive, and per-class (C) / overall (O)
-    precision, recall and F1 of each image's `top` highest-scoring labels."""
+    precision, recall and F1 of each image's `top` highest-scoring labels (per-class means over the
+    labels with a positive; a label never predicted has precision 0)."""
     y = np.asarray(y) > 0
     aps = [average_precision(probs[:, j], y[:, j]) for j in range(y.shape[1]) if y[:, j].any()]
     pred = np.zeros_like(y)
@@ -175,9 +160,9 @@ def metrics(probs: np.ndarray, y: np.ndarray, top: int = 3) -> dict[str, float]:
     pred[rows, np.argsort(-probs, axis=1)[:, :top]] = True
     tp = (pred & y).sum(0).astype(float)
     npred, ntrue = pred.sum(0).astype(float), y.sum(0).astype(float)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        cp = float(np.nanmean(np.where(npred > 0, tp / npred, np.nan)))
-        cr = float(np.nanmean(np.where(ntrue > 0, tp / ntrue, np.nan)))
+    has = ntrue > 0  # per-class means over the labels with a positive, as mAP; never predicted → precision 0
+    cp = float((tp[has] / np.maximum(npred[has], 1)).mean()) if has.any() else 0.0
+    cr = float((tp[has] / ntrue[has]).mean()) if has.any() else 0.0
     op = float(tp.sum() / max(npred.sum(), 1))
     orec = float(tp.sum() / max(ntrue.sum(), 1))
 
@@ -196,19 +181,13 @@ def label_text_embeddings(vocab: Sequence[str]) -> np.ndarray:
     return load_text_embedder().encode([display(v) for v in vocab])
 
 
-LABEL_EMBEDDINGS = {
-    "asge": "ASGE: fitted to the label co-occurrence graph, from the label words' MiniLM vectors (the paper)",
-    "text": "the label words' MiniLM vectors as they are (no graph)",
-    "text+asge": "both side by side (concatenated)",
-    "learned": "learned with the head from the MiniLM vectors (no graph; ablation)",
-}
 
 
 def label_embeddings(kind: str, vocab: Sequence[str], entity_y: np.ndarray, steps: int,
                      seed: int) -> tuple[np.ndarray, dict]:
     """The CMA head's label embeddings of one `LABEL_EMBEDDINGS` kind, and ASGE's report."""
     if kind not in LABEL_EMBEDDINGS:
-        raise ValueError(f"label embeddings {kind!r}: choose one of {', '.join(LABEL_EMBEDDINGS)}")
+        raise ValueError(f"--labels {kind!r}: choose one of {', '.join(LABEL_EMBEDDINGS)}")
     text = label_text_embeddings(vocab)
     text = text / np.linalg.norm(text, axis=1, keepdims=True)
     graph, report = asge(adjacency(entity_y), text, steps=steps, seed=seed)
@@ -231,11 +210,11 @@ def train_tagger(cfg: TaggerConfig | None = None, out: Path | None = None,
     out = Path(out) if out else CHECKPOINTS / DEFAULT_TAGGER
     torch.manual_seed(cfg.seed)
     started = time.time()
-    records = load_records(cfg.manifest)
-    train_ex, held_ex = examples(records, Path(cfg.manifest).parent)
+    records = load_records(cfg.manifest_path)
+    train_ex, held_ex = examples(records, cfg.manifest_path.parent)
     vocab = vocabulary([r for r in {e.key: e.labels for e in train_ex}.values()], cfg.min_count)
     if len(vocab) < 2:
-        raise ValueError(f"{cfg.manifest}: fewer than two labels carried by {cfg.min_count} or more training "
+        raise ValueError(f"{cfg.manifest_path}: fewer than two labels carried by {cfg.min_count} or more training "
                          "entities; lower --min-count or add tags/keywords to the manifest")
     embedder = embedder or load_image_embedder(cfg.embedder)
     rng = np.random.default_rng(cfg.seed)
@@ -251,7 +230,8 @@ def train_tagger(cfg: TaggerConfig | None = None, out: Path | None = None,
     in_dims = [f.shape[1] for f in feats]
     model = build_model("learned" if cfg.labels == "learned" else "cma", in_dims, label_emb, cfg.dim)
     history = fit(model, feats, y, cfg, val)
-    summary = {"labels": len(vocab), "training_images": len(train_ex), "training_entities": len({e.key for e in train_ex}),
+    kinds = sorted({r.get("kind") for r in records if r["key"] in {e.key for e in train_ex}} - {None})
+    summary = {"labels": len(vocab), "kinds": kinds, "training_images": len(train_ex), "training_entities": len({e.key for e in train_ex}),
                "held_out_images": len(held_ex), "held_out_entities": len({e.key for e in held_ex}),
                "asge": graph, "history": history, "minutes": (time.time() - started) / 60,
                "embedder": embedder.name, "embedder_fingerprint": embedder.fingerprint,
@@ -273,7 +253,7 @@ def export(model: CMATagger, vocab: Sequence[str], in_dims: Sequence[int], cfg: 
     tmp.mkdir()
     state = {k: v.half().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(tmp / "tagger.safetensors"), metadata={"format": "pt"})
-    config = {"labels": list(vocab), "in_dims": list(in_dims), "dim": cfg.dim,
+    config = {"labels": list(vocab), "kinds": summary["kinds"], "in_dims": list(in_dims), "dim": cfg.dim,
               "label_dim": int(model.label_embeddings.shape[1]), "embedder": summary["embedder"],
               "embedder_fingerprint": summary["embedder_fingerprint"], "train_cfg": asdict(cfg), "summary": summary}
     (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
@@ -301,7 +281,7 @@ Classification" (arXiv 1912.07872). It suggests keywords, categories and subcate
 - Labels: {s['labels']} (keywords, `category:…`, `subcategory:…` carried by ≥ {cfg['min_count']} training entities; `config.json`)
 - Image tower: `{s['embedder']}` (weights `{s['embedder_fingerprint']}`), frozen; the tagger reads its last two
   feature maps and its pooled embedding. Head weights fp16, `tagger.safetensors`.
-- Data: {cfg['manifest'].split('/')[-3] if '/' in cfg['manifest'] else cfg['manifest']} manifest; {s['training_images']} images of
+- Data: {Path(cfg['manifest']).parent.name if cfg['manifest'] else 'worldkb'} manifest ({', '.join(s.get('kinds', []))}); {s['training_images']} images of
   {s['training_entities']} entities, {cfg['views']} views each (the rendering + query-like augmentations,
   {cfg['drawn_fraction']:.0%} redrawn as flat outlined icons). Held out: {s['held_out_entities']} entities
   ({s['held_out_images']} images) that the embedder never trained on either.
@@ -362,13 +342,21 @@ class Tagger:
         feats = extract(self.embedder, (open_rgb(im) for im in images), len(images), batch_size, desc="tagging")
         return predict(self.model, feats), F.normalize(feats[-1].float(), dim=-1).numpy()
 
+    @property
+    def kinds(self) -> list[str]:
+        """The entity kinds it trained on (older exports: every kind)."""
+        return list(self.config.get("kinds") or [])
+
     @torch.inference_mode()
     def attention(self, image: Image.Image | str | Path, label: str) -> np.ndarray:
-        """The label's attention over the last feature map's cells (H × W), to show where it looked."""
+        """Where the label looked: its attention over the cells of the larger (second-to-last) feature
+        map, H × W, rescaled to sum to 1 (the rest of its attention went to the smaller map and the
+        pooled embedding)."""
         batch = self.embedder.preprocess(open_rgb(image))[None].to(self.embedder.device)
         feats = visual_features(self.embedder.model, batch)
         _, attn = self.model(feats, with_attention=True)
         k = self.labels.index(label)
         first = feats[0]
         cells = first.shape[2] * first.shape[3]
-        return attn[0, k, :cells].reshape(first.shape[2], first.shape[3]).numpy()
+        cell_attn = attn[0, k, :cells]
+        return (cell_attn / cell_attn.sum().clamp_min(1e-12)).reshape(first.shape[2], first.shape[3]).numpy()

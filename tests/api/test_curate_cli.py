@@ -13,7 +13,8 @@ runner = CliRunner()
 def test_tag_review_and_search_by_tag(home, tiny_kb, tiny_tagger):
     assert runner.invoke(app, ["index", "ingest", str(tiny_kb)]).exit_code == 0
     tagger = str(tiny_tagger[0])
-    result = runner.invoke(app, ["curate", "tag", "--tagger", tagger, "--threshold", "0", "--top", "2", "--json"])
+    result = runner.invoke(app, ["curate", "tag", "--tagger", tagger, "--threshold", "0", "--top", "2", "--json",
+                                 "--kind", "country", "--kind", "emoji"])
     assert result.exit_code == 0, result.output
     suggested = json.loads(result.stdout)
     assert [s["key"] for s in suggested] == ["country:BTN", "country:NPL", "emoji:1F34E"]
@@ -40,6 +41,12 @@ def test_curation_errors_are_clear(home, tiny_kb, tmp_path):
     assert result.exit_code == 2 and "mmkb train tagger" in result.output
     result = runner.invoke(app, ["curate", "dedup"])
     assert result.exit_code == 2 and "mmkb index build" in result.output
+    result = runner.invoke(app, ["curate", "review", "--accept-above", "0.2", "--reject-below", "0.5"])
+    assert result.exit_code == 2 and "below --reject-below" in result.output
+    result = runner.invoke(app, ["train", "tagger", "--views", "0"])
+    assert result.exit_code == 2 and "--views must be at least 1" in result.output
+    result = runner.invoke(app, ["train", "tagger", "--labels", "graph"])
+    assert result.exit_code == 2 and "choose one of" in result.output
     result = runner.invoke(app, ["curate", "tags", "--state", "maybe"])
     assert result.exit_code == 2 and "pending, accepted or rejected" in result.output
 

@@ -22,40 +22,72 @@ def tagger(tiny_tagger):
     return Tagger(tiny_tagger[0])
 
 
+ALL = ["country", "emoji"]  # the tiny tagger trained on emoji only
+
+
 def test_suggestions_are_stored_pending_and_skip_what_the_entity_has(kb_store, tagger, tmp_path):
-    out = suggest_tags(kb_store, tagger, threshold=0.0, top=3)
+    assert [s.key for s in suggest_tags(kb_store, tagger, threshold=0.0, write=False)] == ["emoji:1F34E"]
+    out = suggest_tags(kb_store, tagger, kinds=ALL, threshold=0.0, top=3)
     assert [s.key for s in out] == ["country:BTN", "country:NPL", "emoji:1F34E"]
     apple = out[2]
     assert {"fruit", "apple", "red"} <= set(apple.known)  # manifest tag + keywords section
     assert "red" not in [label for label, _ in apple.labels] and len(apple.labels) == 3
     rows = list_tags(kb_store, state="pending")
     assert len(rows) == 9 and all(r["source"] == "tagger:tagger" for r in rows)
-    # suggesting again updates, never duplicates
-    suggest_tags(kb_store, tagger, threshold=0.0, top=3)
+    # suggesting again updates, never duplicates; a pending label no longer ranked goes
+    suggest_tags(kb_store, tagger, kinds=ALL, threshold=0.0, top=3)
     assert len(list_tags(kb_store, state="pending")) == 9
+    suggest_tags(kb_store, tagger, kinds=ALL, threshold=0.0, top=1)
+    assert len(list_tags(kb_store, state="pending")) == 3
     page = tag_page(out, tmp_path / "tags.html", tagger.name)
     text = page.read_text()
     assert "Red apple" in text and "data:image/png;base64" in text and "mmkb curate review" in text
 
 
 def test_dry_run_writes_nothing_and_unknown_keys_fail(kb_store, tagger):
-    suggest_tags(kb_store, tagger, threshold=0.0, write=False)
+    suggest_tags(kb_store, tagger, kinds=ALL, threshold=0.0, write=False)
     assert list_tags(kb_store, state="pending") == []
-    with pytest.raises(ValueError, match="no such entity"):
+    with pytest.raises(ValueError, match="no entity with images"):
         suggest_tags(kb_store, tagger, keys=["country:XXX"])
+    with pytest.raises(ValueError, match="--top"):
+        suggest_tags(kb_store, tagger, top=0)
+
+
+def test_missing_image_files_are_named(kb_store, tagger):
+    path = kb_store.entity_images(["emoji:1F34E"])["emoji:1F34E"][0][1]
+    path.unlink()
+    with pytest.raises(ValueError, match="re-ingest"):
+        suggest_tags(kb_store, tagger)
+
+
+def test_labels_match_without_case(kb_store, tagger):
+    from sqlalchemy import select
+
+    from index.store import Entity, Tag
+
+    with kb_store.session() as s:
+        btn = s.scalar(select(Entity).where(Entity.key == "country:BTN"))
+        btn.tags.append(Tag(label="YELLOW", source="manifest", review_state="accepted"))
+    out = suggest_tags(kb_store, tagger, keys=["country:BTN"], kinds=ALL, threshold=0.0, top=50, write=False)
+    assert "yellow" not in [label for label, _ in out[0].labels] and "YELLOW" in out[0].known
 
 
 def test_review_accepts_rejects_and_rejected_labels_stay_away(kb_store, tagger):
-    out = suggest_tags(kb_store, tagger, keys=["country:BTN"], threshold=0.0, top=3)
+    out = suggest_tags(kb_store, tagger, keys=["country:BTN"], kinds=ALL, threshold=0.0, top=3)
     first, second, third = [label for label, _ in out[0].labels]
     counts = review_tags(kb_store, accept=[("country:BTN", first)], reject=[("country:BTN", second)])
     assert counts == {"accepted": 1, "rejected": 1}
     assert kb_store.keys_tagged([first.upper()]) == ["country:BTN"]
-    again = suggest_tags(kb_store, tagger, keys=["country:BTN"], threshold=0.0, top=10)
+    again = suggest_tags(kb_store, tagger, keys=["country:BTN"], kinds=ALL, threshold=0.0, top=10)
     labels = [label for label, _ in again[0].labels]
     assert first not in labels and second not in labels and third in labels
-    with pytest.raises(ValueError, match="no pending tag"):
-        review_tags(kb_store, accept=[("country:BTN", "no-such-label")])
+    with pytest.raises(ValueError, match="no pending tag"):  # all or nothing: the valid pair stays pending
+        review_tags(kb_store, accept=[("country:BTN", third), ("country:BTN", "no-such-label")])
+    assert ("country:BTN", third) in {(r["key"], r["label"]) for r in list_tags(kb_store, state="pending")}
+    with pytest.raises(ValueError, match="named twice"):
+        review_tags(kb_store, accept=[("country:BTN", third)], reject=[("country:BTN", third.upper())])
+    with pytest.raises(ValueError, match="below --reject-below"):
+        review_tags(kb_store, accept_above=0.2, reject_below=0.5)
     counts = review_tags(kb_store, accept_above=2.0, reject_below=2.0)  # every pending one is below 2
     assert counts == {"accepted": 0, "rejected": len(list_tags(kb_store, state="rejected")) - 1}
     assert list_tags(kb_store, state="pending") == []
@@ -106,6 +138,6 @@ def test_neighbour_labels_vote_from_other_entities_through_the_index(kb_store, t
     red = tagger.labels.index("red")
     assert knn[0, red] > 0  # Bhutan's neighbours include the red apple, whose keywords say red
     assert knn[1].sum() == 0  # the apple's own image never votes; the flags carry no labels
-    mixed = suggest_tags(kb_store, tagger, keys=["country:BTN"], threshold=0.0, top=50, write=False,
+    mixed = suggest_tags(kb_store, tagger, keys=["country:BTN"], kinds=ALL, threshold=0.0, top=50, write=False,
                          reference=ref, knn_weight=1.0)
     assert [label for label, _ in mixed[0].labels][0] == "red"

@@ -166,6 +166,7 @@ def test_remove_hides_vectors_and_ids_can_return(kind, data):
     gone = ids[:50]
     assert index.remove(np.concatenate([gone, [10**9]])) == 50
     assert index.count == COUNT - 50
+    assert np.array_equal(index.ids(), np.sort(ids[50:]))  # the live ids, ascending
     _, found = index.search(vectors[:50], 10)
     assert not np.isin(found, gone).any() and (found >= 0).all()  # removed ones leave no gaps
     _, found = index.search(vectors[:50], 10, allowed_ids=ids[:100])
