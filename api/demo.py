@@ -8,9 +8,8 @@ from pathlib import Path
 
 from rich.console import Console
 
-from index.curate import thumbnail_url
-from index.files import png_data_url
 from index.config import get_settings
+from index.files import png_data_url, thumbnail_url
 from index.ingest import ingest_folder
 from index.search import EntityHit, ReferenceIndex
 from index.worldkb import DATA_DIR
@@ -152,7 +151,7 @@ def curation(ref: ReferenceIndex, picks: int = 6) -> dict | None:
     keys = [k for k in sorted(queries) if k.startswith("emoji:") and is_held_out(k) and labels.get(k)]
     chosen = keys[:: max(1, len(keys) // picks)][:picks]
     images = [next(p for p in queries[k] if "emoji" in p.parts) for k in chosen]
-    probs = tag_images(tagger, images, ref, own=chosen)  # as `mmkb curate tag` does; own images never vote
+    probs, _ = tag_images(tagger, images, ref, own=chosen)  # as `mmkb curate tag` does; own images never vote
     tagged = [{"key": k, "image": im, "has": labels[k],
                "top": [(tagger.labels[j], float(p[j])) for j in np.argsort(-p)[:5]]}
               for k, im, p in zip(chosen, images, probs)]

@@ -20,7 +20,7 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
-from index.files import atomic_write_text, png_data_url
+from index.files import atomic_write_text, thumbnail_url
 from index.store import Document, Entity, EntityStore, Image, Tag
 from index.tagger.labels import display, keywords
 
@@ -89,15 +89,15 @@ def neighbour_labels(reference, tagger, vectors: np.ndarray, own: Sequence[str],
 
 
 def tag_images(tagger, images: Sequence, reference=None, own: Sequence[str] | None = None,
-               knn_weight: float = 0.5) -> np.ndarray:
+               knn_weight: float = 0.5) -> tuple[np.ndarray, bool]:
     """(images × labels) probabilities: the tagger's, averaged with `neighbour_labels` (weight
-    `knn_weight`) when a `reference` index built with the tagger's embedder is given. `own`: each
-    image's entity key, whose images must not vote for it (None: the image belongs to no entity)."""
+    `knn_weight`) when a `reference` index built with the tagger's embedder is given; and whether
+    they were. `own`: each image's entity key, whose images must not vote for it (None: no entity)."""
     probs, vectors = tagger.predict_with_embeddings(images)
     if reference is None or not knn_weight:
-        return probs
+        return probs, False
     knn = neighbour_labels(reference, tagger, vectors, own if own is not None else [""] * len(images))
-    return probs if knn is None else (1 - knn_weight) * probs + knn_weight * knn
+    return (probs, False) if knn is None else ((1 - knn_weight) * probs + knn_weight * knn, True)
 
 
 def suggest_tags(store: EntityStore, tagger, kinds: Sequence[str] | None = None, keys: Sequence[str] | None = None,
@@ -115,7 +115,7 @@ def suggest_tags(store: EntityStore, tagger, kinds: Sequence[str] | None = None,
     if top < 1:
         raise ValueError(f"--top must be at least 1, not {top}")
     source = f"tagger:{tagger.name}"
-    kinds = list(kinds or tagger.kinds) or None
+    kinds = list(kinds or ([] if keys else tagger.kinds)) or None  # named entities are tagged whatever their kind
     with store.session() as s:  # read what to tag
         q = select(Entity).options(*_with_labels()).order_by(Entity.id)
         if kinds:
@@ -135,7 +135,11 @@ def suggest_tags(store: EntityStore, tagger, kinds: Sequence[str] | None = None,
         raise ValueError(f"{len(gone)} image file(s) of the store are missing, e.g. {gone[0]}: re-ingest the KB "
                          "(`mmkb index ingest FOLDER`) or set MMKB_HOME to the data home that holds them")
     flat = [p for e in entities for p in e[4]]
-    probs = tag_images(tagger, flat, reference, [e[1] for e in entities for _ in e[4]], knn_weight)
+    try:
+        probs, _ = tag_images(tagger, flat, reference, [e[1] for e in entities for _ in e[4]], knn_weight)
+    except OSError as err:  # PIL names the file it could not read
+        raise ValueError(f"an image of the store cannot be read ({err}): re-ingest the KB "
+                         "(`mmkb index ingest FOLDER`)") from None
     out, start = [], 0
     for _, key, name, kind, paths, known, rejected in entities:
         p = probs[start:start + len(paths)].mean(axis=0)
@@ -181,10 +185,10 @@ def review_tags(store: EntityStore, accept_above: float | None = None, reject_be
                             .where(Tag.review_state == PENDING)).all()
         by_pair: dict[tuple[str, str], list[Tag]] = {}
         for tag, key in pending:
-            by_pair.setdefault((key, tag.label.lower()), []).append(tag)
+            by_pair.setdefault((key, tag.label.casefold()), []).append(tag)
         for pairs, state in ((accept, ACCEPTED), (reject, REJECTED)):
             for key, label in pairs:
-                pair = (key, label.lower())
+                pair = (key, label.casefold())
                 if pair not in by_pair:
                     raise ValueError(f"no pending tag {label!r} on {key}: see `mmkb curate tags --state pending`")
                 for tag in by_pair.pop(pair):
@@ -255,18 +259,6 @@ def find_duplicates(store: EntityStore, vectors: np.ndarray, ids: np.ndarray, th
 
 
 # --- pages -------------------------------------------------------------------------------------
-
-def thumbnail_url(path: Path, size: int = 72) -> str:
-    """A small PNG data URL of an image file for a self-contained page ("" when it cannot be read)."""
-    from index.embedders import open_rgb
-
-    try:
-        img = open_rgb(path)
-    except (OSError, ValueError):
-        return ""
-    img.thumbnail((size, size))
-    return png_data_url(img)
-
 
 def _thumb(path: Path, size: int = 72) -> str:
     return f'<img src="{thumbnail_url(path, size)}" alt="">'

@@ -37,3 +37,15 @@ def png_data_url(img: Image.Image) -> str:
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def thumbnail_url(path: Path, size: int = 72) -> str:
+    """A small PNG data URL of an image file for a self-contained page ("" when it cannot be read)."""
+    from index.embedders import open_rgb
+
+    try:
+        img = open_rgb(path)
+    except (OSError, ValueError):
+        return ""
+    img.thumbnail((size, size))
+    return png_data_url(img)

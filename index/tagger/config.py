@@ -33,6 +33,10 @@ class TaggerConfig:
         for name in ("min_count", "views", "epochs", "batch_size", "dim"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, not {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ValueError(f"--lr must be above 0, not {self.lr}")
+        if not 0.0 <= self.drawn_fraction <= 1.0:
+            raise ValueError(f"drawn_fraction is a share between 0 and 1, not {self.drawn_fraction}")
         if self.labels not in LABEL_EMBEDDINGS:
             raise ValueError(f"--labels {self.labels!r}: choose one of {', '.join(LABEL_EMBEDDINGS)}")
 

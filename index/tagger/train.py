@@ -47,8 +47,20 @@ class Example:
 
 
 def load_records(manifest: str | Path) -> list[dict]:
+    """The manifest's records; a line that is not a JSON object with a key is an error naming it."""
+    out = []
     with open(manifest) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{manifest}:{number}: not JSON ({err.msg}); one entity per line") from None
+            if not isinstance(rec, dict) or not rec.get("key"):
+                raise ValueError(f"{manifest}:{number}: an entity needs a \"key\" (see `mmkb index ingest --help`)")
+            out.append(rec)
+    return out
 
 
 def examples(records: Sequence[dict], root: Path) -> tuple[list[Example], list[Example]]:
@@ -181,8 +193,6 @@ def label_text_embeddings(vocab: Sequence[str]) -> np.ndarray:
     return load_text_embedder().encode([display(v) for v in vocab])
 
 
-
-
 def label_embeddings(kind: str, vocab: Sequence[str], entity_y: np.ndarray, steps: int,
                      seed: int) -> tuple[np.ndarray, dict]:
     """The CMA head's label embeddings of one `LABEL_EMBEDDINGS` kind, and ASGE's report."""
@@ -230,7 +240,8 @@ def train_tagger(cfg: TaggerConfig | None = None, out: Path | None = None,
     in_dims = [f.shape[1] for f in feats]
     model = build_model("learned" if cfg.labels == "learned" else "cma", in_dims, label_emb, cfg.dim)
     history = fit(model, feats, y, cfg, val)
-    kinds = sorted({r.get("kind") for r in records if r["key"] in {e.key for e in train_ex}} - {None})
+    trained_keys = {e.key for e in train_ex}
+    kinds = sorted({r.get("kind") for r in records if r["key"] in trained_keys} - {None})
     summary = {"labels": len(vocab), "kinds": kinds, "training_images": len(train_ex), "training_entities": len({e.key for e in train_ex}),
                "held_out_images": len(held_ex), "held_out_entities": len({e.key for e in held_ex}),
                "asge": graph, "history": history, "minutes": (time.time() - started) / 60,
@@ -320,9 +331,13 @@ class Tagger:
         self.path = path
         self.config = json.loads((path / "config.json").read_text())
         self.labels: list[str] = self.config["labels"]
+        if embedder is not None and embedder.fingerprint != self.config["embedder_fingerprint"]:
+            log.info("tagger %s reads %s, not the configured %s: loading its own", path,
+                     self.config["embedder_fingerprint"], embedder.fingerprint)
+            embedder = None
         self.embedder = embedder or load_image_embedder(self.config["embedder"])
         if self.embedder.fingerprint != self.config["embedder_fingerprint"]:
-            log.warning("tagger %s was trained on %s, but the image embedder is %s: retrain it with "
+            log.warning("tagger %s was trained on %s, but its image embedder now is %s: retrain it with "
                         "`mmkb train tagger`", path, self.config["embedder_fingerprint"], self.embedder.fingerprint)
         state = load_file(str(path / "tagger.safetensors"))
         self.model = CMATagger(self.config["in_dims"], state["label_embeddings"].float(), dim=self.config["dim"])

@@ -147,6 +147,7 @@ def test_tags_suggests_labels_for_an_image(services, tiny_tagger):
     r = client.post("/v1/tags", files={"image": ("red.png", image, "image/png")}, data={"top": "5"})
     assert r.status_code == 200, r.text
     labels = r.json()["labels"]
+    assert r.json()["knn"] is False  # no image index yet: the tagger alone
     assert len(labels) == 5 and labels[0]["probability"] >= labels[-1]["probability"]
     assert "red" in [lab["label"] for lab in labels]
     assert client.post("/v1/tags", files={"image": ("x.txt", b"nope", "text/plain")}).status_code == 400

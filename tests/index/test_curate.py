@@ -141,3 +141,8 @@ def test_neighbour_labels_vote_from_other_entities_through_the_index(kb_store, t
     mixed = suggest_tags(kb_store, tagger, keys=["country:BTN"], kinds=ALL, threshold=0.0, top=50, write=False,
                          reference=ref, knn_weight=1.0)
     assert [label for label, _ in mixed[0].labels][0] == "red"
+
+
+def test_named_keys_are_tagged_whatever_their_kind(kb_store, tagger):
+    out = suggest_tags(kb_store, tagger, keys=["country:BTN"], threshold=0.0, write=False)  # tagger: emoji only
+    assert [s.key for s in out] == ["country:BTN"]

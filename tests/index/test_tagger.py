@@ -89,7 +89,7 @@ def test_train_export_and_load(tiny_tagger):
     red, blue = tagger.labels.index("red"), tagger.labels.index("blue")
     assert probs[0, red] > probs[0, blue] and probs[1, blue] > probs[1, red]
     cells = tagger.attention(images[0], "red")
-    assert cells.shape == (4, 4)  # the 64 px tower's larger feature map
+    assert cells.shape == (4, 4) and cells.sum() == pytest.approx(1.0, abs=1e-4)  # the larger map, rescaled
 
 
 def test_a_relative_manifest_path_trains_and_exports(tmp_path, tiny_tagger, monkeypatch):
@@ -136,3 +136,15 @@ def test_label_embedding_kinds():
     assert report["gap_after"] < report["gap_before"]
     with pytest.raises(ValueError, match="choose one of"):
         label_embeddings("graph", vocab, y, steps=1, seed=0)
+
+
+def test_bad_manifest_lines_are_named(tmp_path):
+    from index.tagger.train import load_records
+
+    bad = tmp_path / "manifest.jsonl"
+    bad.write_text('{"key": "a"}\n{not json\n')
+    with pytest.raises(ValueError, match="manifest.jsonl:2: not JSON"):
+        load_records(bad)
+    bad.write_text('{"name": "no key"}\n')
+    with pytest.raises(ValueError, match="manifest.jsonl:1: an entity needs a"):
+        load_records(bad)
