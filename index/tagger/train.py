@@ -47,20 +47,19 @@ class Example:
 
 
 def load_records(manifest: str | Path) -> list[dict]:
-    """The manifest's records; a line that is not a JSON object with a key is an error naming it."""
-    out = []
-    with open(manifest) as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{manifest}:{number}: not JSON ({err.msg}); one entity per line") from None
-            if not isinstance(rec, dict) or not rec.get("key"):
-                raise ValueError(f"{manifest}:{number}: an entity needs a \"key\" (see `mmkb index ingest --help`)")
-            out.append(rec)
-    return out
+    """The manifest's records (`.jsonl` or `.csv`, read as `mmkb index ingest` reads them); the first
+    malformed line, or an entity without a key, is an error naming its file and line."""
+    from index.ingest import IngestError, Problem, read_manifest
+
+    problems: list[Problem] = []
+    try:
+        rows = list(read_manifest(Path(manifest), problems))
+    except IngestError as err:
+        raise ValueError(str(err)) from None
+    problems += [Problem(str(manifest), n, "an entity needs a \"key\"") for n, rec in rows if not rec.get("key")]
+    if problems:
+        raise ValueError(f"{problems[0]} (see `mmkb index ingest --help` for the format)")
+    return [rec for _, rec in rows]
 
 
 def examples(records: Sequence[dict], root: Path) -> tuple[list[Example], list[Example]]:

@@ -143,7 +143,7 @@ def test_bad_manifest_lines_are_named(tmp_path):
 
     bad = tmp_path / "manifest.jsonl"
     bad.write_text('{"key": "a"}\n{not json\n')
-    with pytest.raises(ValueError, match="manifest.jsonl:2: not JSON"):
+    with pytest.raises(ValueError, match="manifest.jsonl:2: not valid JSON"):
         load_records(bad)
     bad.write_text('{"name": "no key"}\n')
     with pytest.raises(ValueError, match="manifest.jsonl:1: an entity needs a"):
