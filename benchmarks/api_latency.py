@@ -28,6 +28,7 @@ REQUESTS = {  # name → (route, form fields, files)
     "/v1/vqa, Georgia's flag (retrieves)": ("/v1/vqa", {"question": CAPITAL}, FLAGS / "ge.png"),
     "/v1/vqa, Brazil's flag (from memory)": ("/v1/vqa", {"question": CAPITAL}, FLAGS / "br.png"),
     "/v1/search, image": ("/v1/search", {"k": "5"}, FLAGS / "jp.png"),
+    "/v1/tags, an emoji drawing": ("/v1/tags", {"top": "5"}, FLAGS.parent / "emoji" / "1F60D.png"),
     "/v1/generate, one named entity, fast": ("/v1/generate", {"prompt": "the flag of Tuvalu on a green background",
                                                                "fast": "true"}, None),
     "/v1/generate, two named entities, n=2, fast": ("/v1/generate", {

@@ -119,7 +119,7 @@ def test_search_health_and_page(services, tiny_kb):
     health = client.get("/health").json()
     assert health["entities"] == 3 and health["indexed"]["text"] > 0 and health["indexed"]["image"] is None
     page = client.get("/")
-    assert page.status_code == 200 and "/v1/vqa" in page.text and "/v1/generate" in page.text
+    assert page.status_code == 200 and all(route in page.text for route in ("/v1/vqa", "/v1/generate", "/v1/tags"))
 
 
 def test_mmkb_serve_runs_the_app_on_the_given_port(monkeypatch):
