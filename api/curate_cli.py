@@ -69,7 +69,6 @@ def curate_tag(kind: Annotated[Optional[list[str]], typer.Option(help="only enti
                as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Suggest tags for entities from their images; stored as pending tags, shown on a page."""
     from index.curate import suggest_tags, tag_page
-
     from index.search import ReferenceIndex
 
     if not 0.0 <= threshold <= 1.0:
@@ -150,18 +149,16 @@ def curate_tags(key: Optional[str] = None,
 def curate_dedup(threshold: float = 0.97, page: Optional[Path] = None,
                  as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Near-duplicate images in the active image index (shared pictures, mislabelled or repeated images)."""
-    from index.curate import duplicate_page, find_duplicates
+    from index.curate import duplicate_page, index_duplicates
     from index.search import IndexNotBuiltError, ReferenceIndex
 
     if not -1.0 <= threshold <= 1.0:
         _fail(f"--threshold is a cosine between -1 and 1, not {threshold}")
     ref = ReferenceIndex.from_settings()
     try:
-        index = ref.vector_index("image")
+        pairs = index_duplicates(ref, threshold)
     except IndexNotBuiltError as err:
         _fail(str(err))
-    ids = index.ids()
-    pairs = find_duplicates(ref.store, index.reconstruct(ids), ids, threshold)
     page = duplicate_page(pairs, page or _pages_dir() / "duplicates.html", ref.store.home, threshold)
     if as_json:
         print(json.dumps([{"a": {k: p.a[k] for k in ("key", "image_id", "path")},

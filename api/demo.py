@@ -47,15 +47,11 @@ def ensure_index(ref: ReferenceIndex, rebuild: bool = False) -> None:
         ref.build(stale)
 
 
-def _thumb(path: Path, size: int = 48) -> str:
-    return thumbnail_url(path, size)
-
-
 def _rows(hits: list[EntityHit], home: Path, expected: str | None) -> str:
     out = []
     for rank, h in enumerate(hits, 1):
         best = max(h.matches, key=lambda m: m.score)
-        shown = (f'<img src="{_thumb(home / best.path)}">' if best.path
+        shown = (f'<img src="{thumbnail_url(home / best.path, 48)}">' if best.path
                  else html.escape(best.text or ""))
         mark = ' class="hit"' if h.key == expected else ""
         out.append(f"<tr{mark}><td>{rank}</td><td><code>{html.escape(h.key)}</code></td>"
@@ -119,7 +115,7 @@ def grounded_generations(ref: ReferenceIndex, n: int = 2) -> list[dict]:
 
 def _generation_block(g: dict) -> str:
     prov = g["result"].provenance
-    refs = "".join(f'<img src="{_thumb(Path(u["path"]), 48)}" title="{html.escape(u.get("name", ""))}"> '
+    refs = "".join(f'<img src="{thumbnail_url(Path(u["path"]), 48)}" title="{html.escape(u.get("name", ""))}"> '
                    for u in prov["references"])
     named = "; ".join(f"“{html.escape(m['text'])}” → <code>{html.escape(m['key'])}</code> ({m['how']})"
                       for m in prov["grounding"]["mentions"])
@@ -135,7 +131,7 @@ def curation(ref: ReferenceIndex, picks: int = 6) -> dict | None:
     import numpy as np
 
     from index.clip.data import is_held_out
-    from index.curate import find_duplicates, tag_images
+    from index.curate import index_duplicates, tag_images
     from index.tagger import Tagger
     from index.tagger.labels import record_labels
     from index.tagger.train import load_records
@@ -155,9 +151,7 @@ def curation(ref: ReferenceIndex, picks: int = 6) -> dict | None:
     tagged = [{"key": k, "image": im, "has": labels[k],
                "top": [(tagger.labels[j], float(p[j])) for j in np.argsort(-p)[:5]]}
               for k, im, p in zip(chosen, images, probs)]
-    index = ref.vector_index("image")
-    ids = index.ids()
-    pairs = find_duplicates(ref.store, index.reconstruct(ids), ids, threshold=0.97)
+    pairs = index_duplicates(ref, threshold=0.97)
     cross = [p for p in pairs if not p.same_entity]
     console.print(f"curation: tags for {len(tagged)} unseen emoji; {len(pairs)} near-duplicate image pairs, "
                   f"{len(cross)} between two entities")
@@ -168,11 +162,11 @@ def _curation_block(c: dict, home: Path) -> str:
     from index.tagger.labels import display
 
     rows = "".join(
-        f'<tr><td><img src="{_thumb(t["image"], 64)}"></td><td><code>{html.escape(t["key"])}</code></td><td>'
+        f'<tr><td><img src="{thumbnail_url(t["image"], 64)}"></td><td><code>{html.escape(t["key"])}</code></td><td>'
         + ", ".join(f'<span style="color:{"#137333" if lab in t["has"] else "#a50e0e"}">{html.escape(display(lab))}'
                     f" {p:.2f}</span>" for lab, p in t["top"]) + "</td></tr>" for t in c["tagged"])
-    dups = "".join(f'<tr><td><img src="{_thumb(home / p.a["path"], 40)}"> <code>{html.escape(p.a["key"])}</code></td>'
-                   f'<td><img src="{_thumb(home / p.b["path"], 40)}"> <code>{html.escape(p.b["key"])}</code></td>'
+    dups = "".join(f'<tr><td><img src="{thumbnail_url(home / p.a["path"], 40)}"> <code>{html.escape(p.a["key"])}</code></td>'
+                   f'<td><img src="{thumbnail_url(home / p.b["path"], 40)}"> <code>{html.escape(p.b["key"])}</code></td>'
                    f"<td>{p.similarity:.3f}</td></tr>" for p in c["cross"][:6])
     return (f"<h1>Curation</h1><h2>Tags suggested by {html.escape(c['tagger'])} for emoji it never saw "
             "(OpenMoji drawings; tagger averaged with the labels of the index's nearest other entities, as "
@@ -191,7 +185,7 @@ def _answer_block(a: dict) -> str:
     how = ("retrieved" if out.retrieved else "answered without retrieval") + (
         f", P([Ret]) {out.p_ret:.2f}" if out.p_ret is not None else "") + (
         f", familiarity {out.familiarity:.2f}" if out.familiarity is not None else "")
-    return (f'<h2><img src="{_thumb(a["image"], 96)}"> {html.escape(a["question"])}</h2>'
+    return (f'<h2><img src="{thumbnail_url(a["image"], 96)}"> {html.escape(a["question"])}</h2>'
             f"<p><b>{html.escape(out.answer)}</b> ({how}; {a['ms']:.0f} ms; tags: "
             f"{html.escape(str(out.tags.entity))} / {html.escape(str(out.tags.category))})</p><ul>{cites}</ul>")
 
@@ -200,7 +194,7 @@ def render_page(results: list[dict], home: Path, meta: dict, answers: list[dict]
                 generations: list[dict] | None = None, curated: dict | None = None) -> str:
     blocks = []
     for r in results:
-        query = (f'<img src="{_thumb(r["image"], 96)}"> (expected <code>{r["expected"]}</code>)'
+        query = (f'<img src="{thumbnail_url(r["image"], 96)}"> (expected <code>{r["expected"]}</code>)'
                  if r.get("image") else f"“{html.escape(r['text'])}”")
         blocks.append(f"<h2>{query}</h2><p>{r['ms']:.0f} ms</p><table><tr><th>#</th><th>entity</th><th>name</th>"
                       f"<th>score</th><th>best match</th></tr>{_rows(r['hits'], home, r.get('expected'))}</table>")

@@ -258,6 +258,13 @@ def find_duplicates(store: EntityStore, vectors: np.ndarray, ids: np.ndarray, th
     return out
 
 
+def index_duplicates(reference, threshold: float = 0.97) -> list[DuplicatePair]:
+    """`find_duplicates` over the vectors of the active image index (IndexNotBuiltError without one)."""
+    index = reference.vector_index("image")
+    ids = index.ids()
+    return find_duplicates(reference.store, index.reconstruct(ids), ids, threshold)
+
+
 # --- pages -------------------------------------------------------------------------------------
 
 def _thumb(path: Path, size: int = 72) -> str:
