@@ -68,7 +68,7 @@ def curate_tag(kind: Annotated[Optional[list[str]], typer.Option(help="only enti
                dry_run: Annotated[bool, typer.Option(help="show suggestions without storing them")] = False,
                as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Suggest tags for entities from their images; stored as pending tags, shown on a page."""
-    from index.curate import suggest_tags, tag_page
+    from index.curate import knn_unavailable, suggest_tags, tag_page
     from index.search import ReferenceIndex
 
     if not 0.0 <= threshold <= 1.0:
@@ -80,10 +80,7 @@ def curate_tag(kind: Annotated[Optional[list[str]], typer.Option(help="only enti
     model = _load_tagger(tagger_path)
     reference = ReferenceIndex.from_settings()
     store = reference.store
-    version = store.active_index("image")
-    if knn_weight and (version is None or version.embedder != model.embedder.fingerprint):
-        why = ("there is no image index (`mmkb index build`)" if version is None else
-               f"the image index was built with {version.embedder}, the tagger reads {model.embedder.fingerprint}")
+    if knn_weight and (why := knn_unavailable(reference, model)):
         console.print(f"[yellow]{why}: suggesting from the tagger alone[/]")
     try:
         suggestions = suggest_tags(store, model, kinds=kind, keys=key, threshold=threshold, top=top,

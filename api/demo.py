@@ -39,7 +39,7 @@ def ensure_index(ref: ReferenceIndex, rebuild: bool = False) -> None:
     """Build each modality whose active index is missing, stale or made by another embedder."""
     counts = ref.store.stats()
     wanted = {"text": (counts["sections"], ref.text_embedder().fingerprint),
-              "image": (counts["images"], ref.image_embedder().fingerprint)}
+              "image": (counts["images"], ref.image_fingerprint)}
     stale = [m for m, (n, emb) in wanted.items()
              if rebuild or (v := ref.store.active_index(m)) is None or v.count != n or v.embedder != emb]
     if stale:

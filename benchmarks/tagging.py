@@ -44,6 +44,7 @@ from PIL import Image, ImageDraw  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from index.clip.augment import distort  # noqa: E402
 from index.clip.data import is_held_out, load_image  # noqa: E402
+from index.config import get_settings  # noqa: E402
 from index.embedders import open_rgb  # noqa: E402
 from index.tagger import Tagger  # noqa: E402
 from index.tagger.labels import display, multi_hot, record_labels  # noqa: E402
@@ -162,7 +163,9 @@ def main(argv: list[str] | None = None) -> dict:
         fit(model, feats, torch.as_tensor(y), cfg, desc=f"training {name}")
         heads[name] = model
     clean = np.arange(0, len(y), cfg.views)  # each training picture as the KB holds it (its first view)
-    memory = torch.nn.functional.normalize(feats[-1][clean].float(), dim=-1).numpy()
+    # kNN searches the image index's vectors, as `mmkb curate tag` does (with the configured layout weight).
+    layout = get_settings().image_layout_weight
+    memory = emb.encode_search([e.path for e in train_ex], layout)
     memory_y, memory_keys = y[clean], np.array([e.key for e in train_ex])
     text = emb.encode_texts([f"an emoji: {display(v)}" for v in vocab])
     sets = eval_sets(records, root, args.seed)
@@ -172,7 +175,7 @@ def main(argv: list[str] | None = None) -> dict:
         t = multi_hot(truth, vocab)
         ef = extract(emb, images, len(images), desc=set_name)
         vec = torch.nn.functional.normalize(ef[-1].float(), dim=-1).numpy()
-        knn = knn_scores(memory, memory_y, memory_keys, vec, keys)
+        knn = knn_scores(memory, memory_y, memory_keys, emb.encode_search(images, layout), keys)
         results["kNN label transfer"][set_name] = metrics(knn, t)
         results["CLIP zero-shot"][set_name] = metrics(vec @ text.T, t)
         for name, model in heads.items():

@@ -29,6 +29,17 @@ class Settings(BaseSettings):
     # benchmark's distortions (seed 1): flags 0.949 → 0.953, cross-vendor emoji 0.835 → 0.839, OpenMoji
     # 0.189 → 0.204, for three image embeddings per query.
     query_views: int = 3
+    # Image search vectors also carry where things are in the picture (index.embedders.encode_search):
+    # score = (embedding cosine + w × mean cosine of the 2×2 layout cells) / (1 + w); 0 turns it off.
+    # Chosen on the seed-1 draw of the entity benchmark (README "Entity recognition").
+    image_layout_weight: float = 0.25
+
+    @field_validator("image_layout_weight")
+    @classmethod
+    def _layout(cls, v: float) -> float:
+        if not 0 <= v <= 10:
+            raise ValueError("MMKB_IMAGE_LAYOUT_WEIGHT is between 0 (embedding alone) and 10")
+        return v
 
     @field_validator("query_views")
     @classmethod

@@ -55,14 +55,26 @@ def _with_labels():
             selectinload(Entity.documents).selectinload(Document.sections))
 
 
+def knn_unavailable(reference, tagger) -> str | None:
+    """Why kNN label transfer cannot run through this reference's image index (None: it can)."""
+    version = reference.store.active_index("image")
+    if version is None:
+        return "there is no image index (`mmkb index build`)"
+    if tagger.embedder.fingerprint != reference.image_embedder().fingerprint:
+        return (f"the tagger reads {tagger.embedder.fingerprint}, the index embeds with "
+                f"{reference.image_embedder().fingerprint}")
+    if version.embedder != reference.image_fingerprint:
+        return f"the image index was built with {version.embedder}, not {reference.image_fingerprint}"
+    return None
+
+
 def neighbour_labels(reference, tagger, vectors: np.ndarray, own: Sequence[str], k: int = 10) -> np.ndarray | None:
     """kNN label transfer through the image index: each image's `k` nearest indexed images of other
-    entities vote with their entities' labels (weight: cosine³). None when the index is missing or was
-    built with another embedder than the tagger's."""
+    entities vote with their entities' labels (weight: cosine³). `vectors` are the images' search
+    vectors (`ReferenceIndex.embed_images`). None when `knn_unavailable`."""
     from index.search import IndexNotBuiltError
 
-    version = reference.store.active_index("image")
-    if version is None or version.embedder != tagger.embedder.fingerprint or not len(vectors):
+    if not len(vectors) or knn_unavailable(reference, tagger):
         return None
     try:
         index = reference.vector_index("image")
@@ -94,8 +106,10 @@ def tag_images(tagger, images: Sequence, reference=None, own: Sequence[str] | No
     `knn_weight`) when a `reference` index built with the tagger's embedder is given; and whether
     they were. `own`: each image's entity key, whose images must not vote for it (None: no entity)."""
     probs, vectors = tagger.predict_with_embeddings(images)
-    if reference is None or not knn_weight:
+    if reference is None or not knn_weight or knn_unavailable(reference, tagger):
         return probs, False
+    if reference.image_fingerprint != tagger.embedder.fingerprint:  # the index's vectors also carry the layout
+        vectors = reference.embed_images(images)
     knn = neighbour_labels(reference, tagger, vectors, own if own is not None else [""] * len(images))
     return (probs, False) if knn is None else ((1 - knn_weight) * probs + knn_weight * knn, True)
 

@@ -15,11 +15,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
 log = logging.getLogger(__name__)
 DEFAULT_TEXT = "all-MiniLM-L6-v2"
+# The layout part of an image search vector: the last feature map pooled to a 2×2 grid, each cell
+# projected to 128 dimensions by a fixed random matrix (seed 0), so the vector stays small (256 + 512).
+LAYOUT_GRID = 2
+LAYOUT_DIM = 128
 
 
 def _device(device: str | None) -> str:
@@ -140,6 +145,60 @@ class ImageEmbedder:
         self.dim = int(self.model.text_projection.shape[1] if hasattr(self.model, "text_projection")
                        and self.model.text_projection is not None else self.encode_texts(["x"]).shape[1])
 
+    def layout_of(self, weight: float) -> float:
+        """The layout weight this model can give: 0 for an image tower without feature maps."""
+        return weight if weight and hasattr(self.model.visual, "forward_intermediates") else 0.0
+
+    def search_fingerprint(self, layout: float) -> str:
+        """What an image index built with `encode_search(..., layout)` records."""
+        layout = self.layout_of(layout)
+        return f"{self.fingerprint}+layout{layout:g}" if layout else self.fingerprint
+
+    def pooled(self, search_vectors: np.ndarray) -> np.ndarray:
+        """The image embeddings inside search vectors (their first `dim` columns, renormalised)."""
+        return _normalise(np.asarray(search_vectors)[:, :self.dim])
+
+    @torch.inference_mode()
+    def encode_search(self, images: Sequence[Image.Image | str | Path], layout: float = 0.0,
+                      batch_size: int = 64, show_progress: bool = False) -> np.ndarray:
+        """Vectors for image→image search. With `layout` 0, the image embeddings. Otherwise each
+        also carries the layout of its last feature map (a 2×2 grid of cells, each L2-normalised and
+        projected to `LAYOUT_DIM`): [embedding, √layout · cells / 2] / √(1 + layout), so the dot
+        product of two vectors is (cosine of the embeddings + layout × mean cosine of corresponding
+        cells) / (1 + layout). Two drawings of one subject share where its parts are even where
+        the pooled embedding of an entity the model never trained on does not match (entity
+        benchmark, held-out emoji; README "Entity recognition")."""
+        layout = self.layout_of(layout)
+        if not layout:
+            return self.encode_images(images, batch_size=batch_size, show_progress=show_progress)
+        out = []
+        for i in tqdm(range(0, len(images), batch_size), desc="embedding images", disable=not show_progress):
+            batch = torch.stack([self.preprocess(open_rgb(im)) for im in images[i:i + batch_size]]).to(self.device)
+            feats = self.model.visual.forward_intermediates(batch, indices=1)
+            pooled = feats["image_features"]
+            pooled = F.normalize((pooled[0] if isinstance(pooled, tuple) else pooled).float(), dim=1)
+            cells = F.adaptive_avg_pool2d(feats["image_intermediates"][-1].float(), LAYOUT_GRID).flatten(2)
+            cells = F.normalize(F.normalize(cells.transpose(1, 2), dim=2) @ self._layout_projection(cells.shape[1]), dim=2)
+            vec = torch.cat([pooled, layout ** 0.5 * cells.flatten(1) / LAYOUT_GRID], 1) / (1 + layout) ** 0.5
+            out.append(vec.cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, self.dim + LAYOUT_GRID ** 2 * LAYOUT_DIM), np.float32)
+
+    def _layout_projection(self, channels: int) -> torch.Tensor:
+        """A fixed (channels × LAYOUT_DIM) Gaussian projection; the CPU generator makes it the same everywhere."""
+        if getattr(self, "_projection", None) is None or self._projection.shape[0] != channels:
+            g = torch.Generator().manual_seed(0)
+            self._projection = (torch.randn(channels, LAYOUT_DIM, generator=g) / LAYOUT_DIM ** 0.5).to(self.device)
+        return self._projection
+
+    def encode_search_texts(self, texts: Sequence[str], layout: float = 0.0) -> np.ndarray:
+        """Text queries against an image index of `encode_search(..., layout)` vectors: the text
+        embedding with zeros for the layout, so only the image embeddings are compared."""
+        vecs = self.encode_texts(texts)
+        layout = self.layout_of(layout)
+        if not layout:
+            return vecs
+        return np.concatenate([vecs, np.zeros((len(vecs), LAYOUT_GRID ** 2 * LAYOUT_DIM), np.float32)], 1)
+
     @torch.inference_mode()
     def encode_images(self, images: Sequence[Image.Image | str | Path], batch_size: int = 64,
                       show_progress: bool = False) -> np.ndarray:
@@ -150,15 +209,15 @@ class ImageEmbedder:
         return _normalise(np.concatenate(out)) if out else np.zeros((0, self.dim), np.float32)
 
     def encode_queries(self, images: Sequence[Image.Image | str | Path], views: int = 3,
-                       batch_size: int = 64) -> np.ndarray:
-        """Query embeddings: with `views` 3, the normalised mean over `query_views` (a third of the
-        throughput of `encode_images`); with 1, the image alone."""
+                       batch_size: int = 64, layout: float = 0.0) -> np.ndarray:
+        """Query search vectors (`encode_search`): with `views` 3, the normalised mean over
+        `query_views` (a third of the throughput of `encode_images`); with 1, the image alone."""
         if views == 1:
-            return self.encode_images(images, batch_size=batch_size)
+            return self.encode_search(images, layout, batch_size=batch_size)
         if views != 3:
             raise ValueError(f"query views is 1 (the image alone) or 3 (itself, zoomed out, central crop), not {views}")
         many = [v for im in images for v in query_views(open_rgb(im))]
-        vecs = self.encode_images(many, batch_size=batch_size * 3)
+        vecs = self.encode_search(many, layout, batch_size=batch_size * 3)
         return _normalise(vecs.reshape(len(images), 3, -1).mean(axis=1)) if len(images) else vecs
 
     @torch.inference_mode()

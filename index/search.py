@@ -77,6 +77,21 @@ class ReferenceIndex:
     def image_embedder(self):
         return load_image_embedder(self.settings.image_embedder, self.settings.device)
 
+    @property
+    def image_fingerprint(self) -> str:
+        """What the image index records: the embedder's weights and the layout weight of its vectors."""
+        return self.image_embedder().search_fingerprint(self.settings.image_layout_weight)
+
+    def embed_images(self, images: Sequence, show_progress: bool = False) -> np.ndarray:
+        """Image index vectors (`ImageEmbedder.encode_search` with the configured layout weight)."""
+        return self.image_embedder().encode_search(images, self.settings.image_layout_weight,
+                                                   batch_size=self.settings.batch_size, show_progress=show_progress)
+
+    def embed_image_queries(self, images: Sequence, views: int | None = None) -> np.ndarray:
+        """Query vectors for the image index: `views` (default: the configured query views) of each image."""
+        return self.image_embedder().encode_queries(images, views=views or self.settings.query_views,
+                                                    layout=self.settings.image_layout_weight)
+
     # --- building ------------------------------------------------------------------------------
 
     def build(self, modalities: Sequence[str] = MODALITIES, show_progress: bool = True) -> list[IndexVersion]:
@@ -93,11 +108,9 @@ class ReferenceIndex:
             vectors = embedder.encode([r[1] for r in rows], batch_size=self.settings.batch_size,
                                       show_progress=show_progress)
         else:
-            embedder = self.image_embedder()
             rows = [r for batch in self.store.iter_images() for r in batch]
             ids = [r[0] for r in rows]
-            vectors = embedder.encode_images([r[1] for r in rows], batch_size=self.settings.batch_size,
-                                             show_progress=show_progress)
+            vectors = self.embed_images([r[1] for r in rows], show_progress=show_progress)
         if not ids:
             raise ValueError(f"nothing to index for {modality}: ingest a KB first (`mmkb index ingest`)")
         index = VectorIndex.build(vectors, np.asarray(ids, dtype=np.int64),
@@ -107,9 +120,10 @@ class ReferenceIndex:
             index.tune(self.settings.target_recall)
         stamp = time.strftime("%Y%m%d-%H%M%S")
         rel = Path("indexes") / modality / f"{stamp}-{len(ids)}"
-        saved = index.save(self.store.home / rel, embedder=embedder.fingerprint)
+        fingerprint = self.text_embedder().fingerprint if modality == "text" else self.image_fingerprint
+        saved = index.save(self.store.home / rel, embedder=fingerprint)
         checksum = json.loads((saved / "manifest.json").read_text())["sha256"]
-        version = IndexVersion(modality=modality, embedder=embedder.fingerprint, kind=index.kind, count=len(ids),
+        version = IndexVersion(modality=modality, embedder=fingerprint, kind=index.kind, count=len(ids),
                                dim=index.dim, path=str(rel), checksum=checksum)
         self._loaded.pop(modality, None)
         return self.store.activate_index(version)
@@ -124,7 +138,7 @@ class ReferenceIndex:
         if cached and cached[0] == version.id:
             return cached[1]
         index = VectorIndex.load(self.store.home / version.path)
-        expected = (self.text_embedder() if modality == "text" else self.image_embedder()).fingerprint
+        expected = self.text_embedder().fingerprint if modality == "text" else self.image_fingerprint
         if version.embedder != expected:
             raise IndexNotBuiltError(f"the active {modality} index was built with {version.embedder!r} but "
                                      f"the configured embedder is {expected!r}: run `mmkb index build`")
@@ -148,10 +162,10 @@ class ReferenceIndex:
             self._collect("text", q, fetch, kinds, keys, hits)
             embedder = self.image_embedder() if text_to_image else None
             if embedder is not None and self.store.active_index("image") is not None:
-                self._collect("image", embedder.encode_texts([text]), fetch, kinds, keys, hits)
+                q = embedder.encode_search_texts([text], self.settings.image_layout_weight)
+                self._collect("image", q, fetch, kinds, keys, hits)
         if image is not None:
-            q = self.image_embedder().encode_queries([image], views=self.settings.query_views)
-            self._collect("image", q, fetch, kinds, keys, hits)
+            self._collect("image", self.embed_image_queries([image]), fetch, kinds, keys, hits)
         return self._ranked(hits)[:k]
 
     def search_embedding(self, modality: str, query: np.ndarray, k: int = 10, kinds: Sequence[str] | None = None,

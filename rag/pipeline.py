@@ -164,8 +164,9 @@ class MMKBRAG:
             images = self.reference.store.entity_images([key]).get(key, [])
             if not images:
                 return None
-            try:  # the vectors the image index already holds
+            try:  # the image embeddings inside the vectors the image index already holds
                 vectors = self.reference.vector_index("image").reconstruct(np.array([i for i, _, _ in images]))
+                vectors = self.reference.image_embedder().pooled(vectors)
             except (KeyError, RuntimeError):  # not indexed yet: embed them
                 vectors = self.reference.image_embedder().encode_images([p for _, p, _ in images])
             v = vectors.mean(0)
@@ -298,7 +299,8 @@ class MMKBRAG:
         def search_vector() -> np.ndarray:  # embedded on first use: a skipped retrieval needs none
             nonlocal search_vec
             if search_vec is None:
-                search_vec = vec if views == 1 else self.reference.image_embedder().encode_queries([img], views)[0]
+                one_view_is_vec = views == 1 and self.reference.image_fingerprint == self.reference.image_embedder().fingerprint
+                search_vec = vec if one_view_is_vec else self.reference.embed_image_queries([img], views)[0]
             return search_vec
 
         if cfg.mode == "mmkb-rag" and cfg.use_ret:

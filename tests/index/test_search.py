@@ -58,7 +58,8 @@ def test_index_built_with_other_weights_is_refused(ref, monkeypatch):
     """Retrained weights under the same model name still make the old index stale."""
     ref.build(["text", "image"], show_progress=False)
     assert ref.store.active_index("image").embedder.startswith(f"{DEFAULT_CONFIG}@")
-    other = type("Other", (), {"fingerprint": f"{DEFAULT_CONFIG}@0123456789ab"})()
+    other = type("Other", (), {"fingerprint": f"{DEFAULT_CONFIG}@0123456789ab",
+                               "search_fingerprint": lambda self, layout: self.fingerprint})()
     monkeypatch.setattr(ref, "image_embedder", lambda: other)
     ref._loaded.clear()
     with pytest.raises(IndexNotBuiltError, match="mmkb index build"):
@@ -129,4 +130,51 @@ def test_query_views_setting_is_checked(monkeypatch):
     assert Settings().query_views == 1
     monkeypatch.setenv("MMKB_QUERY_VIEWS", "2")
     with pytest.raises(ValidationError, match="1 \\(the image alone\\) or 3"):
+        Settings()
+
+
+def test_image_search_vectors_carry_the_layout_and_another_weight_needs_a_rebuild(ref, tiny_kb):
+    import numpy as np
+
+    from index.embedders import LAYOUT_DIM, LAYOUT_GRID
+
+    ref.build(["image"], show_progress=False)
+    emb = ref.image_embedder()
+    version = ref.store.active_index("image")
+    assert ref.settings.image_layout_weight == 0.25
+    assert version.embedder == f"{emb.fingerprint}+layout0.25" and version.dim == emb.dim + LAYOUT_GRID ** 2 * LAYOUT_DIM
+    images = [tiny_kb / "images" / "npl.png", tiny_kb / "images" / "btn.png"]
+    vecs = emb.encode_search(images, 0.25)
+    plain = emb.encode_images(images)
+    assert np.allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
+    assert np.allclose(emb.pooled(vecs), plain, atol=1e-4)  # the embedding the reader reads is inside
+    assert np.allclose(emb.encode_search(images, 0.0), plain)
+    text = emb.encode_search_texts(["Nepal"], 0.25)
+    assert text.shape == (1, vecs.shape[1]) and not text[:, emb.dim:].any()
+    ref.settings = ref.settings.model_copy(update={"image_layout_weight": 0.0})
+    ref._loaded.clear()
+    with pytest.raises(IndexNotBuiltError, match="mmkb index build"):
+        ref.vector_index("image")
+    ref.build(["image"], show_progress=False)
+    assert ref.store.active_index("image").dim == emb.dim
+    assert ref.search(image=images[0], k=1)[0].key == "country:NPL"
+
+
+def test_an_image_tower_without_feature_maps_searches_with_its_embedding_alone():
+    from types import SimpleNamespace
+
+    from index.embedders import ImageEmbedder
+
+    emb = ImageEmbedder.__new__(ImageEmbedder)  # a tower open_clip gives no forward_intermediates for
+    emb.model, emb.fingerprint = SimpleNamespace(visual=object()), "hf-tower@0123456789ab"
+    assert emb.layout_of(0.5) == 0.0 and emb.search_fingerprint(0.5) == "hf-tower@0123456789ab"
+
+
+def test_layout_weight_setting_is_checked(monkeypatch):
+    from pydantic import ValidationError
+
+    from index.config import Settings
+
+    monkeypatch.setenv("MMKB_IMAGE_LAYOUT_WEIGHT", "-1")
+    with pytest.raises(ValidationError, match="between 0"):
         Settings()

@@ -267,7 +267,7 @@ def test_familiarity_gate_retrieves_for_an_entity_new_to_the_reader(rag, tiny_kb
     known = rag(image, q, gamma=1.01)
     assert known.retrieved is False and known.familiarity == pytest.approx(1.0, abs=1e-4)
     # A familiar-looking image whose nearest indexed entity the reader never trained on: retrieve.
-    nearest = rag.reference.search_embedding("image", vec, k=1)[0].key
+    nearest = rag.reference.search_embedding("image", rag.reference.embed_image_queries([image])[0], k=1)[0].key
     rag.vlm.known_entities = frozenset({"country:XXX"})
     lookalike = rag(image, q, gamma=1.01)
     assert lookalike.retrieved and lookalike.unknown_entity == nearest and lookalike.familiarity > 0.99
@@ -302,7 +302,7 @@ def test_shared_picture_makes_ret_retrieve(rag, tiny_kb, monkeypatch):
     image, q = tiny_kb / "images" / "btn.png", "What is the capital of this country?"
     vec = rag.vlm.embed_images([str(image)])[0]
     rag.vlm.memory, rag.vlm.familiarity_threshold = vec[None] / np.linalg.norm(vec), 0.5  # familiar
-    nearest = rag.reference.search_embedding("image", vec, k=1)[0].key
+    nearest = rag.reference.search_embedding("image", rag.reference.embed_image_queries([image])[0], k=1)[0].key
     rag.vlm.known_entities = frozenset({nearest, "country:ZZZ"})
     assert rag(image, q, gamma=1.01).retrieved is False  # a picture of one entity: the tag decides
     search = rag.reference.search_embedding
@@ -414,9 +414,13 @@ def test_retrieval_searches_with_the_query_views_and_the_reader_reads_the_image(
     three = rag(image, q, mode="naive-rag")
     assert calls == [3] and three.candidates[0].entity_key == "country:BTN"
     one = rag(image, q, mode="naive-rag", query_views=1)
-    assert calls == [3] and one.candidates[0].entity_key == "country:BTN"  # one view: the reader's own vector
+    assert calls == [3, 1] and one.candidates[0].entity_key == "country:BTN"  # one view, with its layout
+    rag.reference.settings = rag.reference.settings.model_copy(update={"image_layout_weight": 0.0})
+    rag.reference.build(["image"], show_progress=False)
+    none = rag(image, q, mode="naive-rag", query_views=1)
+    assert calls == [3, 1] and none.candidates[0].entity_key == "country:BTN"  # no layout: the reader's own vector
     rag(image, q, mode="no-rag")
-    assert calls == [3]  # no retrieval, no query views
+    assert calls == [3, 1]  # no retrieval, no query views
     with pytest.raises(ValueError, match="query_views is 1"):
         RAGConfig(query_views=2)
 
