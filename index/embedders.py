@@ -146,13 +146,32 @@ class ImageEmbedder:
                        and self.model.text_projection is not None else self.encode_texts(["x"]).shape[1])
 
     def layout_of(self, weight: float) -> float:
-        """The layout weight this model can give: 0 for an image tower without feature maps."""
-        return weight if weight and hasattr(self.model.visual, "forward_intermediates") else 0.0
+        """The layout weight this model can give: 0 for an image tower without a feature map of at
+        least `LAYOUT_GRID` × `LAYOUT_GRID` cells (a tower with no `forward_intermediates`, a timm trunk
+        that cannot give them, a 32 px ModifiedResNet whose last map is 1×1)."""
+        return weight if weight and self._has_layout() else 0.0
+
+    def _has_layout(self) -> bool:
+        if getattr(self, "_layout_ok", None) is None:
+            visual = self.model.visual
+            self._layout_ok = False
+            if hasattr(visual, "forward_intermediates"):
+                size = getattr(visual, "image_size", 224)
+                size = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
+                try:
+                    with torch.inference_mode():
+                        fmap = visual.forward_intermediates(torch.zeros(1, 3, *size, device=self.device),
+                                                            indices=1)["image_intermediates"][-1]
+                    self._layout_ok = fmap.ndim == 4 and min(fmap.shape[-2:]) >= LAYOUT_GRID
+                except (NotImplementedError, AttributeError, TypeError, RuntimeError, KeyError) as err:
+                    log.info("%s gives no feature maps (%s): image search uses its embedding alone", self.name, err)
+        return self._layout_ok
 
     def search_fingerprint(self, layout: float) -> str:
-        """What an image index built with `encode_search(..., layout)` records."""
+        """What an image index built with `encode_search(..., layout)` records: the weights, the
+        layout weight and how the layout is made (grid, projection width, projection seed)."""
         layout = self.layout_of(layout)
-        return f"{self.fingerprint}+layout{layout:g}" if layout else self.fingerprint
+        return f"{self.fingerprint}+layout{layout:g}/{LAYOUT_GRID}x{LAYOUT_GRID}x{LAYOUT_DIM}s0" if layout else self.fingerprint
 
     def pooled(self, search_vectors: np.ndarray) -> np.ndarray:
         """The image embeddings inside search vectors (their first `dim` columns, renormalised)."""
@@ -192,7 +211,8 @@ class ImageEmbedder:
 
     def encode_search_texts(self, texts: Sequence[str], layout: float = 0.0) -> np.ndarray:
         """Text queries against an image index of `encode_search(..., layout)` vectors: the text
-        embedding with zeros for the layout, so only the image embeddings are compared."""
+        embedding with zeros for the layout, so only the image embeddings are compared (the scores
+        are their cosines / √(1 + layout); `ReferenceIndex.search` scales them back)."""
         vecs = self.encode_texts(texts)
         layout = self.layout_of(layout)
         if not layout:

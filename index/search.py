@@ -162,8 +162,9 @@ class ReferenceIndex:
             self._collect("text", q, fetch, kinds, keys, hits)
             embedder = self.image_embedder() if text_to_image else None
             if embedder is not None and self.store.active_index("image") is not None:
-                q = embedder.encode_search_texts([text], self.settings.image_layout_weight)
-                self._collect("image", q, fetch, kinds, keys, hits)
+                layout = embedder.layout_of(self.settings.image_layout_weight)
+                q = embedder.encode_search_texts([text], layout)
+                self._collect("image", q, fetch, kinds, keys, hits, scale=(1 + layout) ** 0.5)  # back to cosines
         if image is not None:
             self._collect("image", self.embed_image_queries([image]), fetch, kinds, keys, hits)
         return self._ranked(hits)[:k]
@@ -186,13 +187,13 @@ class ReferenceIndex:
         return sorted(hits.values(), key=lambda h: (-score[h.key], -prior.get(h.key, 0.0)))
 
     def _collect(self, modality: str, query: np.ndarray, fetch: int, kinds, keys,
-                 hits: dict[str, EntityHit]) -> None:
+                 hits: dict[str, EntityHit], scale: float = 1.0) -> None:
         index = self.vector_index(modality)
         allowed = self.store.allowed_ids(modality, kinds, keys)
         if allowed is not None and not allowed:
             return
         scores, ids = index.search(query, fetch, allowed_ids=None if allowed is None else np.asarray(allowed))
-        found = [(float(s), int(i)) for s, i in zip(scores[0], ids[0]) if i >= 0]
+        found = [(scale * float(s), int(i)) for s, i in zip(scores[0], ids[0]) if i >= 0]
         rows = (self.store.section_hits if modality == "text" else self.store.image_hits)([i for _, i in found])
         best: dict[str, float] = {}
         for score, row_id in found:

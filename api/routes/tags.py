@@ -15,8 +15,9 @@ def tags(services: ServicesDep, image: Annotated[UploadFile, File()],
          top: Annotated[int, Form(ge=1, le=50)] = 5,
          threshold: Annotated[float, Form(ge=0.0, le=1.0)] = 0.0) -> dict:
     """Labels most probable first (at most `top`, each at least `threshold`): the shipped tagger, averaged
-    with the labels of the image index's nearest entities when the index holds the tagger's embeddings
-    (`knn` says whether it did), as `mmkb curate tag` scores an entity's images."""
+    with the labels of the image index's nearest entities when the index was built with the tagger's
+    embedder and the configured layout weight (`knn` says whether it did), as `mmkb curate tag` scores an
+    entity's images."""
     from index.curate import tag_images
     from index.tagger.labels import display
 

@@ -350,7 +350,7 @@ class Tagger:
 
     def predict_with_embeddings(self, images: Sequence[Image.Image | str | Path],
                                 batch_size: int = 128) -> tuple[np.ndarray, np.ndarray]:
-        """(images × labels) probabilities and the images' unit-length embeddings (what the index holds)."""
+        """(images × labels) probabilities and the images' unit-length embeddings (`ImageEmbedder.encode_images`)."""
         if not images:
             return np.zeros((0, len(self.labels)), np.float32), np.zeros((0, self.embedder.dim), np.float32)
         feats = extract(self.embedder, (open_rgb(im) for im in images), len(images), batch_size, desc="tagging")

@@ -142,7 +142,8 @@ def test_image_search_vectors_carry_the_layout_and_another_weight_needs_a_rebuil
     emb = ref.image_embedder()
     version = ref.store.active_index("image")
     assert ref.settings.image_layout_weight == 0.25
-    assert version.embedder == f"{emb.fingerprint}+layout0.25" and version.dim == emb.dim + LAYOUT_GRID ** 2 * LAYOUT_DIM
+    assert version.embedder == f"{emb.fingerprint}+layout0.25/2x2x128s0"
+    assert version.dim == emb.dim + LAYOUT_GRID ** 2 * LAYOUT_DIM
     images = [tiny_kb / "images" / "npl.png", tiny_kb / "images" / "btn.png"]
     vecs = emb.encode_search(images, 0.25)
     plain = emb.encode_images(images)
@@ -151,6 +152,12 @@ def test_image_search_vectors_carry_the_layout_and_another_weight_needs_a_rebuil
     assert np.allclose(emb.encode_search(images, 0.0), plain)
     text = emb.encode_search_texts(["Nepal"], 0.25)
     assert text.shape == (1, vecs.shape[1]) and not text[:, emb.dim:].any()
+    ref.build(["text"], show_progress=False)
+    hits = ref.search(text="Nepal", k=10, text_to_image=True)
+    key, score = next((h.key, h.scores["image"]) for h in hits if "image" in h.scores)
+    pictures = [path for _, path, _ in ref.store.entity_images([key])[key]]
+    best = float((emb.encode_texts(["Nepal"]) @ emb.encode_images(pictures).T).max())
+    assert score == pytest.approx(best, abs=1e-3)  # text→image scores stay the embeddings' cosines
     ref.settings = ref.settings.model_copy(update={"image_layout_weight": 0.0})
     ref._loaded.clear()
     with pytest.raises(IndexNotBuiltError, match="mmkb index build"):
@@ -168,6 +175,13 @@ def test_an_image_tower_without_feature_maps_searches_with_its_embedding_alone()
     emb = ImageEmbedder.__new__(ImageEmbedder)  # a tower open_clip gives no forward_intermediates for
     emb.model, emb.fingerprint = SimpleNamespace(visual=object()), "hf-tower@0123456789ab"
     assert emb.layout_of(0.5) == 0.0 and emb.search_fingerprint(0.5) == "hf-tower@0123456789ab"
+
+
+def test_a_tower_whose_last_map_is_smaller_than_the_grid_has_no_layout():
+    from index.embedders import ImageEmbedder
+
+    emb = ImageEmbedder("mmkb-clip-tiny")  # the 32 px network: its last feature map is 1×1
+    assert emb.layout_of(0.25) == 0.0 and emb.search_fingerprint(0.25) == emb.fingerprint
 
 
 def test_layout_weight_setting_is_checked(monkeypatch):
