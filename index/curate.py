@@ -105,11 +105,11 @@ def tag_images(tagger, images: Sequence, reference=None, own: Sequence[str] | No
     """(images × labels) probabilities: the tagger's, averaged with `neighbour_labels` (weight
     `knn_weight`) when a `reference` index built with the tagger's embedder is given; and whether
     they were. `own`: each image's entity key, whose images must not vote for it (None: no entity)."""
-    probs, vectors = tagger.predict_with_embeddings(images)
-    if reference is None or not knn_weight or knn_unavailable(reference, tagger):
+    with_knn = reference is not None and knn_weight and not knn_unavailable(reference, tagger)
+    # With kNN, the tagger's pass over the images also gives their search vectors for the index.
+    probs, vectors = tagger.predict_with_embeddings(images, layout=reference.settings.image_layout_weight if with_knn else 0.0)
+    if not with_knn:
         return probs, False
-    if reference.image_fingerprint != tagger.embedder.fingerprint:  # the index's vectors also carry the layout
-        vectors = reference.embed_images(images)
     knn = neighbour_labels(reference, tagger, vectors, own if own is not None else [""] * len(images))
     return (probs, False) if knn is None else ((1 - knn_weight) * probs + knn_weight * knn, True)
 

@@ -195,12 +195,21 @@ class ImageEmbedder:
             batch = torch.stack([self.preprocess(open_rgb(im)) for im in images[i:i + batch_size]]).to(self.device)
             feats = self.model.visual.forward_intermediates(batch, indices=1)
             pooled = feats["image_features"]
-            pooled = F.normalize((pooled[0] if isinstance(pooled, tuple) else pooled).float(), dim=1)
-            cells = F.adaptive_avg_pool2d(feats["image_intermediates"][-1].float(), LAYOUT_GRID).flatten(2)
-            cells = F.normalize(F.normalize(cells.transpose(1, 2), dim=2) @ self._layout_projection(cells.shape[1]), dim=2)
-            vec = torch.cat([pooled, layout ** 0.5 * cells.flatten(1) / LAYOUT_GRID], 1) / (1 + layout) ** 0.5
-            out.append(vec.cpu().numpy())
+            out.append(self.search_vectors_from(pooled[0] if isinstance(pooled, tuple) else pooled,
+                                                feats["image_intermediates"][-1], layout))
         return np.concatenate(out) if out else np.zeros((0, self.dim + LAYOUT_GRID ** 2 * LAYOUT_DIM), np.float32)
+
+    @torch.inference_mode()
+    def search_vectors_from(self, pooled: torch.Tensor, last_map: torch.Tensor, layout: float) -> np.ndarray:
+        """`encode_search` vectors from features already computed: the tower's pooled output
+        (batch × dim) and its last feature map (batch × C × H × W)."""
+        pooled = F.normalize(pooled.float(), dim=1)
+        layout = self.layout_of(layout)
+        if not layout:
+            return pooled.cpu().numpy()
+        cells = F.adaptive_avg_pool2d(last_map.float().to(pooled.device), LAYOUT_GRID).flatten(2)
+        cells = F.normalize(F.normalize(cells.transpose(1, 2), dim=2) @ self._layout_projection(cells.shape[1]).to(pooled.device), dim=2)
+        return (torch.cat([pooled, layout ** 0.5 * cells.flatten(1) / LAYOUT_GRID], 1) / (1 + layout) ** 0.5).cpu().numpy()
 
     def _layout_projection(self, channels: int) -> torch.Tensor:
         """A fixed (channels × LAYOUT_DIM) Gaussian projection; the CPU generator makes it the same everywhere."""

@@ -348,13 +348,14 @@ class Tagger:
         """(images × labels) probabilities."""
         return self.predict_with_embeddings(images, batch_size)[0]
 
-    def predict_with_embeddings(self, images: Sequence[Image.Image | str | Path],
-                                batch_size: int = 128) -> tuple[np.ndarray, np.ndarray]:
-        """(images × labels) probabilities and the images' unit-length embeddings (`ImageEmbedder.encode_images`)."""
+    def predict_with_embeddings(self, images: Sequence[Image.Image | str | Path], batch_size: int = 128,
+                                layout: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+        """(images × labels) probabilities and the images' unit-length embeddings (`ImageEmbedder.encode_images`);
+        with `layout`, their image search vectors (`ImageEmbedder.encode_search`) from the same features."""
         if not images:
             return np.zeros((0, len(self.labels)), np.float32), np.zeros((0, self.embedder.dim), np.float32)
         feats = extract(self.embedder, (open_rgb(im) for im in images), len(images), batch_size, desc="tagging")
-        return predict(self.model, feats), F.normalize(feats[-1].float(), dim=-1).numpy()
+        return predict(self.model, feats), self.embedder.search_vectors_from(feats[-1], feats[-2], layout)
 
     @property
     def kinds(self) -> list[str]:
