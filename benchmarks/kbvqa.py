@@ -103,6 +103,7 @@ def main() -> None:
               "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "vlm": rag.vlm.name,
               "image_embedder": settings.image_embedder, "text_embedder": settings.text_embedder,
+              "image_index": rag.reference.image_fingerprint,  # weights and layout of the image search vectors
               "questions": len(examples), "rows": rows}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{stem}.json").write_text(json.dumps(result, indent=1, default=str))
