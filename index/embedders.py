@@ -112,6 +112,19 @@ def _weights_id(pretrained: str | None) -> str:
     return pretrained
 
 
+@torch.inference_mode()
+def visual_features(model, batch: torch.Tensor, maps: int = 2) -> list[torch.Tensor]:
+    """[the last `maps` stage feature maps, oldest first, then the pooled embedding] of an open_clip
+    image tower (the curation tagger reads two maps, image search's layout the last one)."""
+    visual = model.visual
+    if not hasattr(visual, "forward_intermediates"):
+        raise ValueError(f"{type(visual).__name__} has no forward_intermediates; this needs an "
+                         "open_clip image tower that gives its feature maps (ModifiedResNet or ViT)")
+    out = visual.forward_intermediates(batch, indices=maps)
+    pooled = out["image_features"]
+    return [*out["image_intermediates"], pooled[0] if isinstance(pooled, tuple) else pooled]
+
+
 class ImageEmbedder:
     """An open_clip model: images and texts into one L2-normalised space."""
 
@@ -159,9 +172,7 @@ class ImageEmbedder:
                 size = getattr(visual, "image_size", 224)
                 size = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
                 try:
-                    with torch.inference_mode():
-                        fmap = visual.forward_intermediates(torch.zeros(1, 3, *size, device=self.device),
-                                                            indices=1)["image_intermediates"][-1]
+                    fmap = visual_features(self.model, torch.zeros(1, 3, *size, device=self.device), maps=1)[0]
                     self._layout_ok = fmap.ndim == 4 and min(fmap.shape[-2:]) >= LAYOUT_GRID
                 except (NotImplementedError, AttributeError, TypeError, RuntimeError, KeyError) as err:
                     log.info("%s gives no feature maps (%s): image search uses its embedding alone", self.name, err)
@@ -193,10 +204,8 @@ class ImageEmbedder:
         out = []
         for i in tqdm(range(0, len(images), batch_size), desc="embedding images", disable=not show_progress):
             batch = torch.stack([self.preprocess(open_rgb(im)) for im in images[i:i + batch_size]]).to(self.device)
-            feats = self.model.visual.forward_intermediates(batch, indices=1)
-            pooled = feats["image_features"]
-            out.append(self.search_vectors_from(pooled[0] if isinstance(pooled, tuple) else pooled,
-                                                feats["image_intermediates"][-1], layout))
+            last_map, pooled = visual_features(self.model, batch, maps=1)
+            out.append(self.search_vectors_from(pooled, last_map, layout))
         return np.concatenate(out) if out else np.zeros((0, self.dim + LAYOUT_GRID ** 2 * LAYOUT_DIM), np.float32)
 
     @torch.inference_mode()

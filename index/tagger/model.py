@@ -70,18 +70,3 @@ class LinearTagger(nn.Module):
 
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
         return self.head(F.normalize(features[-1].float(), dim=-1) * 10.0)
-
-
-@torch.inference_mode()
-def visual_features(model, batch: torch.Tensor) -> list[torch.Tensor]:
-    """[second-to-last stage map, last stage map, pooled embedding] of an open_clip image tower."""
-    visual = model.visual
-    if not hasattr(visual, "forward_intermediates"):
-        raise ValueError(f"{type(visual).__name__} has no forward_intermediates; the tagger needs an "
-                         "open_clip image tower that gives its feature maps (ModifiedResNet or ViT)")
-    out = visual.forward_intermediates(batch, indices=2)
-    maps = list(out["image_intermediates"])
-    pooled = out["image_features"]
-    if isinstance(pooled, tuple):
-        pooled = pooled[0]
-    return [*maps, pooled]

@@ -27,12 +27,12 @@ from tqdm import tqdm
 
 from index.clip.augment import query_view
 from index.clip.data import is_held_out, load_image
-from index.embedders import ImageEmbedder, open_rgb
+from index.embedders import ImageEmbedder, open_rgb, visual_features
 from index.files import replace_dir
 from index.tagger.asge import adjacency, asge
 from index.tagger.config import LABEL_EMBEDDINGS, TaggerConfig
 from index.tagger.labels import multi_hot, record_labels, vocabulary
-from index.tagger.model import CMATagger, LinearTagger, visual_features
+from index.tagger.model import CMATagger, LinearTagger
 
 log = logging.getLogger(__name__)
 CHECKPOINTS = Path(__file__).parent / "checkpoints"
