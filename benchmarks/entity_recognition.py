@@ -16,6 +16,9 @@ Queries are renderings the index does not hold, distorted at benchmark time with
 - emoji third style: OpenMoji queries → the 1620 emoji entities (every index image: Google, Twitter and,
   for most of them, Fluent flat and modern, EmojiOne 2 and Noto's blob design).
 
+The headline method searches as `mmkb index search --image` does: three views per query, the
+layout in every search vector and each index image as the mean of two views (`MMKB_INDEX_VIEWS`);
+the columns beside it drop those one at a time.
 Several images of one entity collapse to their best score (entity-level fusion). Besides
 the trained model, the same queries go to baselines: raw pixels (32×32 RGB, cosine), colour
 histograms (8×8×8 RGB bins, Hellinger) and the same architecture untrained (seed 0).
@@ -234,10 +237,11 @@ def text_to_entity(emb: ImageEmbedder, entities: list[Entity]) -> dict[str, dict
 
 
 def throughput(emb: ImageEmbedder, images: list[Image.Image], threads: int, seconds: float = 8.0,
-               batch: int = 64, views: int = 1, layout: float = 0.0) -> dict:
+               batch: int = 64, views: int = 1, layout: float = 0.0, index_views: int = 1) -> dict:
     """Images/s at batch 64 on `threads` threads: from PIL images (open_rgb + preprocess +
-    model, the index's search vectors with `layout`) and from ready tensors (model only); with
-    `views` 3, also query images/s as search embeds them (three views each)."""
+    model, search vectors with `layout`) and from ready tensors (model only); with `views` 3, also
+    query images/s as search embeds them (three views each); with `index_views` 2, index images/s
+    as `mmkb index build` embeds them."""
     torch.set_num_threads(threads)
     images = (images * (batch // len(images) + 1))[:batch * 8] if len(images) < batch * 8 else images[:batch * 8]
     tensors = torch.stack([emb.preprocess(open_rgb(im)) for im in images[:batch]])
@@ -259,6 +263,10 @@ def throughput(emb: ImageEmbedder, images: list[Image.Image], threads: int, seco
         with torch.inference_mode():
             emb.model.encode_image(tensors)
 
+    def index_images(i: int) -> None:
+        j = (i * batch) % len(images)
+        emb.encode_search(images[j:j + batch], layout, batch_size=batch, views=index_views)
+
     def queries(i: int) -> None:
         j = (i * batch) % len(images)
         emb.encode_queries(images[j:j + batch], views=views, batch_size=batch, layout=layout)
@@ -271,6 +279,9 @@ def throughput(emb: ImageEmbedder, images: list[Image.Image], threads: int, seco
     if views > 1:
         out["queries_with_views"], out["queries_with_views_per_cpu_s"] = rate(queries)
         out["views"] = views
+    if index_views > 1:
+        out["index_with_views"], out["index_with_views_per_cpu_s"] = rate(index_images)
+        out["index_views"] = index_views
     return out | {"load_average": os.getloadavg()}
 
 
@@ -347,11 +358,13 @@ def markdown(report: dict) -> str:
               "The machine is shared: the load average is the other work running at the time, and images "
               "per CPU-second say what one dedicated core does.", "",
               "| threads | with preprocessing | model only | per CPU-s, with preprocessing | per CPU-s, model only "
-              "| query images/s (3 views each) | load average |", "|---|---|---|---|---|---|---|"]
+              "| query images/s (3 views each) | index images/s (2 views each) | load average |",
+              "|---|---|---|---|---|---|---|---|"]
     for t in report["throughput"]:
         q = f"{t['queries_with_views']:.0f}" if "queries_with_views" in t else "–"
+        ix = f"{t['index_with_views']:.0f}" if "index_with_views" in t else "–"
         lines.append(f"| {t['threads']} | {t['with_preprocessing']:.0f} | {t['model_only']:.0f} | "
-                     f"{t['with_preprocessing_per_cpu_s']:.0f} | {t['model_only_per_cpu_s']:.0f} | {q} | "
+                     f"{t['with_preprocessing_per_cpu_s']:.0f} | {t['model_only_per_cpu_s']:.0f} | {q} | {ix} | "
                      f"{', '.join(f'{x:.1f}' for x in t['load_average'])} |")
     lines.append("")
     return "\n".join(lines)
@@ -371,6 +384,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--layout", type=float, default=None,
                    help="layout weight of the headline method's search vectors (default MMKB_IMAGE_LAYOUT_WEIGHT); "
                         "above 0, the same model without it is a row beside it")
+    p.add_argument("--index-views", type=int, default=None, choices=(1, 2),
+                   help="views averaged per index image for the headline method (default MMKB_INDEX_VIEWS); "
+                        "with 2, the same search vectors from the index image alone are a row beside it")
     p.add_argument("--quick", action="store_true",
                    help="a smoke run: emoji = the held-out ones + 100 others, distortions clean and mixed")
     args = p.parse_args(argv)
@@ -384,10 +400,15 @@ def main(argv: list[str] | None = None) -> dict:
     methods: dict[str, Method] = {args.model: trained.encode_images}
     if views == 3:
         methods = {f"{args.model} + 3 query views": (trained.encode_images, trained.encode_queries), **methods}
-    if layout:  # the search default first: its row is the one the targets are checked on
-        headline = f"{args.model}{' + 3 query views' if views == 3 else ''} + layout {layout:g}"
-        methods = {headline: (partial(trained.encode_search, layout=layout),
-                              partial(trained.encode_queries, views=views, layout=layout)), **methods}
+    query = partial(trained.encode_queries, views=views, layout=layout)
+    if layout:
+        name_layout = f"{args.model}{' + 3 query views' if views == 3 else ''} + layout {layout:g}"
+        methods = {name_layout: (partial(trained.encode_search, layout=layout), query), **methods}
+    index_views = get_settings().index_views if args.index_views is None else args.index_views
+    if index_views > 1:  # the search default first: its row is the one the targets are checked on
+        headline = f"{args.model}{' + 3 query views' if views == 3 else ''}{f' + layout {layout:g}' if layout else ''}" \
+                   f" + {index_views} index views"
+        methods = {headline: (partial(trained.encode_search, layout=layout, views=index_views), query), **methods}
     methods |= {f"{name} untrained": untrained_clip(name).encode_images, "pixels 32×32": pixels,
                 "colour histogram": histograms}
     entities = load_entities()
@@ -402,8 +423,9 @@ def main(argv: list[str] | None = None) -> dict:
                            f"{name} untrained": text_to_entity(untrained_clip(name), entities)},
         "image_size": trained.model.visual.image_size,
         "layout": layout,
+        "index_views": index_views,
         "throughput": [throughput(trained, [load_image(e.images[0]) for e in entities[::10]], n, views=views,
-                                  layout=layout) for n in (1, 2)],
+                                  layout=layout, index_views=index_views) for n in (1, 2)],
     }
     report["targets_met"] = targets_met(report)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -163,9 +163,10 @@ def main(argv: list[str] | None = None) -> dict:
         fit(model, feats, torch.as_tensor(y), cfg, desc=f"training {name}")
         heads[name] = model
     clean = np.arange(0, len(y), cfg.views)  # each training picture as the KB holds it (its first view)
-    # kNN searches the image index's vectors, as `mmkb curate tag` does (with the configured layout weight).
+    # kNN searches the image index's vectors, as `mmkb curate tag` does (with the configured layout
+    # weight and index views).
     layout = get_settings().image_layout_weight
-    memory = emb.encode_search([e.path for e in train_ex], layout)
+    memory = emb.encode_search([e.path for e in train_ex], layout, views=get_settings().index_views)
     memory_y, memory_keys = y[clean], np.array([e.key for e in train_ex])
     text = emb.encode_texts([f"an emoji: {display(v)}" for v in vocab])
     sets = eval_sets(records, root, args.seed)

@@ -33,12 +33,23 @@ class Settings(BaseSettings):
     # score = (embedding cosine + w × mean cosine of the 2×2 layout cells) / (1 + w); 0 turns it off.
     # Chosen on the seed-1 draw of the entity benchmark (README "Entity recognition").
     image_layout_weight: float = 0.25
+    # An index image's search vector is the mean of 2 views (itself and zoomed out;
+    # index.embedders.index_views) or the image alone (1). Chosen on the seed-1 draw of the entity
+    # benchmark (README "Entity recognition", index views).
+    index_views: int = 2
 
     @field_validator("image_layout_weight")
     @classmethod
     def _layout(cls, v: float) -> float:
         if not 0 <= v <= 10:
             raise ValueError("MMKB_IMAGE_LAYOUT_WEIGHT is between 0 (embedding alone) and 10")
+        return v
+
+    @field_validator("index_views")
+    @classmethod
+    def _index_views(cls, v: int) -> int:
+        if v not in (1, 2):
+            raise ValueError("MMKB_INDEX_VIEWS is 1 (the image alone) or 2 (itself and zoomed out)")
         return v
 
     @field_validator("query_views")

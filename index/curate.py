@@ -71,7 +71,8 @@ def knn_unavailable(reference, tagger) -> str | None:
 def neighbour_labels(reference, tagger, vectors: np.ndarray, own: Sequence[str], k: int = 10) -> np.ndarray | None:
     """kNN label transfer through the image index: each image's `k` nearest indexed images of other
     entities vote with their entities' labels (weight: cosine³). `vectors` are the images' search
-    vectors (`ReferenceIndex.embed_images`). None when `knn_unavailable`."""
+    vectors as queries, one view each (`ReferenceIndex.embed_image_queries(..., views=1)`, what the
+    tagger's own pass gives). None when `knn_unavailable`."""
     from index.search import IndexNotBuiltError
 
     if not len(vectors) or knn_unavailable(reference, tagger):

@@ -63,6 +63,14 @@ def query_views(image: Image.Image, zoom_out: float = 0.85, crop: float = 0.88) 
     return [image, canvas, image.crop((left, top, left + cw, top + ch))]
 
 
+def index_views(image: Image.Image) -> list[Image.Image]:
+    """An RGB reference image itself and a copy zoomed out (the first two `query_views`).
+
+    A reference image fills its frame; a photo of the subject seldom does. Indexing the mean of the
+    two framings puts the reference between them (README "Entity recognition", index views)."""
+    return query_views(image)[:2]
+
+
 class TextEmbedder:
     """Sentence-transformers text embedder returning L2-normalised float32 rows."""
 
@@ -178,11 +186,13 @@ class ImageEmbedder:
                     log.info("%s gives no feature maps (%s): image search uses its embedding alone", self.name, err)
         return self._layout_ok
 
-    def search_fingerprint(self, layout: float) -> str:
-        """What an image index built with `encode_search(..., layout)` records: the weights, the
-        layout weight and how the layout is made (grid, projection width, projection seed)."""
+    def search_fingerprint(self, layout: float, views: int = 1) -> str:
+        """What an image index built with `encode_search(..., layout, views=views)` records: the
+        weights, the layout weight and how the layout is made (grid, projection width, projection
+        seed), and the views averaged per image when more than one."""
         layout = self.layout_of(layout)
-        return f"{self.fingerprint}+layout{layout:g}/{LAYOUT_GRID}x{LAYOUT_GRID}x{LAYOUT_DIM}s0" if layout else self.fingerprint
+        out = f"{self.fingerprint}+layout{layout:g}/{LAYOUT_GRID}x{LAYOUT_GRID}x{LAYOUT_DIM}s0" if layout else self.fingerprint
+        return out + (f"+views{views}" if views > 1 else "")
 
     def pooled(self, search_vectors: np.ndarray) -> np.ndarray:
         """The image embeddings inside search vectors (their first `dim` columns, renormalised)."""
@@ -190,34 +200,60 @@ class ImageEmbedder:
 
     @torch.inference_mode()
     def encode_search(self, images: Sequence[Image.Image | str | Path], layout: float = 0.0,
-                      batch_size: int = 64, show_progress: bool = False) -> np.ndarray:
+                      batch_size: int = 64, show_progress: bool = False, views: int = 1) -> np.ndarray:
         """Vectors for image→image search. With `layout` 0, the image embeddings. Otherwise each
         also carries the layout of its last feature map (a 2×2 grid of cells, each L2-normalised and
         projected to `LAYOUT_DIM`): [embedding, √layout · cells / 2] / √(1 + layout), so the dot
         product of two vectors is (cosine of the embeddings + layout × mean cosine of corresponding
         cells) / (1 + layout). Two drawings of one subject share where its parts are even where
         the pooled embedding of an entity the model never trained on does not match (entity
-        benchmark, held-out emoji; README "Entity recognition")."""
+        benchmark, held-out emoji; README "Entity recognition").
+        `views` 2 (index images): each part is the renormalised mean over `index_views`, so dot
+        products keep that meaning."""
+        if views not in (1, 2):
+            raise ValueError(f"index views is 1 (the image alone) or 2 (itself and zoomed out), not {views}")
         layout = self.layout_of(layout)
-        if not layout:
+        if not layout and views == 1:
             return self.encode_images(images, batch_size=batch_size, show_progress=show_progress)
         out = []
-        for i in tqdm(range(0, len(images), batch_size), desc="embedding images", disable=not show_progress):
-            batch = torch.stack([self.preprocess(open_rgb(im)) for im in images[i:i + batch_size]]).to(self.device)
-            last_map, pooled = visual_features(self.model, batch, maps=1)
-            out.append(self.search_vectors_from(pooled, last_map, layout))
-        return np.concatenate(out) if out else np.zeros((0, self.dim + LAYOUT_GRID ** 2 * LAYOUT_DIM), np.float32)
+        step = max(1, batch_size // views)
+        for i in tqdm(range(0, len(images), step), desc="embedding images", disable=not show_progress):
+            chunk = [open_rgb(im) for im in images[i:i + step]]
+            if views > 1:
+                chunk = [v for im in chunk for v in index_views(im)]
+            batch = torch.stack([self.preprocess(im) for im in chunk]).to(self.device)
+            if layout:
+                last_map, pooled = visual_features(self.model, batch, maps=1)
+                parts = self._search_parts(pooled, last_map)
+            else:
+                parts = [F.normalize(self.model.encode_image(batch).float(), dim=1)]
+            if views > 1:  # the mean over each image's views, each part renormalised
+                parts = [F.normalize(p.reshape(-1, views, *p.shape[1:]).mean(1), dim=-1) for p in parts]
+            out.append(self._assemble(parts, layout))
+        width = self.dim + (LAYOUT_GRID ** 2 * LAYOUT_DIM if layout else 0)
+        return np.concatenate(out) if out else np.zeros((0, width), np.float32)
 
     @torch.inference_mode()
     def search_vectors_from(self, pooled: torch.Tensor, last_map: torch.Tensor, layout: float) -> np.ndarray:
         """`encode_search` vectors from features already computed: the tower's pooled output
         (batch × dim) and its last feature map (batch × C × H × W)."""
-        pooled = F.normalize(pooled.float(), dim=1)
         layout = self.layout_of(layout)
         if not layout:
-            return pooled.cpu().numpy()
+            return F.normalize(pooled.float(), dim=1).cpu().numpy()
+        return self._assemble(self._search_parts(pooled, last_map), layout)
+
+    def _search_parts(self, pooled: torch.Tensor, last_map: torch.Tensor) -> list[torch.Tensor]:
+        """[the unit embedding (batch × dim), the unit projected layout cells (batch × 4 × LAYOUT_DIM)]."""
+        pooled = F.normalize(pooled.float(), dim=1)
         cells = F.adaptive_avg_pool2d(last_map.float().to(pooled.device), LAYOUT_GRID).flatten(2)
         cells = F.normalize(F.normalize(cells.transpose(1, 2), dim=2) @ self._layout_projection(cells.shape[1]).to(pooled.device), dim=2)
+        return [pooled, cells]
+
+    @staticmethod
+    def _assemble(parts: list[torch.Tensor], layout: float) -> np.ndarray:
+        if not layout:
+            return parts[0].cpu().numpy()
+        pooled, cells = parts
         return (torch.cat([pooled, layout ** 0.5 * cells.flatten(1) / LAYOUT_GRID], 1) / (1 + layout) ** 0.5).cpu().numpy()
 
     def _layout_projection(self, channels: int) -> torch.Tensor:

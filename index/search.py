@@ -79,13 +79,15 @@ class ReferenceIndex:
 
     @property
     def image_fingerprint(self) -> str:
-        """What the image index records: the embedder's weights and the layout weight of its vectors."""
-        return self.image_embedder().search_fingerprint(self.settings.image_layout_weight)
+        """What the image index records: the embedder's weights, the layout weight of its vectors
+        and the views averaged per image."""
+        return self.image_embedder().search_fingerprint(self.settings.image_layout_weight, views=self.settings.index_views)
 
     def embed_images(self, images: Sequence, show_progress: bool = False) -> np.ndarray:
-        """Image index vectors (`ImageEmbedder.encode_search` with the configured layout weight)."""
+        """Image index vectors (`ImageEmbedder.encode_search` with the configured layout weight and views)."""
         return self.image_embedder().encode_search(images, self.settings.image_layout_weight,
-                                                   batch_size=self.settings.batch_size, show_progress=show_progress)
+                                                   batch_size=self.settings.batch_size, show_progress=show_progress,
+                                                   views=self.settings.index_views)
 
     def embed_image_queries(self, images: Sequence, views: int | None = None) -> np.ndarray:
         """Query vectors for the image index: `views` (default: the configured query views) of each image."""

@@ -299,7 +299,9 @@ class MMKBRAG:
         def search_vector() -> np.ndarray:  # embedded on first use: a skipped retrieval needs none
             nonlocal search_vec
             if search_vec is None:
-                one_view_is_vec = views == 1 and self.reference.image_fingerprint == self.reference.image_embedder().fingerprint
+                settings = getattr(self.reference, "settings", None)
+                one_view_is_vec = views == 1 and not (settings and self.reference.image_embedder().layout_of(
+                    settings.image_layout_weight))
                 search_vec = vec if one_view_is_vec else self.reference.embed_image_queries([img], views)[0]
             return search_vec
 

@@ -59,7 +59,7 @@ def test_index_built_with_other_weights_is_refused(ref, monkeypatch):
     ref.build(["text", "image"], show_progress=False)
     assert ref.store.active_index("image").embedder.startswith(f"{DEFAULT_CONFIG}@")
     other = type("Other", (), {"fingerprint": f"{DEFAULT_CONFIG}@0123456789ab",
-                               "search_fingerprint": lambda self, layout: self.fingerprint})()
+                               "search_fingerprint": lambda self, layout, views=1: self.fingerprint})()
     monkeypatch.setattr(ref, "image_embedder", lambda: other)
     ref._loaded.clear()
     with pytest.raises(IndexNotBuiltError, match="mmkb index build"):
@@ -102,6 +102,7 @@ def test_entities_sharing_a_picture_rank_by_prominence(home, tmp_path):
 
 
 def test_one_query_view_embeds_the_image_alone(ref, tiny_kb):
+    ref.settings = ref.settings.model_copy(update={"index_views": 1})  # each index image alone too
     ref.build(["image"], show_progress=False)
     ref.settings = ref.settings.model_copy(update={"query_views": 1})
     hits = ref.search(image=tiny_kb / "images" / "npl.png", k=1)
@@ -142,7 +143,7 @@ def test_image_search_vectors_carry_the_layout_and_another_weight_needs_a_rebuil
     emb = ref.image_embedder()
     version = ref.store.active_index("image")
     assert ref.settings.image_layout_weight == 0.25
-    assert version.embedder == f"{emb.fingerprint}+layout0.25/2x2x128s0"
+    assert version.embedder == f"{emb.fingerprint}+layout0.25/2x2x128s0+views2"
     assert version.dim == emb.dim + LAYOUT_GRID ** 2 * LAYOUT_DIM
     images = [tiny_kb / "images" / "npl.png", tiny_kb / "images" / "btn.png"]
     vecs = emb.encode_search(images, 0.25)
@@ -156,7 +157,8 @@ def test_image_search_vectors_carry_the_layout_and_another_weight_needs_a_rebuil
     hits = ref.search(text="Nepal", k=10, text_to_image=True)
     key, score = next((h.key, h.scores["image"]) for h in hits if "image" in h.scores)
     pictures = [path for _, path, _ in ref.store.entity_images([key])[key]]
-    best = float((emb.encode_texts(["Nepal"]) @ emb.encode_images(pictures).T).max())
+    indexed = emb.pooled(emb.encode_search(pictures, 0.25, views=ref.settings.index_views))
+    best = float((emb.encode_texts(["Nepal"]) @ indexed.T).max())
     assert score == pytest.approx(best, abs=1e-3)  # text→image scores stay the embeddings' cosines
     ref.settings = ref.settings.model_copy(update={"image_layout_weight": 0.0})
     ref._loaded.clear()
@@ -165,6 +167,48 @@ def test_image_search_vectors_carry_the_layout_and_another_weight_needs_a_rebuil
     ref.build(["image"], show_progress=False)
     assert ref.store.active_index("image").dim == emb.dim
     assert ref.search(image=images[0], k=1)[0].key == "country:NPL"
+
+
+def test_index_images_are_the_mean_of_two_views_and_another_count_needs_a_rebuild(ref, tiny_kb):
+    import numpy as np
+
+    from index.embedders import LAYOUT_DIM, LAYOUT_GRID, index_views, open_rgb
+
+    emb = ref.image_embedder()
+    images = [tiny_kb / "images" / "npl.png", tiny_kb / "images" / "btn.png"]
+    vecs = emb.encode_search(images, 0.25, views=2)
+    assert vecs.shape == (2, emb.dim + LAYOUT_GRID ** 2 * LAYOUT_DIM)
+    # each part stays unit-length, so a dot product is still (embedding cosine + w × cell cosine) / (1 + w)
+    assert np.allclose(np.linalg.norm(vecs[:, :emb.dim], axis=1), 1 / 1.25 ** 0.5, atol=1e-5)
+    cells = vecs[:, emb.dim:].reshape(2, LAYOUT_GRID ** 2, LAYOUT_DIM)
+    assert np.allclose(np.linalg.norm(cells, axis=2), 0.25 ** 0.5 / LAYOUT_GRID / 1.25 ** 0.5, atol=1e-5)
+    both = emb.encode_images([v for im in images for v in index_views(open_rgb(im))]).reshape(2, 2, -1).mean(1)
+    assert np.allclose(emb.pooled(vecs), both / np.linalg.norm(both, axis=1, keepdims=True), atol=1e-4)
+    assert np.allclose(emb.encode_search(images[:1], 0.25, views=2, batch_size=1), vecs[:1], atol=1e-5)
+    plain = emb.encode_search(images, 0.0, views=2)  # without the layout: the mean embedding alone
+    assert np.allclose(plain, emb.pooled(vecs), atol=1e-4)
+    with pytest.raises(ValueError, match="index views is 1"):
+        emb.encode_search(images, 0.25, views=3)
+
+    ref.build(["image"], show_progress=False)
+    assert ref.store.active_index("image").embedder.endswith("+views2")
+    ref.settings = ref.settings.model_copy(update={"index_views": 1})
+    ref._loaded.clear()
+    with pytest.raises(IndexNotBuiltError, match="mmkb index build"):
+        ref.vector_index("image")
+    ref.build(["image"], show_progress=False)
+    assert not ref.store.active_index("image").embedder.endswith("+views2")
+    assert ref.search(image=images[0], k=1)[0].key == "country:NPL"
+
+
+def test_index_views_setting_is_checked(monkeypatch):
+    from pydantic import ValidationError
+
+    from index.config import Settings
+
+    monkeypatch.setenv("MMKB_INDEX_VIEWS", "3")
+    with pytest.raises(ValidationError, match="1 \\(the image alone\\) or 2"):
+        Settings()
 
 
 def test_an_image_tower_without_feature_maps_searches_with_its_embedding_alone():
