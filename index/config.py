@@ -9,6 +9,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from index.clip import DEFAULT_CONFIG
 
+# The view counts a query image and an index image may be embedded with, and what the second one is.
+VIEW_CHOICES = {"query_views": ((1, 3), "itself, zoomed out, central crop"),
+                "index_views": ((1, 2), "itself and zoomed out")}
+
 
 class Settings(BaseSettings):
     """Where mmkb keeps its data and which models it uses; every field is `MMKB_<NAME>`."""
@@ -45,18 +49,12 @@ class Settings(BaseSettings):
             raise ValueError("MMKB_IMAGE_LAYOUT_WEIGHT is between 0 (embedding alone) and 10")
         return v
 
-    @field_validator("index_views")
+    @field_validator("query_views", "index_views")
     @classmethod
-    def _index_views(cls, v: int) -> int:
-        if v not in (1, 2):
-            raise ValueError("MMKB_INDEX_VIEWS is 1 (the image alone) or 2 (itself and zoomed out)")
-        return v
-
-    @field_validator("query_views")
-    @classmethod
-    def _views(cls, v: int) -> int:
-        if v not in (1, 3):
-            raise ValueError("MMKB_QUERY_VIEWS is 1 (the image alone) or 3 (itself, zoomed out, central crop)")
+    def _views(cls, v: int, info) -> int:
+        allowed, second = VIEW_CHOICES[info.field_name]
+        if v not in allowed:
+            raise ValueError(f"MMKB_{info.field_name.upper()} is 1 (the image alone) or {allowed[1]} ({second})")
         return v
 
     @property
