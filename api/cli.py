@@ -208,7 +208,9 @@ def ask(image_arg: Annotated[Optional[Path], typer.Argument(metavar="[IMAGE]", s
         image: Annotated[Optional[Path], typer.Option("--image", help="the image (or give it first)")] = None,
         question: Annotated[Optional[str], typer.Option("--question", help="the question (or give it second)")] = None,
         mode: str = "mmkb-rag", ret: bool = True, srt: bool = True, mct: bool = True,
-        familiarity_gate: Annotated[bool, typer.Option(help="RET also retrieves for an entity new to the VLM")] = True,
+        familiarity_gate: Annotated[bool, typer.Option(
+            help="RET also retrieves for an entity new to the VLM, a picture entities share, or one the VLM's "
+                 "entity tag and the index disagree on")] = True,
         confirm: Annotated[bool, typer.Option(help="answer with the VLM's own answer when the first document "
                                                    "read states it")] = True,
         vlm: Optional[str] = None, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
@@ -235,6 +237,8 @@ def ask(image_arg: Annotated[Optional[Path], typer.Argument(metavar="[IMAGE]", s
             why = f"the image is nearest to {out.unknown_entity}, which the reader has no facts about"
         elif out.shared_picture:
             why = f"{', '.join(out.shared_picture)} share this picture"
+        elif out.disagreeing_entity:
+            why = f"the reader tags {out.tags.entity}, the image is nearest to {out.disagreeing_entity}"
         else:
             why = "an entity new to the reader"
         fam = f"familiarity {out.familiarity:.2f}; " if out.familiarity is not None else ""

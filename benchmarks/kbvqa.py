@@ -3,9 +3,9 @@
 python benchmarks/kbvqa.py [--per-split 150] [--data runs/kbvqa-bench] [--out benchmarks/results] [--probe]
 Rows: no retrieval; naive top-k RAG (with and without the semantic tags, without the closed-book
 confirmation); +RET; +SRT; +SRT+MCT; all three; all three with RET's tag alone (no familiarity gate), at
-γ 0.1, without the closed-book confirmation and without the shared-picture gate. Columns: accuracy per split,
-overall, All (harmonic mean of Unseen-Q and Unseen-E), retrieval recall, share of questions that
-skipped retrieval (all and seen), p50 latency per question on this machine.
+γ 0.1, without the closed-book confirmation, without the shared-picture gate and without the agreement
+gate. Columns: accuracy per split, overall, All (harmonic mean of Unseen-Q and Unseen-E), retrieval
+recall, share of questions that skipped retrieval (all and seen), p50 latency per question on this machine.
 """
 from __future__ import annotations
 
@@ -41,6 +41,8 @@ ABLATIONS = [
                                                   "use_mct": True, "confirm_threshold": None}),
     ("RET+SRT+MCT, no shared-picture gate", {"mode": "mmkb-rag", "use_ret": True, "use_srt": True, "use_mct": True,
                                              "shared_picture_gate": False}),
+    ("RET+SRT+MCT, no agreement gate", {"mode": "mmkb-rag", "use_ret": True, "use_srt": True, "use_mct": True,
+                                        "agreement_gate": False}),
 ]
 
 

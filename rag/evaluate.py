@@ -21,6 +21,7 @@ def prediction_record(ex: KBVQAExample, out: RAGAnswer, correct: bool) -> dict:
     return {"data_id": ex.data_id, "prediction": out.answer, "correct": correct, "retrieved": out.retrieved,
             "p_ret": out.p_ret, "familiarity": out.familiarity,
             "unknown_entity": out.unknown_entity, "shared_picture": out.shared_picture,
+            "disagreeing_entity": out.disagreeing_entity,
             "confirmed": out.confirmed, "semantic_tags": asdict(out.tags),
             "retrieved_entities": list(dict.fromkeys(c.entity_key for c in out.candidates)),
             "citations": [{"entity": c.entity_key, "document_id": c.document_id, "relevance": c.relevance,

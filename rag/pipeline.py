@@ -40,6 +40,12 @@ class RAGConfig:
     # say which entity it is, so a closed-book answer is a guess between them, and retrieval's
     # prominence order decides. Part of RET's image side: off with familiarity_gate too.
     shared_picture_gate: bool = True
+    # RET also retrieves when the VLM's entity tag names another entity than the image's nearest indexed
+    # one: its own recognition and the index disagree about what the picture shows, so its closed-book
+    # answer may be about the wrong entity (an emoji drawn in an icon set it never saw, tagged as a
+    # look-alike; worldkb bench, seen questions: the three emoji whose closed-book answers RET trusted
+    # wrongly all disagreed). Part of RET's image side: off with familiarity_gate too.
+    agreement_gate: bool = True
     k_entities: int = 5
     k_docs: int = 5
     # Entity candidates: image→image score + tag_weight × P(entity tag) × the entity tag's text score.
@@ -138,6 +144,8 @@ class RAGAnswer:
     unknown_entity: str | None = None
     # The entities sharing the image's picture, when that alone made RET retrieve.
     shared_picture: list[str] | None = None
+    # The image's nearest indexed entity, when the VLM's entity tag named another and that made RET retrieve.
+    disagreeing_entity: str | None = None
     # True when the answer is the VLM's closed-book one, stated by the first document read.
     confirmed: bool = False
 
@@ -173,26 +181,32 @@ class MMKBRAG:
             self._entity_vecs[key] = v / max(float(np.linalg.norm(v)), 1e-8)
         return self._entity_vecs[key]
 
-    def image_gate(self, image_vec: np.ndarray, shared_picture: bool = True) -> tuple[str | None, list[str] | None]:
+    def image_gate(self, image_vec: np.ndarray, shared_picture: bool = True,
+                   entity_tag: str | None = None) -> tuple[str | None, list[str] | None, str | None]:
         """RET's checks in the index, one image query and no documents: (the indexed entity nearest to
         the image when the VLM keeps its known entities and this is not one of them, the entities that
-        share the nearest one's picture when there are several and `shared_picture`). A flag of an
-        unseen country can look familiar (Colombia's stripes beside Venezuela's) while the index still
-        tells them apart; a shared flag (the Netherlands, Caribbean Netherlands) no picture tells apart.
-        (None, None) without an image index too (the closed-book answer needs none)."""
+        share the nearest one's picture when there are several and `shared_picture`, the nearest entity
+        when `entity_tag` names none of the entities tied nearest). A flag of an unseen country can look
+        familiar (Colombia's stripes beside Venezuela's) while the index still tells them apart; a shared
+        flag (the Netherlands, Caribbean Netherlands) no picture tells apart; an entity tag that names
+        another entity than the index finds means the VLM's recognition and the index disagree.
+        (None, None, None) without an image index too (the closed-book answer needs none)."""
         known = getattr(self.vlm, "known_entities", None)
-        if not known and not shared_picture:
-            return None, None
+        if not known and not shared_picture and entity_tag is None:
+            return None, None, None
         try:
-            hits = self.reference.search_embedding("image", image_vec, k=4 if shared_picture else 1)
+            hits = self.reference.search_embedding("image", image_vec, k=4 if shared_picture or entity_tag else 1)
         except IndexNotBuiltError:
-            return None, None
+            return None, None, None
         if not hits:
-            return None, None
+            return None, None, None
         unknown = hits[0].key if known and hits[0].key not in known else None
         top = round(hits[0].score, TIE_DECIMALS)
-        shared = [h.key for h in hits if round(h.score, TIE_DECIMALS) == top] if shared_picture else []
-        return unknown, shared if len(shared) > 1 else None
+        tied = [h for h in hits if round(h.score, TIE_DECIMALS) == top]
+        shared = [h.key for h in tied] if shared_picture and len(tied) > 1 else None
+        named = {normalize_answer(h.name) for h in tied}
+        disagrees = hits[0].key if entity_tag is not None and normalize_answer(entity_tag) not in named else None
+        return unknown, shared, disagrees
 
     def nearest_unknown(self, image_vec: np.ndarray) -> str | None:
         """The indexed entity nearest to the image, when the VLM has no facts about it (`image_gate`)."""
@@ -202,10 +216,16 @@ class MMKBRAG:
     def confirmed(closed_answer: str, confidence: float | None, docs: list[Document],
                   threshold: float | None) -> bool:
         """Whether the closed-book answer, at least `threshold` probable, is stated by the first
-        document (as a whole word sequence, case and punctuation aside)."""
+        document (as a whole word sequence, case and punctuation aside). The document's mention of its
+        own entity does not count unless the answer is that name: "heart" is not stated by "The Black
+        heart suit emoji is in … subcategory game"."""
         if threshold is None or confidence is None or confidence < threshold or not closed_answer or not docs:
             return False
-        return f" {normalize_answer(closed_answer)} " in f" {normalize_answer(docs[0].text)} "
+        answer, text = normalize_answer(closed_answer), f" {normalize_answer(docs[0].text)} "
+        name = normalize_answer(docs[0].entity_name or "")
+        if name and answer != name:
+            text = text.replace(f" {name} ", " ", 1)
+        return f" {answer} " in text
 
     def retrieve(self, image_vec: np.ndarray, question: str, tags: SemanticTags, k_docs: int,
                  config: RAGConfig | None = None) -> list[Citation]:
@@ -292,7 +312,7 @@ class MMKBRAG:
         lap("vlm_no_docs")
         if cfg.mode == "no-rag":
             return RAGAnswer(question, closed_answer, cfg.mode, False, None, tags, timings_ms=timings)
-        fam = unknown = shared = None
+        fam = unknown = shared = disagrees = None
         views = cfg.query_views or getattr(getattr(self.reference, "settings", None), "query_views", 1)
         search_vec = None
 
@@ -311,8 +331,9 @@ class MMKBRAG:
             fam, new_entity = (float(gate[0][0]), bool(gate[1][0])) if gate else (None, False)
             skip = p_ret < cfg.gamma and not new_entity
             if skip and cfg.familiarity_gate:
-                unknown, shared = self.image_gate(search_vector(), cfg.shared_picture_gate)
-                skip = unknown is None and shared is None
+                unknown, shared, disagrees = self.image_gate(
+                    search_vector(), cfg.shared_picture_gate, tags.entity if cfg.agreement_gate else None)
+                skip = unknown is None and shared is None and disagrees is None
             lap("ret_gate")
             if skip:
                 return RAGAnswer(question, closed_answer, cfg.mode, False, p_ret, tags, timings_ms=timings,
@@ -328,7 +349,7 @@ class MMKBRAG:
             lap("read")
             return RAGAnswer(question, closed_answer if confirmed else answer or closed_answer, cfg.mode, True,
                              p_ret, tags, cited, cands, timings, familiarity=fam, unknown_entity=unknown,
-                             shared_picture=shared, confirmed=confirmed)
+                             shared_picture=shared, disagreeing_entity=disagrees, confirmed=confirmed)
 
         if cfg.mode == "naive-rag" or not (cfg.use_srt or cfg.use_mct):
             return answer_from(docs, cands)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -250,11 +251,28 @@ def test_the_category_tag_rules_out_kinds_the_vlm_is_sure_are_not_shown():
     assert untagged[0].entity_key == "emoji:2650"
 
 
+def entity_tag(rag, monkeypatch, name: str | None) -> None:
+    """Make the reader's entity tag name `name`, whatever the tiny reader guesses."""
+    inspect = rag.vlm.inspect
+
+    def named(*args, **kwargs):
+        closed, confs, p_rets, tags = inspect(*args, **kwargs)
+        return closed, confs, p_rets, [replace(t, entity=name) for t in tags]
+
+    monkeypatch.setattr(rag.vlm, "inspect", named)
+
+
+def nearest_to(rag, image):
+    return rag.reference.search_embedding("image", rag.reference.embed_image_queries([image])[0], k=1)[0]
+
+
 def test_familiarity_gate_retrieves_for_an_entity_new_to_the_reader(rag, tiny_kb, monkeypatch):
     """RET's image side: an image unlike every entity the reader trained on is retrieved for even
     when the tag says the reader knows the answer, and so is one whose nearest indexed entity the
     reader never trained on; a familiar one of a known entity follows the tag."""
     monkeypatch.setattr(rag.vlm, "known_entities", None)  # first the familiarity alone
+    image = tiny_kb / "images" / "btn.png"
+    entity_tag(rag, monkeypatch, nearest_to(rag, image).name)  # the reader and the index agree
     image, q = tiny_kb / "images" / "btn.png", "What is the capital of this country?"
     vec = rag.vlm.embed_images([str(image)])[0]
     other = np.roll(vec, 7) - vec * float(np.roll(vec, 7) @ vec)  # orthogonal to the image
@@ -267,7 +285,7 @@ def test_familiarity_gate_retrieves_for_an_entity_new_to_the_reader(rag, tiny_kb
     known = rag(image, q, gamma=1.01)
     assert known.retrieved is False and known.familiarity == pytest.approx(1.0, abs=1e-4)
     # A familiar-looking image whose nearest indexed entity the reader never trained on: retrieve.
-    nearest = rag.reference.search_embedding("image", rag.reference.embed_image_queries([image])[0], k=1)[0].key
+    nearest = nearest_to(rag, image).key
     rag.vlm.known_entities = frozenset({"country:XXX"})
     lookalike = rag(image, q, gamma=1.01)
     assert lookalike.retrieved and lookalike.unknown_entity == nearest and lookalike.familiarity > 0.99
@@ -300,9 +318,10 @@ def test_shared_picture_makes_ret_retrieve(rag, tiny_kb, monkeypatch):
     from index.search import EntityHit
 
     image, q = tiny_kb / "images" / "btn.png", "What is the capital of this country?"
+    entity_tag(rag, monkeypatch, nearest_to(rag, image).name)
     vec = rag.vlm.embed_images([str(image)])[0]
     rag.vlm.memory, rag.vlm.familiarity_threshold = vec[None] / np.linalg.norm(vec), 0.5  # familiar
-    nearest = rag.reference.search_embedding("image", rag.reference.embed_image_queries([image])[0], k=1)[0].key
+    nearest = nearest_to(rag, image).key
     rag.vlm.known_entities = frozenset({nearest, "country:ZZZ"})
     assert rag(image, q, gamma=1.01).retrieved is False  # a picture of one entity: the tag decides
     search = rag.reference.search_embedding
@@ -320,6 +339,27 @@ def test_shared_picture_makes_ret_retrieve(rag, tiny_kb, monkeypatch):
     assert rag(image, q, gamma=1.01, familiarity_gate=False).retrieved is False
 
 
+def test_entity_tag_that_disagrees_with_the_index_makes_ret_retrieve(rag, tiny_kb, monkeypatch):
+    """When the reader's entity tag names another entity than the image's nearest indexed one, its
+    recognition and the index disagree about the picture: RET retrieves whatever the tag says and names
+    the index's entity. A tag naming the nearest entity (in any case) lets RET skip."""
+    image, q = tiny_kb / "images" / "btn.png", "What is the capital of this country?"
+    vec = rag.vlm.embed_images([str(image)])[0]
+    rag.vlm.memory, rag.vlm.familiarity_threshold = vec[None] / np.linalg.norm(vec), 0.5  # familiar
+    nearest = nearest_to(rag, image)
+    rag.vlm.known_entities = frozenset({nearest.key, "country:NPL"})
+    entity_tag(rag, monkeypatch, nearest.name.upper())
+    assert rag(image, q, gamma=1.01).retrieved is False
+    monkeypatch.undo()
+    entity_tag(rag, monkeypatch, "Nepal" if nearest.name != "Nepal" else "Bhutan")
+    other = rag(image, q, gamma=1.01)
+    assert other.retrieved and other.disagreeing_entity == nearest.key and other.unknown_entity is None
+    assert rag(image, q, gamma=1.01, agreement_gate=False).retrieved is False
+    assert rag(image, q, gamma=1.01, familiarity_gate=False).retrieved is False
+    entity_tag(rag, monkeypatch, None)  # a backend without an entity tag: nothing to disagree with
+    assert rag(image, q, gamma=1.01).retrieved is False
+
+
 def test_closed_book_answer_confirmed_by_the_first_document():
     """The VLM's own answer wins over the span read only when it is probable enough and the first
     document states it as whole words."""
@@ -335,6 +375,13 @@ def test_closed_book_answer_confirmed_by_the_first_document():
     assert not confirmed("Rome", 0.9, docs, 0.5)  # only the second document says it
     assert not confirmed("Roman", 0.9, [docs[0]], 0.5) and not confirmed("", 0.9, docs, 0.5)
     assert not confirmed("Bucharest", 0.9, [], 0.5)
+    # The entity's own name in the document is not a statement of the answer, unless it is the answer.
+    heart = [Document(3, "emoji:2665-FE0F", "Black heart suit",
+                      "The Black heart suit emoji is in the category Activities, subcategory game.")]
+    assert not confirmed("heart", 0.9, heart, 0.5) and confirmed("game", 0.9, heart, 0.5)
+    assert confirmed("Black heart suit", 0.9, heart, 0.5)
+    mexico = [Document(4, "country:MEX", "Mexico", "The capital of Mexico is Mexico City.")]
+    assert confirmed("Mexico City", 0.9, mexico, 0.5) and not confirmed("City of Mexico", 0.9, mexico, 0.5)
     with pytest.raises(ValueError, match="confirm_threshold"):
         RAGConfig(confirm_threshold=1.5)
 
