@@ -44,7 +44,8 @@ class RAGConfig:
     # one: its own recognition and the index disagree about what the picture shows, so its closed-book
     # answer may be about the wrong entity (an emoji drawn in an icon set it never saw, tagged as a
     # look-alike; worldkb bench, seen questions: the three emoji whose closed-book answers RET trusted
-    # wrongly all disagreed). Part of RET's image side: off with familiarity_gate too.
+    # wrongly all disagreed; over the bench, dev and probe sets it turned 5 answers right, none wrong).
+    # Part of RET's image side: off with familiarity_gate too.
     agreement_gate: bool = True
     k_entities: int = 5
     k_docs: int = 5
@@ -144,7 +145,7 @@ class RAGAnswer:
     unknown_entity: str | None = None
     # The entities sharing the image's picture, when that alone made RET retrieve.
     shared_picture: list[str] | None = None
-    # The image's nearest indexed entity, when the VLM's entity tag named another and that made RET retrieve.
+    # The image's nearest indexed entity, when the VLM's entity tag named another (RET then retrieves).
     disagreeing_entity: str | None = None
     # True when the answer is the VLM's closed-book one, stated by the first document read.
     confirmed: bool = False
@@ -192,6 +193,7 @@ class MMKBRAG:
         another entity than the index finds means the VLM's recognition and the index disagree.
         (None, None, None) without an image index too (the closed-book answer needs none)."""
         known = getattr(self.vlm, "known_entities", None)
+        entity_tag = entity_tag or None  # an empty guess names nothing
         if not known and not shared_picture and entity_tag is None:
             return None, None, None
         try:

@@ -356,8 +356,9 @@ def test_entity_tag_that_disagrees_with_the_index_makes_ret_retrieve(rag, tiny_k
     assert other.retrieved and other.disagreeing_entity == nearest.key and other.unknown_entity is None
     assert rag(image, q, gamma=1.01, agreement_gate=False).retrieved is False
     assert rag(image, q, gamma=1.01, familiarity_gate=False).retrieved is False
-    entity_tag(rag, monkeypatch, None)  # a backend without an entity tag: nothing to disagree with
-    assert rag(image, q, gamma=1.01).retrieved is False
+    for nothing in (None, ""):  # a backend without an entity tag, an empty guess: nothing to disagree with
+        entity_tag(rag, monkeypatch, nothing)
+        assert rag(image, q, gamma=1.01).retrieved is False
 
 
 def test_closed_book_answer_confirmed_by_the_first_document():
