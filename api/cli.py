@@ -232,15 +232,7 @@ def ask(image_arg: Annotated[Optional[Path], typer.Argument(metavar="[IMAGE]", s
         print(json.dumps(out.to_dict(), ensure_ascii=False, indent=2, default=str))
         return
     Console().print(f"[bold]{out.answer}[/]")
-    if out.retrieved and out.p_ret is not None and out.p_ret < rag.config.gamma:
-        if out.unknown_entity:
-            why = f"the image is nearest to {out.unknown_entity}, which the reader has no facts about"
-        elif out.shared_picture:
-            why = f"{', '.join(out.shared_picture)} share this picture"
-        elif out.disagreeing_entity:
-            why = f"the reader tags {out.tags.entity}, the image is nearest to {out.disagreeing_entity}"
-        else:
-            why = "an entity new to the reader"
+    if why := out.image_side_reason(rag.config.gamma):
         fam = f"familiarity {out.familiarity:.2f}; " if out.familiarity is not None else ""
         Console().print(f"  retrieved: {why} ({fam}P([Ret])={out.p_ret:.2f} < γ)")
     if out.confirmed:

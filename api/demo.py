@@ -62,6 +62,8 @@ def _rows(hits: list[EntityHit], home: Path, expected: str | None) -> str:
 QUESTIONS = [("country:BTN", "What is the capital of this country?"),
              ("country:BRA", "Which currency is used in the country with this flag?"),
              ("country:JPN", "What is the population of this country?"),
+             ("country:JOR", "What is the capital of this country?"),  # new to the reader: RET's image side
+             ("emoji:1F468-200D-1F468-200D-1F467-200D-1F466", "Which category does this emoji belong to?"),
              ("emoji:1F34E", "Which category does this emoji belong to?")]
 
 
@@ -83,7 +85,7 @@ def answer_questions() -> list[dict]:
         t = time.perf_counter()
         answer = rag(image, question)
         out.append({"image": image, "question": question, "answer": answer, "expected": key,
-                    "ms": 1000 * (time.perf_counter() - t)})
+                    "ms": 1000 * (time.perf_counter() - t), "gamma": rag.config.gamma})
         console.print(f"{image.name}: {question} → {answer.answer}")
     return out
 
@@ -182,7 +184,8 @@ def _answer_block(a: dict) -> str:
     cites = "".join(f"<li><code>{html.escape(c.entity_key)}</code> · section {c.document_id}"
                     + (f" · P([Rel]) {c.relevance:.2f}" if c.relevance is not None else "")
                     + f" — {html.escape(c.text)}</li>" for c in out.citations)
-    how = ("retrieved" if out.retrieved else "answered without retrieval") + (
+    why = out.image_side_reason(a["gamma"])
+    how = ("retrieved" if out.retrieved else "answered without retrieval") + (f": {why}" if why else "") + (
         f", P([Ret]) {out.p_ret:.2f}" if out.p_ret is not None else "") + (
         f", familiarity {out.familiarity:.2f}" if out.familiarity is not None else "")
     return (f'<h2><img src="{thumbnail_url(a["image"], 96)}"> {html.escape(a["question"])}</h2>'

@@ -153,6 +153,19 @@ class RAGAnswer:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def image_side_reason(self, gamma: float) -> str | None:
+        """Why RET's image side retrieved, for people (None when it did not decide: no retrieval, or RET's
+        tag asked for it itself, P([Ret]) ≥ `gamma`)."""
+        if not self.retrieved or self.p_ret is None or self.p_ret >= gamma:
+            return None
+        if self.unknown_entity:
+            return f"the image is nearest to {self.unknown_entity}, which the reader has no facts about"
+        if self.shared_picture:
+            return f"{', '.join(self.shared_picture)} share this picture"
+        if self.disagreeing_entity:
+            return f"the reader tags {self.tags.entity}, the image is nearest to {self.disagreeing_entity}"
+        return "an entity new to the reader" if self.familiarity is not None else None
+
 
 class MMKBRAG:
     """One call answers one question about one image."""

@@ -280,15 +280,18 @@ def test_familiarity_gate_retrieves_for_an_entity_new_to_the_reader(rag, tiny_kb
     rag.vlm.memory, rag.vlm.familiarity_threshold = other[None], 0.5
     new = rag(image, q, gamma=1.01)  # the tag alone would skip retrieval
     assert new.retrieved and new.familiarity is not None and new.familiarity < 0.5
+    assert new.image_side_reason(1.01) == "an entity new to the reader"
     assert rag(image, q, gamma=1.01, familiarity_gate=False).retrieved is False
     rag.vlm.memory = np.stack([other, vec])
     known = rag(image, q, gamma=1.01)
     assert known.retrieved is False and known.familiarity == pytest.approx(1.0, abs=1e-4)
+    assert known.image_side_reason(1.01) is None
     # A familiar-looking image whose nearest indexed entity the reader never trained on: retrieve.
     nearest = nearest_to(rag, image).key
     rag.vlm.known_entities = frozenset({"country:XXX"})
     lookalike = rag(image, q, gamma=1.01)
     assert lookalike.retrieved and lookalike.unknown_entity == nearest and lookalike.familiarity > 0.99
+    assert nearest in lookalike.image_side_reason(1.01)
     assert rag(image, q, gamma=1.01, familiarity_gate=False).retrieved is False
     rag.vlm.known_entities = frozenset({nearest})
     assert rag(image, q, gamma=1.01).retrieved is False
@@ -354,6 +357,8 @@ def test_entity_tag_that_disagrees_with_the_index_makes_ret_retrieve(rag, tiny_k
     entity_tag(rag, monkeypatch, "Nepal" if nearest.name != "Nepal" else "Bhutan")
     other = rag(image, q, gamma=1.01)
     assert other.retrieved and other.disagreeing_entity == nearest.key and other.unknown_entity is None
+    assert other.image_side_reason(1.01) == f"the reader tags {other.tags.entity}, the image is nearest to {nearest.key}"
+    assert other.image_side_reason(other.p_ret) is None  # the tag itself asked for retrieval
     assert rag(image, q, gamma=1.01, agreement_gate=False).retrieved is False
     assert rag(image, q, gamma=1.01, familiarity_gate=False).retrieved is False
     for nothing in (None, ""):  # a backend without an entity tag, an empty guess: nothing to disagree with
