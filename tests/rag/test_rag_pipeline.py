@@ -271,9 +271,8 @@ def test_familiarity_gate_retrieves_for_an_entity_new_to_the_reader(rag, tiny_kb
     when the tag says the reader knows the answer, and so is one whose nearest indexed entity the
     reader never trained on; a familiar one of a known entity follows the tag."""
     monkeypatch.setattr(rag.vlm, "known_entities", None)  # first the familiarity alone
-    image = tiny_kb / "images" / "btn.png"
-    entity_tag(rag, monkeypatch, nearest_to(rag, image).name)  # the reader and the index agree
     image, q = tiny_kb / "images" / "btn.png", "What is the capital of this country?"
+    entity_tag(rag, monkeypatch, nearest_to(rag, image).name)  # the reader and the index agree
     vec = rag.vlm.embed_images([str(image)])[0]
     other = np.roll(vec, 7) - vec * float(np.roll(vec, 7) @ vec)  # orthogonal to the image
     other /= np.linalg.norm(other)  # memory rows are unit vectors
