@@ -3,9 +3,10 @@
 python benchmarks/kbvqa.py [--per-split 150] [--data runs/kbvqa-bench] [--out benchmarks/results] [--probe]
 Rows: no retrieval; naive top-k RAG (with and without the semantic tags, without the closed-book
 confirmation); +RET; +SRT; +SRT+MCT; all three; all three with RET's tag alone (no familiarity gate), at
-γ 0.1, without the closed-book confirmation, without the shared-picture gate and without the agreement
-gate. Columns: accuracy per split, overall, All (harmonic mean of Unseen-Q and Unseen-E), retrieval
-recall, share of questions that skipped retrieval (all and seen), p50 latency per question on this machine.
+γ 0.1, without the closed-book confirmation, without the shared-picture gate, without the agreement
+gate and with RET's head read without the closed-book answer's probability. Columns: accuracy per split,
+overall, All (harmonic mean of Unseen-Q and Unseen-E), retrieval recall, share of questions that skipped
+retrieval (all and seen), p50 latency per question on this machine.
 """
 from __future__ import annotations
 
@@ -43,6 +44,9 @@ ABLATIONS = [
                                              "shared_picture_gate": False}),
     ("RET+SRT+MCT, no agreement gate", {"mode": "mmkb-rag", "use_ret": True, "use_srt": True, "use_mct": True,
                                         "agreement_gate": False}),
+    # RET's tag from its head alone, without the closed-book answer's probability (rag.vlm.ret_calibration).
+    ("RET+SRT+MCT, RET head without closed-book probability", {"mode": "mmkb-rag", "use_ret": True, "use_srt": True,
+                                                              "use_mct": True, "ret_closed_book": False}),
 ]
 
 

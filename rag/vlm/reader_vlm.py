@@ -10,6 +10,7 @@ from PIL import Image
 from rag.vlm.base import Document, SemanticTags
 from rag.vlm.inputs import make_batch, best_span
 from rag.vlm.reader import DIMG, DOC, IMG, MMKBReader, load_reader
+from rag.vlm.ret_calibration import RetCalibration
 
 ImageLike = Image.Image | np.ndarray
 
@@ -20,23 +21,28 @@ class ReaderVLM:
     rank_penalty = 1.0  # see read()
 
     def __init__(self, model: MMKBReader, tokenizer, image_embedder=None, name: str = "mmkb-reader",
-                 memory: tuple[np.ndarray, float, frozenset[str] | None] | None = None) -> None:
+                 memory: tuple[np.ndarray, float, frozenset[str] | None] | None = None,
+                 ret_calibration: RetCalibration | None = None) -> None:
         self.model, self.tokenizer, self.name = model.eval(), tokenizer, name
         self.cfg = model.cfg
         # The entities it trained on, as image embeddings, and the familiarity below which an image
         # shows an entity new to it, and those entities' keys (rag.vlm.familiarity); None: an export
         # made before it existed.
         self.memory, self.familiarity_threshold, self.known_entities = memory if memory else (None, None, None)
+        # RET read together with the closed-book answer's probability (rag.vlm.ret_calibration); None:
+        # the head alone (an export made before it existed).
+        self.ret_calibration = ret_calibration
         self._image_embedder = image_embedder
         self._skip = {tokenizer.convert_tokens_to_ids(t) for t in (IMG, DIMG, DOC)} | {
             tokenizer.sep_token_id, tokenizer.cls_token_id, tokenizer.pad_token_id}
 
     @classmethod
     def load(cls, path: Path | str, device: str = "cpu") -> ReaderVLM:
-        from rag.vlm import familiarity
+        from rag.vlm import familiarity, ret_calibration
 
         model, tokenizer = load_reader(Path(path), device)
-        return cls(model, tokenizer, name=str(path), memory=familiarity.load(Path(path)))
+        return cls(model, tokenizer, name=str(path), memory=familiarity.load(Path(path)),
+                   ret_calibration=ret_calibration.load(Path(path)))
 
     def familiarity(self, images) -> np.ndarray | None:
         """How close each image is to the entities this reader trained on (highest cosine), or None
@@ -113,10 +119,24 @@ class ReaderVLM:
                 best = (text, score, i)
         return best
 
+    def _p_ret(self, h: torch.Tensor, answer_prob: torch.Tensor, calibrated: bool = True,
+               head_logit: bool = False) -> np.ndarray:
+        """P([Ret]): the softmax over the RET head's two tag logits, read with the closed-book answer's
+        probability where the export has a calibration (`calibrated=False`: the head alone;
+        `head_logit`: the head's l[Ret] − l[NoRet] itself)."""
+        logits = self.model.ret_logits(h).float()
+        diff = (logits[:, 0] - logits[:, 1]).numpy()
+        if head_logit:
+            return diff
+        if calibrated and self.ret_calibration is not None:
+            return self.ret_calibration.p_ret(diff, answer_prob.float().numpy())
+        return torch.softmax(logits, -1)[:, 0].numpy()
+
     @torch.inference_mode()
-    def retrieval_needed(self, images, questions) -> np.ndarray:
+    def retrieval_needed(self, images, questions, calibrated: bool = True) -> np.ndarray:
         _, h = self._hidden(questions, images)
-        return torch.softmax(self.model.ret_logits(h), -1)[:, 0].numpy()
+        conf = torch.softmax(self.model.closed_book(h)["answer"], -1).max(-1).values
+        return self._p_ret(h, conf, calibrated)
 
     @torch.inference_mode()
     def relevance(self, images, questions, documents: list[Document]) -> np.ndarray:
@@ -131,14 +151,15 @@ class ReaderVLM:
         return np.concatenate([p, np.full(len(documents) - len(p), 0.5)]) if len(p) < len(documents) else p
 
     @torch.inference_mode()
-    def inspect(self, images, questions) -> tuple[list[str], np.ndarray, np.ndarray, list[SemanticTags]]:
-        """Closed-book answers, their probabilities, P([Ret]) and semantic tags from one pass over the
-        image and question."""
+    def inspect(self, images, questions, calibrated: bool = True,
+                ret_head_logit: bool = False) -> tuple[list[str], np.ndarray, np.ndarray, list[SemanticTags]]:
+        """Closed-book answers, their probabilities, P([Ret]) (see `_p_ret` for the two flags) and
+        semantic tags from one pass over the image and question."""
         _, h = self._hidden(questions, images)
         conf, idx = torch.softmax(self.model.closed_book(h)["answer"], -1).max(-1)
         answers = [self.cfg.answers[i] for i in idx.tolist()]
-        p_ret = torch.softmax(self.model.ret_logits(h), -1)[:, 0].numpy()
-        return answers, conf.numpy(), p_ret, self._tags(h, len(questions))
+        p_ret = self._p_ret(h, conf, calibrated, ret_head_logit)
+        return answers, conf.float().numpy(), p_ret, self._tags(h, len(questions))
 
     @torch.inference_mode()
     def semantic_tags(self, images, questions) -> list[SemanticTags]:

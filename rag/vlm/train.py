@@ -469,15 +469,31 @@ class Trainer:
         fam_stats = built[2] if built else None
         if built:
             familiarity.save(tmp, *built)
+        ret_stats = self._calibrate_ret(tmp)
         card = {"model": "mmkb-reader", "text_encoder": self.rcfg.text_model, "image_embedder": self.image_embedder,
                 "train_config": asdict(self.cfg), "label_stats": self.state.get("label_stats"),
                 "train_minutes": round(self.state.get("elapsed", 0.0) / 60, 1),
                 "answers": len(self.rcfg.answers), "entities": len(self.rcfg.entities), "familiarity": fam_stats,
-                "last_log": self.state["log"][-3:]}
+                "ret_calibration": ret_stats, "last_log": self.state["log"][-3:]}
         (tmp / "training.json").write_text(json.dumps(card, indent=1, default=str))
         earlier = Path(self.cfg.init_from) / "MODEL_CARD.md" if self.cfg.init_from else out / "MODEL_CARD.md"
         (tmp / "MODEL_CARD.md").write_text(self._model_card(card, tmp, earlier))
         return replace_dir(tmp, out)
+
+    def _calibrate_ret(self, export: Path) -> dict | None:
+        """Fit RET's reading of the closed-book probability (rag.vlm.ret_calibration) for the export
+        being written; None when its self-labels are all one way (a tiny run)."""
+        from rag.vlm import ret_calibration
+        from rag.vlm.reader_vlm import ReaderVLM
+
+        try:
+            cal, stats = ret_calibration.build(ReaderVLM.load(export), self.reading, self.records,
+                                               self.cfg.label_questions, self.cfg.seed, self.cfg.drawn_fraction)
+        except ValueError as err:
+            print(f"RET calibration skipped: {err}")
+            return None
+        ret_calibration.save(export, cal, stats)
+        return {**asdict(cal), **stats}
 
     def _model_card(self, card: dict, export: Path, earlier: Path) -> str:
         """What this export is, and the card of the model it replaces (a warm start's history) below."""
@@ -495,6 +511,8 @@ class Trainer:
             + (f" --threads {c.threads}" if c.threads else "") + "`",
             f"- Self-labels: {card['label_stats']}",
             f"- Familiarity (`rag.vlm.familiarity`, the image side of RET): {card.get('familiarity')}",
+            f"- RET calibration (`rag.vlm.ret_calibration`, the closed-book probability as RET's second witness): "
+            f"{card.get('ret_calibration')}",
             f"- Vocabulary: {trimmed['to']} of {trimmed['from']} pieces (`rag.vlm.trim`, common {trimmed['common']})"
             if trimmed else "- Vocabulary: the text encoder's full vocabulary",
             "- Metrics: `python benchmarks/kbvqa.py` (README, benchmarks/results/kbvqa.md)", ""]
