@@ -246,6 +246,8 @@ def ask(image_arg: Annotated[Optional[Path], typer.Argument(metavar="[IMAGE]", s
             Console().print(f"  [{c.entity_key} · section {c.document_id}]{rel} {c.text}", markup=False)
     else:
         how = f"P([Ret])={out.p_ret:.2f} < γ" if out.p_ret is not None else "no retrieval"
+        if out.closed_book_probability is not None:
+            how += f", its own answer's probability {out.closed_book_probability:.2f}"
         if out.familiarity is not None:
             how += f", familiarity {out.familiarity:.2f}"
         Console().print(f"  answered without retrieval ({how})")

@@ -154,6 +154,10 @@ class RAGAnswer:
     disagreeing_entity: str | None = None
     # True when the answer is the VLM's closed-book one, stated by the first document read.
     confirmed: bool = False
+    # What the VLM answers without documents, and its probability for that answer (RET's second witness;
+    # None from a backend that gives none).
+    closed_book: str | None = None
+    closed_book_probability: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -332,7 +336,8 @@ class MMKBRAG:
             tags = self.vlm.semantic_tags([vec], [question])[0]
         lap("vlm_no_docs")
         if cfg.mode == "no-rag":
-            return RAGAnswer(question, closed_answer, cfg.mode, False, None, tags, timings_ms=timings)
+            return RAGAnswer(question, closed_answer, cfg.mode, False, None, tags, timings_ms=timings,
+                             closed_book=closed_answer, closed_book_probability=closed_conf)
         fam = unknown = shared = disagrees = None
         views = cfg.query_views or getattr(getattr(self.reference, "settings", None), "query_views", 1)
         search_vec = None
@@ -358,7 +363,7 @@ class MMKBRAG:
             lap("ret_gate")
             if skip:
                 return RAGAnswer(question, closed_answer, cfg.mode, False, p_ret, tags, timings_ms=timings,
-                                 familiarity=fam)
+                                 familiarity=fam, closed_book=closed_answer, closed_book_probability=closed_conf)
         cands = self.retrieve(search_vector(), question, tags, cfg.k_docs, cfg)
         lap("retrieve")
         docs = self._documents(cands)
@@ -370,7 +375,8 @@ class MMKBRAG:
             lap("read")
             return RAGAnswer(question, closed_answer if confirmed else answer or closed_answer, cfg.mode, True,
                              p_ret, tags, cited, cands, timings, familiarity=fam, unknown_entity=unknown,
-                             shared_picture=shared, disagreeing_entity=disagrees, confirmed=confirmed)
+                             shared_picture=shared, disagreeing_entity=disagrees, confirmed=confirmed,
+                             closed_book=closed_answer, closed_book_probability=closed_conf)
 
         if cfg.mode == "naive-rag" or not (cfg.use_srt or cfg.use_mct):
             return answer_from(docs, cands)

@@ -73,6 +73,10 @@ def test_the_pipeline_reads_ret_calibrated_unless_told_not_to(home, tiny_kb, tin
     head = rag(image, q, familiarity_gate=False, ret_closed_book=False, gamma=0.0)  # the head: always
     assert calibrated.p_ret < 1e-6 and not calibrated.retrieved
     assert head.p_ret > 1e-6 and head.retrieved
+    # the answer says what the VLM answers alone and how sure it is, whether or not it retrieved
+    for out in (calibrated, head):
+        assert out.closed_book and 0 < out.closed_book_probability <= 1
+    assert calibrated.answer == calibrated.closed_book
 
 
 def test_training_writes_the_calibration_or_says_why_not(tiny_reader):
