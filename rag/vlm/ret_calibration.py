@@ -121,8 +121,8 @@ def load(export: Path) -> RetCalibration | None:
 
 def build(vlm, questions, records: dict[str, dict], n: int = 3000, seed: int = 0,
           drawn_fraction: float = 0.25) -> tuple[RetCalibration, dict]:
-    """Fit the calibration for a loaded reader (its head alone must be readable: `vlm.calibration`
-    is ignored while labelling) and say how well each witness ranks the self-labels."""
+    """Fit the calibration for a loaded reader (labelling reads its RET head alone, whatever
+    calibration it already has) and say how well each witness ranks the self-labels."""
     head, prob, wrong = self_labels(vlm, questions, records, n, seed, drawn_fraction)
     cal = fit(head, prob, wrong)
     right = wrong == 0
