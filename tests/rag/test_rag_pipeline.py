@@ -8,23 +8,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from index.ingest import ingest_folder
-from index.search import IndexNotBuiltError, ReferenceIndex
-from index.store import EntityStore
+from index.search import IndexNotBuiltError
 from rag.pipeline import MMKBRAG, RAGConfig
-from rag.vlm.reader_vlm import ReaderVLM
-
-
-@pytest.fixture
-def rag(home, tiny_kb, tiny_reader):
-    from index.config import get_settings
-
-    settings = get_settings()
-    store = EntityStore(settings.db_url, settings.home_dir)
-    ingest_folder(store, tiny_kb, show_progress=False)
-    ref = ReferenceIndex(store, settings)
-    ref.build(show_progress=False)
-    return MMKBRAG(ReaderVLM.load(tiny_reader), ref)
 
 
 def test_tags_are_two_way_probabilities(rag, tiny_kb):

@@ -53,20 +53,7 @@ def test_reader_reads_ret_with_and_without_its_calibration(tiny_reader, tiny_kb)
     assert vlm.retrieval_needed([vec[0]] * 2, qs, calibrated=False) == pytest.approx(head_p, abs=1e-6)
 
 
-def test_the_pipeline_reads_ret_calibrated_unless_told_not_to(home, tiny_kb, tiny_reader):
-    from index.config import get_settings
-    from index.ingest import ingest_folder
-    from index.search import ReferenceIndex
-    from index.store import EntityStore
-    from rag.pipeline import MMKBRAG
-    from rag.vlm.reader_vlm import ReaderVLM
-
-    settings = get_settings()
-    store = EntityStore(settings.db_url, settings.home_dir)
-    ingest_folder(store, tiny_kb, show_progress=False)
-    ref = ReferenceIndex(store, settings)
-    ref.build(show_progress=False)
-    rag = MMKBRAG(ReaderVLM.load(tiny_reader), ref)
+def test_the_pipeline_reads_ret_calibrated_unless_told_not_to(rag, tiny_kb):
     image, q = tiny_kb / "images" / "btn.png", "What is the capital of this country?"
     rag.vlm.ret_calibration = RetCalibration(0.0, 0.0, -20.0)  # calibrated: never retrieve
     calibrated = rag(image, q, familiarity_gate=False)
