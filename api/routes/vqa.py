@@ -15,7 +15,13 @@ def vqa(services: ServicesDep, image: Annotated[UploadFile, File(description="th
         question: Annotated[str, Form(description="e.g. What is the capital of this country?")],
         mode: Annotated[str, Form(description="no-rag, naive-rag or mmkb-rag")] = "mmkb-rag",
         ret: Annotated[bool, Form()] = True, srt: Annotated[bool, Form()] = True,
-        mct: Annotated[bool, Form()] = True) -> dict:
+        mct: Annotated[bool, Form()] = True,
+        familiarity_gate: Annotated[bool, Form(description="RET also retrieves for an entity new to the VLM, a "
+                                                           "picture entities share, or a disagreeing entity tag")] = True,
+        ret_closed_book: Annotated[bool, Form(description="RET's tag reads the closed-book answer's probability "
+                                                          "too")] = True,
+        confirm: Annotated[bool, Form(description="answer with the VLM's own answer when the first document "
+                                                  "read states it")] = True) -> dict:
     """The answer, the tags, whether it retrieved and why, and the documents it cites."""
     from index.search import IndexNotBuiltError
 
@@ -23,7 +29,11 @@ def vqa(services: ServicesDep, image: Annotated[UploadFile, File(description="th
     if not question.strip():
         raise HTTPException(400, "the question is empty")
     try:
-        out = services.run(lambda: services.rag(picture, question, mode=mode, use_ret=ret, use_srt=srt, use_mct=mct))
+        switches = {"familiarity_gate": familiarity_gate, "ret_closed_book": ret_closed_book}
+        if not confirm:
+            switches["confirm_threshold"] = None
+        out = services.run(lambda: services.rag(picture, question, mode=mode, use_ret=ret, use_srt=srt, use_mct=mct,
+                                                **switches))
     except IndexNotBuiltError as err:
         raise index_missing(err) from None
     except ValueError as err:

@@ -42,6 +42,7 @@ def test_vqa_before_the_index_is_built_says_what_to_run(services, tiny_kb, tiny_
 def test_vqa_answers_with_citations_and_refuses_bad_input(services, tiny_kb, tiny_reader):
     from rag.pipeline import MMKBRAG
     from rag.vlm.reader_vlm import ReaderVLM
+    from rag.vlm.ret_calibration import RetCalibration
 
     services.reference.build(show_progress=False)
     services._rag = MMKBRAG(ReaderVLM.load(tiny_reader), services.reference)
@@ -63,6 +64,15 @@ def test_vqa_answers_with_citations_and_refuses_bad_input(services, tiny_kb, tin
                        data={"question": "Capital?", "mode": "sometimes-rag"})
     assert mode.status_code == 400 and "naive-rag" in mode.json()["detail"]
     assert client.post("/v1/vqa", data={"question": "Capital?"}).status_code == 422  # no image
+    # RET's switches, as `mmkb ask` has them: its calibrated tag never retrieves, its head alone at γ 0 does
+    services._rag.vlm.ret_calibration = RetCalibration(0.0, 0.0, -20.0)
+    q = {"question": "What is the capital of this country?", "familiarity_gate": "false"}
+    skip = client.post("/v1/vqa", files={"image": ("btn.png", flag, "image/png")}, data=q).json()
+    assert not skip["retrieved"] and skip["closed_book"] == skip["answer"] and skip["closed_book_probability"] > 0
+    services._rag.config.gamma = 0.0
+    head = client.post("/v1/vqa", files={"image": ("btn.png", flag, "image/png")},
+                       data={**q, "ret_closed_book": "false", "confirm": "false"}).json()
+    assert head["retrieved"] and not head["confirmed"]
 
 
 def test_generate_grounds_the_prompt_and_returns_pngs(services, tiny_checkpoints):
