@@ -187,6 +187,8 @@ def _answer_block(a: dict) -> str:
     why = out.image_side_reason(a["gamma"])
     how = ("retrieved" if out.retrieved else "answered without retrieval") + (f": {why}" if why else "") + (
         f", P([Ret]) {out.p_ret:.2f}" if out.p_ret is not None else "") + (
+        f", its own answer {html.escape(out.closed_book)} with probability {out.closed_book_probability:.2f}"
+        if out.closed_book is not None and out.closed_book_probability is not None else "") + (
         f", familiarity {out.familiarity:.2f}" if out.familiarity is not None else "")
     return (f'<h2><img src="{thumbnail_url(a["image"], 96)}"> {html.escape(a["question"])}</h2>'
             f"<p><b>{html.escape(out.answer)}</b> ({how}; {a['ms']:.0f} ms; tags: "
