@@ -238,6 +238,10 @@ def ask(image_arg: Annotated[Optional[Path], typer.Argument(metavar="[IMAGE]", s
     if why := out.image_side_reason(rag.config.gamma):
         fam = f"familiarity {out.familiarity:.2f}; " if out.familiarity is not None else ""
         Console().print(f"  retrieved: {why} ({fam}P([Ret])={out.p_ret:.2f} < γ)")
+    elif out.retrieved and out.p_ret is not None:  # RET's tag asked for it
+        own = (f"; its own answer {out.closed_book}, probability {out.closed_book_probability:.2f}"
+               if out.closed_book is not None and out.closed_book_probability is not None else "")
+        Console().print(f"  retrieved: P([Ret])={out.p_ret:.2f} ≥ γ{own}", markup=False)
     if out.confirmed:
         Console().print("  the reader's own answer, stated by the first document read")
     if out.retrieved:

@@ -110,6 +110,12 @@ def test_ask_command_json(rag, tiny_kb, tiny_reader):
     assert json.loads(unconfirmed.stdout)["confirmed"] is False
     no_question = CliRunner().invoke(app, ["ask", "--image", str(tiny_kb / "images" / "btn.png")])
     assert no_question.exit_code == 2 and "give an image and a question" in no_question.output
+    # for people: why it retrieved or not, with the VLM's own answer and how sure it is
+    said = CliRunner().invoke(app, ["ask", str(tiny_kb / "images" / "btn.png"), "What is the capital of this country?",
+                                    "--no-familiarity-gate", "--vlm", str(tiny_reader)], env={"COLUMNS": "300"})
+    assert said.exit_code == 0, said.output
+    assert ("retrieved: P([Ret])=" in said.output and "≥ γ; its own answer" in said.output) or (
+        "answered without retrieval (P([Ret])=" in said.output and "its own answer's probability" in said.output)
 
 
 def test_srt_orders_and_attribute_tags_pick_sections(rag, tiny_kb):
