@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -458,6 +459,7 @@ class Trainer:
     def export(self) -> Path:
         out = Path(self.cfg.out)
         tmp = out.with_name(out.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)  # a crashed export's files must not ship with this one
         save_reader(self.model, self.tok, tmp)
         if self.cfg.trim_common:
             from rag.vlm.trim import trim_checkpoint
@@ -480,18 +482,19 @@ class Trainer:
         (tmp / "MODEL_CARD.md").write_text(self._model_card(card, tmp, earlier))
         return replace_dir(tmp, out)
 
-    def _calibrate_ret(self, export: Path) -> dict | None:
+    def _calibrate_ret(self, export: Path) -> dict:
         """Fit RET's reading of the closed-book probability (rag.vlm.ret_calibration) for the export
-        being written; None when its self-labels are all one way (a tiny run)."""
+        being written; {"skipped": why} when the fit is not one to ship (a tiny run's few self-labels)
+        or the self-labelling failed: the export then reads the RET head alone."""
         from rag.vlm import ret_calibration
         from rag.vlm.reader_vlm import ReaderVLM
 
         try:
             cal, stats = ret_calibration.build(ReaderVLM.load(export), self.reading, self.records,
                                                self.cfg.label_questions, self.cfg.seed, self.cfg.drawn_fraction)
-        except ValueError as err:
+        except (ValueError, OSError) as err:
             print(f"RET calibration skipped: {err}")
-            return None
+            return {"skipped": str(err)}
         ret_calibration.save(export, cal, stats)
         return {**asdict(cal), **stats}
 

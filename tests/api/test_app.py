@@ -69,10 +69,12 @@ def test_vqa_answers_with_citations_and_refuses_bad_input(services, tiny_kb, tin
     q = {"question": "What is the capital of this country?", "familiarity_gate": "false"}
     skip = client.post("/v1/vqa", files={"image": ("btn.png", flag, "image/png")}, data=q).json()
     assert not skip["retrieved"] and skip["closed_book"] == skip["answer"] and skip["closed_book_probability"] > 0
-    services._rag.config.gamma = 0.0
     head = client.post("/v1/vqa", files={"image": ("btn.png", flag, "image/png")},
                        data={**q, "ret_closed_book": "false", "confirm": "false"}).json()
-    assert head["retrieved"] and not head["confirmed"]
+    expected = services._rag.vlm.retrieval_needed([str(tiny_kb / "images" / "btn.png")], [q["question"]],
+                                                  calibrated=False)[0]
+    assert head["p_ret"] == pytest.approx(float(expected), abs=1e-5) and head["p_ret"] > 1e-6
+    assert head["confirmed"] is False
 
 
 def test_generate_grounds_the_prompt_and_returns_pngs(services, tiny_checkpoints):

@@ -32,3 +32,4 @@ def test_a_retrieved_answer_gives_the_image_side_reason_and_escaped_citations(tm
     assert "retrieved: country:NLD, country:BES share this picture" in html
     assert "<code>country:NLD</code> · section 2168 · P([Rel]) 0.45" in html
     assert "&lt;Netherlands&gt;" in html and "<Netherlands>" not in html
+    assert "its own answer United States dollar with probability 0.60" in html

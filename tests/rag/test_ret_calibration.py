@@ -68,9 +68,36 @@ def test_the_pipeline_reads_ret_calibrated_unless_told_not_to(rag, tiny_kb):
 
 def test_training_writes_the_calibration_or_says_why_not(tiny_reader):
     card = json.loads((tiny_reader / "training.json").read_text())
-    assert "ret_calibration" in card
-    if card["ret_calibration"] is None:  # a tiny run's self-labels may all be one way
-        assert ret_calibration.load(tiny_reader) is None
+    written = card["ret_calibration"]
+    if "skipped" in written:  # a tiny run's few self-labels: the export reads the head alone
+        assert written["skipped"] and ret_calibration.load(tiny_reader) is None
     else:
         assert ret_calibration.load(tiny_reader) == RetCalibration(
-            card["ret_calibration"]["head"], card["ret_calibration"]["closed_book"], card["ret_calibration"]["bias"])
+            written["head"], written["closed_book"], written["bias"])
+
+
+def test_fit_converges_whatever_the_inputs_scale():
+    rng = np.random.default_rng(1)
+    head = rng.normal(0, 10, 3000)  # a sharp head: logits far from 0
+    prob = 1 / (1 + np.exp(-rng.normal(3, 4, 3000)))
+    true = RetCalibration(0.3, -0.6, 0.5)
+    wrong = (rng.random(3000) < true.p_ret(head, prob)).astype(int)
+    cal = ret_calibration.fit(head, prob, wrong)
+    assert cal.head == pytest.approx(0.3, abs=0.05) and cal.closed_book == pytest.approx(-0.6, abs=0.1)
+
+
+def test_a_fit_not_worth_shipping_is_refused(monkeypatch):
+    rng = np.random.default_rng(2)
+    head, prob = rng.normal(0, 2, 500), 1 / (1 + np.exp(-rng.normal(0, 2, 500)))
+
+    def labels(wrong):
+        monkeypatch.setattr(ret_calibration, "self_labels", lambda *a, **k: (head, prob, wrong))
+        return ret_calibration.build(None, [], {})
+
+    good = (rng.random(500) < RetCalibration(0.5, -1.0, 0.0).p_ret(head, prob)).astype(int)
+    cal, stats = labels(good)
+    assert cal.closed_book < 0 and stats["auroc_calibrated"] >= stats["auroc_head"] and stats["questions"] == 500
+    with pytest.raises(ValueError, match="at least 20 of each"):
+        labels(np.r_[np.zeros(5, int), np.ones(495, int)])
+    with pytest.raises(ValueError, match="surer the closed-book answer"):  # sure answers wrong more often
+        labels((rng.random(500) < RetCalibration(0.0, 1.5, 0.0).p_ret(head, prob)).astype(int))
