@@ -102,16 +102,12 @@ def for_export(export: Path, run_dir: Path | None = None) -> dict:
     """Make `familiarity.safetensors` for an mmkb-reader export from its training run's data (the
     entity splits and query views, cached in the run folder or made again), and record it in the
     export's `training.json`."""
-    from index.config import get_settings
-    from rag.vlm.train import Features, TrainConfig, Trainer
+    from index.files import atomic_write_text
+    from rag.vlm.train import Features, Trainer, export_setup
 
     export = Path(export)
-    card = json.loads((export / "training.json").read_text())
+    card, cfg = export_setup(export)
     embedder = card["image_embedder"]
-    if embedder != get_settings().image_embedder:
-        raise ValueError(f"{export} reads {embedder} embeddings but the configured image embedder is "
-                         f"{get_settings().image_embedder}: set MMKB_IMAGE_EMBEDDER={embedder}")
-    cfg = TrainConfig(**{k: v for k, v in card["train_config"].items() if k in TrainConfig.__dataclass_fields__})
     if run_dir is not None:
         cfg.run_dir = str(run_dir)
     records, questions = Trainer.questions(cfg)
@@ -121,7 +117,7 @@ def for_export(export: Path, run_dir: Path | None = None) -> dict:
         raise ValueError(f"{export}: its training data has no calibration entities to calibrate against")
     save(export, *built)
     card["familiarity"] = built[2]
-    (export / "training.json").write_text(json.dumps(card, indent=1, default=str))
+    atomic_write_text(export / "training.json", json.dumps(card, indent=1, default=str))
     return built[2]
 
 

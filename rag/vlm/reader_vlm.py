@@ -125,12 +125,12 @@ class ReaderVLM:
         probability where the export has a calibration (`calibrated=False`: the head alone;
         `head_logit`: the head's l[Ret] − l[NoRet] itself)."""
         logits = self.model.ret_logits(h).float()
-        diff = (logits[:, 0] - logits[:, 1]).numpy()
+        diff = logits[:, 0] - logits[:, 1]  # softmax over the pair = sigmoid of the difference
         if head_logit:
-            return diff
+            return diff.numpy()
         if calibrated and self.ret_calibration is not None:
-            return self.ret_calibration.p_ret(diff, answer_prob.float().numpy())
-        return torch.softmax(logits, -1)[:, 0].numpy()
+            return self.ret_calibration.p_ret(diff.numpy(), answer_prob.float().numpy())
+        return torch.sigmoid(diff).numpy()
 
     @torch.inference_mode()
     def retrieval_needed(self, images, questions, calibrated: bool = True) -> np.ndarray:

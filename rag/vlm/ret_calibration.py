@@ -155,17 +155,12 @@ def build(vlm, questions, records: dict[str, dict], n: int = 3000, seed: int = 0
 def for_export(export: Path, n: int = 3000) -> dict:
     """Make `ret_calibration.json` for an mmkb-reader export from its training data, and record it in
     the export's `training.json`."""
-    from index.config import get_settings
     from index.files import atomic_write_text
     from rag.vlm.reader_vlm import ReaderVLM
-    from rag.vlm.train import TrainConfig, Trainer
+    from rag.vlm.train import Trainer, export_setup
 
     export = Path(export)
-    card = json.loads((export / "training.json").read_text())
-    if card["image_embedder"] != get_settings().image_embedder:
-        raise ValueError(f"{export} reads {card['image_embedder']} embeddings but the configured image embedder "
-                         f"is {get_settings().image_embedder}: set MMKB_IMAGE_EMBEDDER={card['image_embedder']}")
-    cfg = TrainConfig(**{k: v for k, v in card["train_config"].items() if k in TrainConfig.__dataclass_fields__})
+    card, cfg = export_setup(export)
     records, questions = Trainer.questions(cfg)
     vlm = ReaderVLM.load(export)
     cal, stats = build(vlm, questions, {r["key"]: r for r in records}, n, cfg.seed, cfg.drawn_fraction)

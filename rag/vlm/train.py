@@ -526,6 +526,20 @@ class Trainer:
         return "\n".join(lines) + "\n"
 
 
+def export_setup(export: Path) -> tuple[dict, TrainConfig]:
+    """An mmkb-reader export's `training.json` and the training config it records, after checking that
+    the configured image embedder is the one the export reads (for the steps that add to an export
+    after training: rag.vlm.familiarity, rag.vlm.ret_calibration)."""
+    from index.config import get_settings
+
+    card = json.loads((Path(export) / "training.json").read_text())
+    embedder = card["image_embedder"]
+    if embedder != get_settings().image_embedder:
+        raise ValueError(f"{export} reads {embedder} embeddings but the configured image embedder is "
+                         f"{get_settings().image_embedder}: set MMKB_IMAGE_EMBEDDER={embedder}")
+    return card, TrainConfig(**{k: v for k, v in card["train_config"].items() if k in TrainConfig.__dataclass_fields__})
+
+
 def train_vlm(read_steps: int = 900, tag_steps: int = 300, out: str = str(CHECKPOINT),
               run_dir: str = str(ROOT / "runs" / "vlm"), entity_limit: int | None = None, threads: int | None = None,
               resume: bool = True, seed: int = 0, init_from: str | None = None, trim_common: int = 8000,
