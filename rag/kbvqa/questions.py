@@ -88,7 +88,12 @@ QUESTION_TYPES = [
 # flag is governed from which city?" answered with the country's name). These were written after
 # reading those failures; any that shared its words with a held-out phrasing more than the type's
 # own training phrasings do was dropped (tests/rag/test_questions.py keeps it so), but Unseen-Q is
-# no longer a blind test of phrasing: PROBE_PHRASINGS is.
+# no longer a blind test of phrasing: PROBE_PHRASINGS is. The last two of emoji_category and
+# emoji_subcategory came later (2026-12-07), after the reader took "group" for the subcategory and
+# "finer category" for the category, in Unseen-Q and in the probe alike: Unicode names the category
+# the emoji's "group" and the subcategory its "subgroup", and the only training phrasing with "group"
+# asked for the subgroup. They pass the same overlap rule, against the probe phrasings too, but the
+# probe is no longer blind for these two types either.
 PARAPHRASES: dict[str, tuple[str, ...]] = {
     "capital": (
         "What city serves as the capital of the nation this flag belongs to?",
@@ -150,12 +155,16 @@ PARAPHRASES: dict[str, tuple[str, ...]] = {
         "In which broad category is this emoji?",
         "Name the main category of the emoji shown here.",
         "What is the top-level category of this emoji?",
+        "Which Unicode group holds the symbol shown here?",
+        "Name the top-level group this symbol is sorted into.",
     ),
     "emoji_subcategory": (
         "Which subgroup does this emoji belong to?",
         "What is the emoji subgroup of this symbol?",
         "Name the subcategory of the emoji shown here.",
         "Within its group, which subgroup is this emoji in?",
+        "Name the narrower category this symbol is sorted into.",
+        "Within its category, which more specific category holds this symbol?",
     ),
     "emoji_version": (
         "Which Emoji release added this emoji?",

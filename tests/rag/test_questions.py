@@ -87,6 +87,13 @@ def test_training_paraphrases_are_no_closer_to_held_out_phrasings_than_the_origi
         bound = max(overlap(x, u) for x in t.train for u in t.unseen)
         for m in t.more:
             assert max(overlap(m, u) for u in t.unseen) <= bound, (t.name, m)
+    from rag.kbvqa.questions import PROBE_PHRASINGS
+
+    for name in ("emoji_category", "emoji_subcategory"):  # the two added after the probe was read
+        t, probe = TYPES[name], PROBE_PHRASINGS[name]
+        bound = max(overlap(x, probe) for x in t.train)
+        for m in t.more[-2:]:
+            assert overlap(m, probe) <= bound, (name, m)
 
 
 def test_the_reader_trains_on_the_paraphrases_and_never_on_held_out_phrasings():
