@@ -282,6 +282,16 @@ def eval_kbvqa(questions: Path, images: Path, predictions: Path, mode: str = "mm
     table.add_row("overall", f"{summary['overall']:.3f}" if summary["overall"] is not None else "–", str(summary["count"]))
     table.add_row("All (HM of unseen Q/E)", f"{summary['all']:.3f}" if summary["all"] is not None else "–", "")
     Console().print(table)
+    if summary["errors"]:
+        from rag.evaluate import ERROR_CAUSES
+
+        kinds = sorted(summary["errors"])
+        causes = Table("where the wrong answers come from", *kinds)
+        for cause in ERROR_CAUSES:
+            if any(summary["errors"][k][cause] for k in kinds):
+                causes.add_row(cause, *(str(summary["errors"][k][cause]) for k in kinds))
+        causes.add_row("wrong answers", *(str(sum(summary["errors"][k].values())) for k in kinds))
+        Console().print(causes)
     rec = summary["retrieval_recall"]
     console.print(f"retrieval recall {rec if rec is None else round(rec, 3)}, skipped retrieval "
                   f"{summary['skipped_retrieval']:.2f}, p50 {summary['latency_p50_ms']:.0f} ms; "

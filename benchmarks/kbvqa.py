@@ -50,6 +50,10 @@ ABLATIONS = [
 ]
 
 
+# The rows whose wrong answers the markdown breaks down by cause.
+ERROR_ROWS = ("naive top-k RAG", "RET+SRT+MCT (mmkb-rag)")
+
+
 def slug(name: str) -> str:
     """A row's predictions file name: "RET+SRT+MCT, γ=0.1" → "ret-srt-mct-γ-0-1"."""
     return "-".join("".join(c if c.isalnum() else " " for c in name.lower()).split())
@@ -73,7 +77,7 @@ def main() -> None:
 
     from api.demo import prepare_starter_kb
     from index.config import get_settings
-    from rag.evaluate import evaluate
+    from rag.evaluate import errors_markdown, evaluate
     from rag.kbvqa.datasets import read_infoseek
     from rag.kbvqa.worldkb_bench import build
     from rag.pipeline import MMKBRAG
@@ -121,6 +125,10 @@ def main() -> None:
                      f"{fmt(ps.get('unseen_entity'))} | {fmt(r['overall'])} | {fmt(r['all'])} | "
                      f"{fmt(r['retrieval_recall'])} | {fmt(r['skipped_retrieval'], 2)} / "
                      f"{fmt(r['skipped_retrieval_seen'], 2)} | {fmt(r['latency_p50_ms'], 0)} |")
+    explained = [(r["name"], r["errors"]) for r in rows if r["name"] in ERROR_ROWS and r.get("errors")]
+    if explained:
+        lines += ["", "Where the wrong answers come from (`rag.evaluate.error_sources`):", "",
+                  errors_markdown(explained).rstrip()]
     (args.out / f"{stem}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     print(f"results: {args.out / f'{stem}.json'}, {args.out / f'{stem}.md'}")

@@ -59,10 +59,51 @@ def evaluate(rag: MMKBRAG, examples: list[KBVQAExample], images_dir: Path, predi
         "latency_p50_ms": statistics.median(latencies) if latencies else None,
         "latency_p90_ms": statistics.quantiles(latencies, n=10)[-1] if len(latencies) >= 10 else None,
         "count": len(records),
+        "errors": error_sources(records, examples),
     }
     if predictions is not None:
         write_jsonl(records, predictions)
     return summary
+
+
+ERROR_CAUSES = ("answered without retrieval", "right entity not retrieved first", "right entity first, read wrong",
+                "no entity key")
+
+
+def error_sources(records: list[dict], examples: list[KBVQAExample]) -> dict[str, dict[str, int]]:
+    """Where the wrong answers come from, per entity kind ("country", "emoji"; the key's prefix):
+    the VLM answered alone, the search put another entity first (or never found it), or the right
+    entity came first and the answer read from it was wrong. Examples without an entity key (E-VQA,
+    most InfoSeek files) count under "no entity key"."""
+    by_id = {ex.data_id: ex for ex in examples}
+    out: dict[str, dict[str, int]] = {}
+    for r in records:
+        if r["correct"]:
+            continue
+        key = by_id[r["data_id"]].entity_key
+        kind = key.split(":", 1)[0] if key and ":" in key else "all"
+        if not r["retrieved"]:
+            cause = ERROR_CAUSES[0]
+        elif not key:
+            cause = ERROR_CAUSES[3]
+        elif r["retrieved_entities"][:1] != [key]:
+            cause = ERROR_CAUSES[1]
+        else:
+            cause = ERROR_CAUSES[2]
+        counts = out.setdefault(kind, {c: 0 for c in ERROR_CAUSES})
+        counts[cause] += 1
+    return out
+
+
+def errors_markdown(rows: list[tuple[str, dict[str, dict[str, int]]]]) -> str:
+    """A table of `error_sources` for each (method name, errors) row, one line per entity kind."""
+    causes = [c for c in ERROR_CAUSES if any(e.get(c) for _, errs in rows for e in errs.values())]
+    lines = ["| method | entity kind | wrong | " + " | ".join(causes) + " |", "|---|---|---|" + "---|" * len(causes)]
+    for name, errs in rows:
+        for kind, counts in sorted(errs.items()):
+            lines.append(f"| {name} | {kind} | {sum(counts.values())} | "
+                         + " | ".join(str(counts.get(c, 0)) for c in causes) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def write_jsonl(records: list[dict], path: Path) -> None:

@@ -88,6 +88,35 @@ def test_eval_command_on_a_hand_written_infoseek_file(rag, tiny_kb, tiny_reader,
     assert [p["data_id"] for p in preds] == ["q1", "q2"]
     assert {"prediction", "semantic_tags", "retrieved_entities", "p_ret", "confirmed", "shared_picture"} <= set(preds[0])
     assert "unseen_entity" in result.output and "All" in result.output
+    if not all(p["correct"] for p in preds):  # hand-written rows carry no entity key
+        assert "where the wrong answers come from" in result.output and "no entity key" in result.output
+
+
+def test_error_sources_name_the_cause_of_each_wrong_answer():
+    from rag.evaluate import error_sources, errors_markdown
+    from rag.kbvqa.datasets import KBVQAExample
+
+    def ex(i, key):
+        return KBVQAExample(f"q{i}", "img", "?", ["a"], [], "val_seen", entity_key=key)
+
+    examples = [ex(0, "country:BTN"), ex(1, "country:BTN"), ex(2, "emoji:1F600"), ex(3, "emoji:1F600"),
+                ex(4, "country:NPL"), ex(5, None)]
+    records = [
+        {"data_id": "q0", "correct": True, "retrieved": True, "retrieved_entities": ["country:BTN"]},
+        {"data_id": "q1", "correct": False, "retrieved": False, "retrieved_entities": []},
+        {"data_id": "q2", "correct": False, "retrieved": True, "retrieved_entities": ["emoji:1F601", "emoji:1F600"]},
+        {"data_id": "q3", "correct": False, "retrieved": True, "retrieved_entities": ["emoji:1F600"]},
+        {"data_id": "q4", "correct": False, "retrieved": True, "retrieved_entities": []},
+        {"data_id": "q5", "correct": False, "retrieved": True, "retrieved_entities": ["country:BTN"]},
+    ]
+    errors = error_sources(records, examples)
+    assert errors["country"]["answered without retrieval"] == 1
+    assert errors["country"]["right entity not retrieved first"] == 1  # found nothing at all
+    assert errors["emoji"]["right entity not retrieved first"] == 1
+    assert errors["emoji"]["right entity first, read wrong"] == 1
+    assert errors["all"]["no entity key"] == 1 and sum(errors["all"].values()) == 1
+    table = errors_markdown([("naive", errors)])
+    assert "| naive | emoji | 2 |" in table and table.count("\n") == 2 + 3
 
 
 def test_ask_command_json(rag, tiny_kb, tiny_reader):
