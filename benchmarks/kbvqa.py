@@ -52,6 +52,7 @@ ABLATIONS = [
 
 # The rows whose wrong answers the markdown breaks down by cause.
 ERROR_ROWS = ("naive top-k RAG", "RET+SRT+MCT (mmkb-rag)")
+assert set(ERROR_ROWS) <= {name for name, _ in ABLATIONS}, "ERROR_ROWS names a row ABLATIONS no longer has"
 
 
 def slug(name: str) -> str:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import statistics
 import tempfile
 import time
@@ -66,31 +67,39 @@ def evaluate(rag: MMKBRAG, examples: list[KBVQAExample], images_dir: Path, predi
     return summary
 
 
-ERROR_CAUSES = ("answered without retrieval", "right entity not retrieved first", "right entity first, read wrong",
-                "no entity key")
+NO_RETRIEVAL = "answered without retrieval"
+NOT_FIRST = "right entity not retrieved first"
+READ_WRONG = "right entity first, read wrong"
+NO_KB_KEY = "entity not a KB key"
+ERROR_CAUSES = (NO_RETRIEVAL, NOT_FIRST, READ_WRONG, NO_KB_KEY)
+KB_KEY = re.compile(r"([a-z_]+):[^/\s]+")  # "country:BTN", "emoji:1F600-FE0F"; not a URL or a Wikidata id
 
 
 def error_sources(records: list[dict], examples: list[KBVQAExample]) -> dict[str, dict[str, int]]:
-    """Where the wrong answers come from, per entity kind ("country", "emoji"; the key's prefix):
-    the VLM answered alone, the search put another entity first (or never found it), or the right
-    entity came first and the answer read from it was wrong. Examples without an entity key (E-VQA,
-    most InfoSeek files) count under "no entity key"."""
-    by_id = {ex.data_id: ex for ex in examples}
+    """Where the wrong answers come from, per entity kind (the prefix of a KB key: "country", "emoji"):
+    the VLM answered alone, the search put another entity first (or found none), or the right entity
+    came first and the answer read from it was wrong. `records` are `evaluate`'s, one per example in
+    order. A question whose entity is not named by a KB key (E-VQA's Wikipedia URLs, InfoSeek's
+    Wikidata ids, none at all) cannot say whether retrieval found it: kind "other", cause NO_KB_KEY
+    when it retrieved."""
+    if len(records) != len(examples):
+        raise ValueError(f"{len(records)} records for {len(examples)} examples: give evaluate's records, in order")
     out: dict[str, dict[str, int]] = {}
-    for r in records:
+    for r, ex in zip(records, examples):
+        if r["data_id"] != ex.data_id:
+            raise ValueError(f"record {r['data_id']!r} is not example {ex.data_id!r}: give evaluate's records, in order")
         if r["correct"]:
             continue
-        key = by_id[r["data_id"]].entity_key
-        kind = key.split(":", 1)[0] if key and ":" in key else "all"
+        kb_key = KB_KEY.fullmatch(ex.entity_key or "")
         if not r["retrieved"]:
-            cause = ERROR_CAUSES[0]
-        elif not key:
-            cause = ERROR_CAUSES[3]
-        elif r["retrieved_entities"][:1] != [key]:
-            cause = ERROR_CAUSES[1]
+            cause = NO_RETRIEVAL
+        elif kb_key is None:
+            cause = NO_KB_KEY
+        elif r["retrieved_entities"][:1] != [ex.entity_key]:
+            cause = NOT_FIRST
         else:
-            cause = ERROR_CAUSES[2]
-        counts = out.setdefault(kind, {c: 0 for c in ERROR_CAUSES})
+            cause = READ_WRONG
+        counts = out.setdefault(kb_key.group(1) if kb_key else "other", dict.fromkeys(ERROR_CAUSES, 0))
         counts[cause] += 1
     return out
 

@@ -88,36 +88,45 @@ def test_eval_command_on_a_hand_written_infoseek_file(rag, tiny_kb, tiny_reader,
     assert [p["data_id"] for p in preds] == ["q1", "q2"]
     assert {"prediction", "semantic_tags", "retrieved_entities", "p_ret", "confirmed", "shared_picture"} <= set(preds[0])
     assert "unseen_entity" in result.output and "All" in result.output
-    if not all(p["correct"] for p in preds):  # hand-written rows carry no entity key
-        assert "where the wrong answers come from" in result.output and "no entity key" in result.output
+    # Hand-written rows carry no entity key: any wrong answer that retrieved counts under "other".
+    wrong = not all(p["correct"] for p in preds)
+    assert ("where the wrong answers come from" in result.output) == wrong
+    assert ("entity not a KB key" in result.output) == any(not p["correct"] and p["retrieved"] for p in preds)
 
 
 def test_error_sources_name_the_cause_of_each_wrong_answer():
     from rag.evaluate import error_sources, errors_markdown
     from rag.kbvqa.datasets import KBVQAExample
 
-    def ex(i, key):
-        return KBVQAExample(f"q{i}", "img", "?", ["a"], [], "val_seen", entity_key=key)
+    keys = ["country:BTN", "country:BTN", "emoji:1F600", "emoji:1F600", "country:NPL", None,
+            "https://en.wikipedia.org/wiki/Bhutan", "Q917", "country:BTN"]
+    examples = [KBVQAExample(f"q{i}", "img", "?", ["a"], [], "val_seen", entity_key=k) for i, k in enumerate(keys)]
 
-    examples = [ex(0, "country:BTN"), ex(1, "country:BTN"), ex(2, "emoji:1F600"), ex(3, "emoji:1F600"),
-                ex(4, "country:NPL"), ex(5, None)]
-    records = [
-        {"data_id": "q0", "correct": True, "retrieved": True, "retrieved_entities": ["country:BTN"]},
-        {"data_id": "q1", "correct": False, "retrieved": False, "retrieved_entities": []},
-        {"data_id": "q2", "correct": False, "retrieved": True, "retrieved_entities": ["emoji:1F601", "emoji:1F600"]},
-        {"data_id": "q3", "correct": False, "retrieved": True, "retrieved_entities": ["emoji:1F600"]},
-        {"data_id": "q4", "correct": False, "retrieved": True, "retrieved_entities": []},
-        {"data_id": "q5", "correct": False, "retrieved": True, "retrieved_entities": ["country:BTN"]},
-    ]
-    errors = error_sources(records, examples)
-    assert errors["country"]["answered without retrieval"] == 1
-    assert errors["country"]["right entity not retrieved first"] == 1  # found nothing at all
-    assert errors["emoji"]["right entity not retrieved first"] == 1
-    assert errors["emoji"]["right entity first, read wrong"] == 1
-    assert errors["all"]["no entity key"] == 1 and sum(errors["all"].values()) == 1
-    table = errors_markdown([("naive", errors)])
-    assert "| naive | emoji | 2 |" in table and table.count("\n") == 2 + 3
+    def rec(i, correct, retrieved, entities=()):
+        return {"data_id": f"q{i}", "correct": correct, "retrieved": retrieved, "retrieved_entities": list(entities)}
 
+    records = [rec(0, True, True, ["country:NPL"]),  # right answers never count, whatever was retrieved
+               rec(1, False, False),
+               rec(2, False, True, ["emoji:1F601", "emoji:1F600"]),
+               rec(3, False, True, ["emoji:1F600"]),
+               rec(4, False, True),  # found nothing at all
+               rec(5, False, True, ["country:BTN"]),
+               rec(6, False, True, ["country:BTN"]),  # a URL is not a KB key, even when its entity is retrieved
+               rec(7, False, False),
+               rec(8, True, False)]
+    zero = {"answered without retrieval": 0, "right entity not retrieved first": 0,
+            "right entity first, read wrong": 0, "entity not a KB key": 0}
+    assert error_sources(records, examples) == {
+        "country": {**zero, "answered without retrieval": 1, "right entity not retrieved first": 1},
+        "emoji": {**zero, "right entity not retrieved first": 1, "right entity first, read wrong": 1},
+        "other": {**zero, "entity not a KB key": 2, "answered without retrieval": 1},
+    }
+    table = errors_markdown([("naive", error_sources(records, examples))])
+    assert "| naive | emoji | 2 | 0 | 1 | 1 | 0 |" in table and table.count("\n") == 2 + 3
+    with pytest.raises(ValueError, match="in order"):
+        error_sources(records[::-1], examples)
+    with pytest.raises(ValueError, match="in order"):
+        error_sources(records[:-1], examples)
 
 def test_ask_command_json(rag, tiny_kb, tiny_reader):
     from api.cli import app
