@@ -154,19 +154,23 @@ def train_clip(minutes: float = 45.0, steps: Optional[int] = None, config: str =
                out: Optional[Path] = None, resume: bool = True, device: str = "cpu", workers: int = 1,
                batch_size: int = 256, lr: float = 2e-3, seed: int = 0, init_from: Optional[Path] = None,
                drawn_fraction: float = 0.25, resize_mode: str = "squash",
-               run_dir: Path = Path("runs/clip")) -> None:
+               run_dir: Path = Path("runs/clip"),
+               icons: Annotated[Optional[Path], typer.Option(
+                   help="also train on the icon concepts in this folder (built by `python -m index.clip.icons DIR`)")] = None,
+               icon_share: float = 0.4) -> None:
     """Train the shipped open_clip embedder on worldkb (contrastive, image↔text and image↔image).
     On a GPU: --device cuda --workers <spare CPU cores> (augmentation runs in the data-loading processes).
     Fine-tune the shipped weights: --init-from mmkb-clip-tiny-64 --lr 5e-4. Weights of another input size
     warm-start a model too (--config mmkb-clip-tiny-64 --init-from <32 px mmkb-clip-tiny weights>: the
     convolutions carry over; only the attention pool's positions are resized).
     --resize-mode squash (default) fits the whole image into the square input; shortest is open_clip's
-    centre crop."""
+    centre crop. --icons DIR adds everyday icon concepts drawn by several icon sets as extra classes."""
     from index.clip.train import train_clip as train
 
     kwargs = {"minutes": minutes, "steps": steps, "config": config, "resume": resume, "device": device,
               "workers": workers, "batch_size": batch_size, "lr": lr, "seed": seed, "init_from": init_from,
-              "drawn_fraction": drawn_fraction, "resize_mode": resize_mode, "run_dir": run_dir}
+              "drawn_fraction": drawn_fraction, "resize_mode": resize_mode, "run_dir": run_dir,
+              "icons": icons, "icon_share": icon_share}
     if out is not None:
         kwargs["out"] = out
     path = train(**kwargs)

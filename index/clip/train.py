@@ -41,6 +41,7 @@ from tqdm import tqdm
 from index.clip import CHECKPOINT_DIR, DEFAULT_CONFIG, RESIZE_MODES, export_config, register_configs
 from index.clip.augment import augment_light, distort, query_view
 from index.clip.data import HELD_OUT_FRACTION, Entity, load_entities, load_image, split
+from index.clip.icons import load_icons
 from index.embedders import open_rgb
 from index.files import replace_dir
 
@@ -68,6 +69,10 @@ class TrainConfig:
     resize_mode: str = "squash"
     seed: int = 0
     max_entities: int | None = None  # train on the first N entities only (tests)
+    # Extra classes: icon concepts drawn by several icon sets (`index.clip.icons`), a folder with their
+    # manifest; `icon_share` of each batch's non-hard-negative half comes from them.
+    icons: str | None = None
+    icon_share: float = 0.4
 
 
 # --- data ---------------------------------------------------------------------------------
@@ -77,8 +82,11 @@ class Batches(torch.utils.data.IterableDataset):
     continues the same sequence."""
 
     def __init__(self, entities: list[Entity], tokens: list[torch.Tensor], preprocess, cfg: TrainConfig,
-                 start: int) -> None:
+                 start: int, extra: int = 0) -> None:
+        """`extra`: how many of `entities`, at the end, are extra classes (icon concepts) drawn
+        at `cfg.icon_share` of the random part of a batch rather than in proportion to their number."""
         self.entities, self.tokens, self.preprocess, self.cfg, self.start = entities, tokens, preprocess, cfg, start
+        self.extra = extra
         groups: dict[str, list[int]] = {}
         for i, e in enumerate(entities):
             groups.setdefault(e.group, []).append(i)
@@ -93,7 +101,13 @@ class Batches(torch.utils.data.IterableDataset):
             chosen += [int(i) for i in rng.permutation(group)[:want - len(chosen)]]
             chosen = list(dict.fromkeys(chosen))
         rest = np.setdiff1d(np.arange(n), chosen)
-        return np.concatenate([np.array(chosen, int), rng.choice(rest, b - len(chosen), replace=False)])
+        if not self.extra:
+            return np.concatenate([np.array(chosen, int), rng.choice(rest, b - len(chosen), replace=False)])
+        main, extra = rest[rest < n - self.extra], rest[rest >= n - self.extra]
+        k = min(len(extra), round((b - len(chosen)) * self.cfg.icon_share))
+        k = max(k, b - len(chosen) - len(main))
+        return np.concatenate([np.array(chosen, int), rng.choice(extra, k, replace=False),
+                               rng.choice(main, b - len(chosen) - k, replace=False)])
 
     def _reference_view(self, path: Path, rng: np.random.Generator) -> torch.Tensor:
         return self.preprocess(open_rgb(augment_light(load_image(path), rng)))
@@ -315,6 +329,8 @@ def command_line(cfg: TrainConfig, run_dir: Path, out: Path, device: str, worker
              f"--run-dir {run_dir}", f"--out {out}"]
     if cfg.init_from:
         parts.append(f"--init-from {cfg.init_from}")
+    if cfg.icons:
+        parts.append(f"--icons {cfg.icons} --icon-share {cfg.icon_share}")
     if device != "cpu":
         parts.append(f"--device {device} --workers {workers}")
     return " ".join(parts)
@@ -336,6 +352,16 @@ def _emoji_renderings() -> str:
     counts = Counter(st for e in load_entities() if e.kind == "emoji" for st in set(e.styles))
     order = [*_STYLE_WORDS, *sorted(set(counts) - set(_STYLE_WORDS))]
     return "renderings: " + ", ".join(f"{_STYLE_WORDS.get(st, st)} {counts[st]}" for st in order if counts[st])
+
+
+def _icons_paragraph(cfg: TrainConfig, s: dict) -> str:
+    """The model card's words on the icon concepts trained beside worldkb, if any."""
+    if not cfg.icons:
+        return ""
+    return (f"\nAlso trained on {s.get('icon_concepts', 0)} icon concepts (`index.clip.icons`, built by "
+            f"`python -m index.clip.icons {cfg.icons}`): everyday things each drawn by at least three Iconify "
+            f"icon sets (MIT, Apache-2.0, ISC, CC-BY-4.0; no emoji set), {cfg.icon_share:.0%} of each batch's "
+            "random half; concepts named like a held-out emoji are left out.\n")
 
 
 def _model_card(model_cfg: dict, cfg: TrainConfig, s: dict, path: Path) -> str:
@@ -380,7 +406,7 @@ Held out: {s['held_out']} emoji entities, a fixed {HELD_OUT_FRACTION:.0%} chosen
 (`index.clip.data.is_held_out`), are never trained on; all countries are. Trained on
 {s['trained_entities']} entities. flag-icons and OpenMoji images (the benchmark queries,
 `index/worldkb/queries/`) are never used in training.
-
+{_icons_paragraph(cfg, s)}
 ## Training
 
 Two views per entity, from different renderings with probability {cfg.cross_rendering}: a
@@ -419,7 +445,8 @@ def train_clip(minutes: float | None = 45.0, steps: int | None = 6000, config: s
                batch_size: int = 256, lr: float = 2e-3, seed: int = 0, workers: int = 1, threads: int = 1,
                save_minutes: float = 3.0, eval_minutes: float = 5.0, max_entities: int | None = None,
                progress: bool = True, device: str = "cpu", init_from: str | Path | None = None,
-               drawn_fraction: float = 0.25, resize_mode: str = "squash") -> Path:
+               drawn_fraction: float = 0.25, resize_mode: str = "squash", icons: str | Path | None = None,
+               icon_share: float = 0.4) -> Path:
     """Train `config` on worldkb for at most `steps` steps or `minutes` minutes of training
     time (either may be None, not both), then export it to `out` (default:
     index/clip/checkpoints/<config>). Returns the exported safetensors path; the run's
@@ -439,6 +466,7 @@ def train_clip(minutes: float | None = 45.0, steps: int | None = 6000, config: s
     torch.set_num_threads(threads)
     cfg = TrainConfig(config=config, steps=steps, minutes=minutes, batch_size=batch_size, lr=lr, seed=seed,
                       max_entities=max_entities, drawn_fraction=drawn_fraction,
+                      icons=str(icons) if icons else None, icon_share=icon_share,
                       init_from=str(init_from) if init_from else None, resize_mode=resize_mode)
     out = Path(out) if out else CHECKPOINT_DIR / config
     run_dir = Path(run_dir)
@@ -462,6 +490,11 @@ def train_clip(minutes: float | None = 45.0, steps: int | None = 6000, config: s
     train_set, held_out = split(entities)
     if max_entities:
         train_set, held_out = train_set[:max_entities], held_out[:max_entities]
+    extra = load_icons(Path(icons)) if icons else []
+    if max_entities:
+        extra = extra[:max_entities]
+    main_entities = len(train_set)
+    train_set = train_set + extra
     countries = [e for e in train_set if e.kind == "country"]
     tokens = [tokenizer(list(e.texts)) for e in train_set]
 
@@ -505,7 +538,8 @@ def train_clip(minutes: float | None = 45.0, steps: int | None = 6000, config: s
     def progress_of() -> float:
         return max(step / steps if steps else 0.0, elapsed / (minutes * 60) if minutes else 0.0)
 
-    loader = torch.utils.data.DataLoader(Batches(train_set, tokens, preprocess, cfg, step), batch_size=None,
+    dataset = Batches(train_set, tokens, preprocess, cfg, step, extra=len(extra))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=None,
                                          num_workers=workers, worker_init_fn=_worker_init if workers else None,
                                          prefetch_factor=2 if workers else None, persistent_workers=False,
                                          pin_memory=dev.type == "cuda")
@@ -551,7 +585,7 @@ def train_clip(minutes: float | None = 45.0, steps: int | None = 6000, config: s
                "final_loss": float(np.mean([h["loss"] for h in history[-20:]])) if history else None,
                "params": sum(p.numel() for p in model.parameters()),
                "params_visual": sum(p.numel() for p in model.visual.parameters()),
-               "trained_entities": len(train_set), "held_out": len(held_out),
+               "trained_entities": main_entities, "icon_concepts": len(extra), "held_out": len(held_out),
                "machine": (f"{torch.cuda.get_device_name(dev)} GPU" if dev.type == "cuda" else
                            f"{platform.machine()} CPU: {torch.get_num_threads()} compute thread(s)")
                           + f" + {workers} data-loading process(es)",
@@ -584,11 +618,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--resize-mode", choices=RESIZE_MODES, default="squash",
                    help="squash: the whole image into the square input; shortest: open_clip's centre crop")
     p.add_argument("--device", default="cpu", help="cpu or cuda (then give --workers as many CPU cores as spare)")
+    p.add_argument("--icons", default=None,
+                   help="also train on the icon concepts in this folder (`python -m index.clip.icons DIR` builds it)")
+    p.add_argument("--icon-share", type=float, default=0.4,
+                   help="share of each batch's random half drawn from the icon concepts")
     args = p.parse_args(argv)
     train_clip(minutes=args.minutes, steps=args.steps, config=args.config, out=args.out, resume=args.resume,
                run_dir=args.run_dir, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                workers=args.workers, threads=args.threads, max_entities=args.max_entities, device=args.device,
-               init_from=args.init_from, drawn_fraction=args.drawn_fraction, resize_mode=args.resize_mode)
+               init_from=args.init_from, drawn_fraction=args.drawn_fraction, resize_mode=args.resize_mode,
+               icons=args.icons, icon_share=args.icon_share)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,198 @@
+"""Icon concepts: extra training classes for the embedder, each drawn by several icon sets.
+
+worldkb's 1,523 trainable entities teach the embedder to match renderings of those entities, not
+what a snail or a beer mug looks like: an emoji it never trained on is matched to another vendor's
+drawing of it at recall@1 0.61 (0.94 for trained ones; benchmarks/entity_recognition.md), and most
+misses are semantic (Snail → Woman raising hand). General-purpose icon sets (Iconify's JSON
+packages on npm, all MIT / Apache-2.0 / ISC / CC-BY-4.0) draw thousands of everyday concepts, each
+in many styles: Phosphor's bug in six weights, Material's outlined / rounded / sharp, Tabler's
+outline and filled, Icon Park's colour and two-tone. A concept drawn by several sets is a class
+with several renderings, which is what the embedder's image↔image and proxy losses learn from.
+
+No emoji set is used (the benchmark's query vendors, Twitter and Google, and OpenMoji are emoji
+sets), and a concept whose name is the name or alias of a held-out emoji (`data.is_held_out`) is
+left out, so held-out emoji stay unseen as concepts, not only as renderings. Monochrome icons are
+drawn in a colour chosen by the concept's name, the same in every set: colour stays a property of
+the class, as it is for flags and emoji.
+
+    python -m index.clip.icons runs/icons     # fetch (npm pack), render, write runs/icons/manifest.jsonl
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from index.clip.data import Entity, is_held_out
+from index.files import replace_dir
+from index.worldkb.build import _slug as slug
+
+# Pinned packages (@iconify-json/<set>) and their licenses (each package's package.json).
+ICON_SETS = {
+    "ph": ("1.2.2", "MIT"),
+    "tabler": ("1.2.41", "MIT"),
+    "mdi": ("1.2.3", "Apache-2.0"),
+    "lucide": ("1.2.137", "ISC"),
+    "material-symbols": ("1.2.98", "Apache-2.0"),
+    "ri": ("1.2.10", "Apache-2.0"),
+    "bi": ("1.2.7", "MIT"),
+    "fluent": ("1.2.60", "MIT"),
+    "fluent-color": ("1.2.21", "MIT"),
+    "carbon": ("1.2.30", "Apache-2.0"),
+    "iconoir": ("1.2.11", "MIT"),
+    "healthicons": ("1.2.13", "MIT"),
+    "icon-park": ("1.2.4", "Apache-2.0"),
+    "icon-park-outline": ("1.2.4", "Apache-2.0"),
+    "icon-park-solid": ("1.2.4", "Apache-2.0"),
+    "icon-park-twotone": ("1.2.4", "Apache-2.0"),
+    "streamline": ("1.2.5", "CC-BY-4.0"),
+    "streamline-color": ("1.2.2", "CC-BY-4.0"),
+}
+# Style words that name a drawing of a concept, not another concept ("bug-fill" is a bug).
+STYLE_WORDS = {"outline", "outlined", "rounded", "sharp", "filled", "fill", "regular", "light", "thin", "bold",
+               "duotone", "line", "solid", "remix", "flat", "twotone", "negative"}
+SIZES = {"10", "12", "16", "20", "24", "28", "32", "48"}  # Fluent's pixel sizes: one drawing per size
+PALETTE = ["#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf",
+           "#bcbd22", "#393b79", "#637939", "#843c39", "#222222", "#e6550d", "#3182bd", "#31a354"]
+MIN_SETS = 3  # a concept becomes a class when at least this many sets draw it
+MAX_IMAGES = 8  # drawings kept per concept (one per set first, then other styles)
+RENDER_SIZE = 64  # as worldkb's emoji (index.worldkb.build.EMOJI_SIZE)
+
+
+def concept_of(name: str) -> tuple[str, str]:
+    """(concept, style) of an icon name: "bug-beetle-fill" → ("bug-beetle", "fill"),
+    "bug-24-regular" → ("bug", "regular"), "bug-report-outline-rounded" → ("bug-report", "outline-rounded")."""
+    parts = name.split("-")
+    style: list[str] = []
+    while len(parts) > 1 and parts[-1] in STYLE_WORDS:
+        style.insert(0, parts.pop())
+    if len(parts) > 1 and parts[-1] in SIZES:  # Fluent draws each concept at several pixel sizes
+        parts.pop()
+    return "-".join(parts), "-".join(style) or "base"
+
+
+def _colour(concept: str) -> str:
+    return PALETTE[int(hashlib.sha1(concept.encode()).hexdigest()[:6], 16) % len(PALETTE)]
+
+
+def held_out_names(manifest: Path | None = None) -> set[str]:
+    """Slugs ("beer-mug") of the names and aliases of the held-out emoji: concepts never trained."""
+    from index.worldkb import MANIFEST
+
+    out = set()
+    with open(manifest or MANIFEST) as f:
+        for line in f:
+            rec = json.loads(line)
+            if is_held_out(rec["key"]):
+                for n in [rec["name"], *rec.get("aliases", [])]:
+                    out.add(slug(n))
+    return out
+
+
+@dataclass(frozen=True)
+class Drawing:
+    set: str
+    name: str
+    style: str
+
+
+def choose_concepts(sets: dict[str, list[str]], exclude: set[str], min_sets: int = MIN_SETS,
+                    max_images: int = MAX_IMAGES) -> dict[str, list[Drawing]]:
+    """Concept → its drawings, for concepts drawn by at least `min_sets` sets and not in `exclude`:
+    one drawing per set first (its base style when it has one), then the sets' other styles, up to
+    `max_images`. Fluent's sizes are one drawing (24 px when drawn at that size)."""
+    found: dict[str, dict[str, dict[str, str]]] = defaultdict(lambda: defaultdict(dict))
+    for set_name, names in sets.items():
+        for name in sorted(names):
+            concept, style = concept_of(name)
+            if not concept or concept in exclude or concept.isdigit():
+                continue
+            styles = found[concept][set_name]
+            if style not in styles or f"-24-{style}" in f"{name}-" or name.endswith("-24"):  # 24 px first
+                styles[style] = name
+    out = {}
+    for concept, by_set in sorted(found.items()):
+        if len(by_set) < min_sets:
+            continue
+        firsts = [Drawing(s, st.get("base") or st[sorted(st)[0]], "base" if "base" in st else sorted(st)[0])
+                  for s, st in sorted(by_set.items())]
+        rest = [Drawing(s, n, style) for s, st in sorted(by_set.items()) for style, n in sorted(st.items())
+                if Drawing(s, n, style) not in firsts]
+        out[concept] = (firsts + rest)[:max_images]
+    return out
+
+
+def build_icons(out: Path, cache: Path | None = None, min_sets: int = MIN_SETS, max_images: int = MAX_IMAGES,
+                max_concepts: int | None = None) -> Path:
+    """Fetch the icon sets (`npm pack`, into `cache`), render the chosen concepts' drawings to
+    `out/images/<concept>/<set>-<style>.png` and write `out/manifest.jsonl` (one concept per line:
+    key, name, images with path, set, icon name and license). `out` is replaced only once complete."""
+    from index.worldkb import build
+
+    cache = cache or out.parent / f"{out.name}-cache"
+    packages = {s: build.IconifySet(build.fetch_npm(f"@iconify-json/{s}", v, cache)) for s, (v, _) in ICON_SETS.items()}
+    concepts = choose_concepts({s: sorted(p.icons) for s, p in packages.items()}, held_out_names(),
+                               min_sets, max_images)
+    if max_concepts:
+        concepts = dict(sorted(concepts.items(), key=lambda kv: (-len({d.set for d in kv[1]}), kv[0]))[:max_concepts])
+    tmp = out.parent / f".{out.name}.building"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    lines = []
+    for concept, drawings in tqdm(sorted(concepts.items()), desc="rendering icon concepts"):
+        colour = _colour(concept)
+        images = []
+        for d in drawings:
+            svg = packages[d.set].svg(d.name).replace("currentColor", colour)
+            rel = f"images/{concept}/{d.set}-{d.style}.png"
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            build._save_png(build.render_svg(svg, RENDER_SIZE, RENDER_SIZE), tmp / rel)
+            images.append({"path": rel, "set": d.set, "icon": d.name, "style": f"{d.set}:{d.style}",
+                           "license": ICON_SETS[d.set][1]})
+        lines.append(json.dumps({"key": f"icon:{concept}", "name": concept.replace("-", " "),
+                                 "images": images}))
+    (tmp / "manifest.jsonl").write_text("\n".join(lines) + "\n")
+    (tmp / "SOURCES.md").write_text(
+        "# Icon concepts\n\nRendered by `python -m index.clip.icons` from these npm packages:\n\n"
+        + "".join(f"- @iconify-json/{s} {v} ({lic})\n" for s, (v, lic) in ICON_SETS.items()))
+    replace_dir(tmp, out)
+    return out / "manifest.jsonl"
+
+
+def load_icons(folder: Path) -> list[Entity]:
+    """The concepts of a `build_icons` folder as training entities (kind "icon"; each its own group,
+    so they are never the hard-negative half of a batch)."""
+    manifest = Path(folder) / "manifest.jsonl"
+    if not manifest.is_file():
+        raise FileNotFoundError(f"no icon concepts in {folder}: build them with `python -m index.clip.icons {folder}`")
+    out = []
+    for line in manifest.read_text().splitlines():
+        rec = json.loads(line)
+        name = rec["name"]
+        out.append(Entity(rec["key"], "icon", name, tuple(Path(folder) / im["path"] for im in rec["images"]),
+                          tuple(im["style"] for im in rec["images"]), (name, f"{name} icon", f"a {name} symbol"),
+                          rec["key"]))
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m index.clip.icons", description=build_icons.__doc__)
+    p.add_argument("out", type=Path)
+    p.add_argument("--cache", type=Path, default=None)
+    p.add_argument("--min-sets", type=int, default=MIN_SETS)
+    p.add_argument("--max-images", type=int, default=MAX_IMAGES)
+    p.add_argument("--max-concepts", type=int, default=None)
+    args = p.parse_args(argv)
+    path = build_icons(args.out, args.cache, args.min_sets, args.max_images, args.max_concepts)
+    n = sum(1 for _ in path.open())
+    print(f"wrote {n} icon concepts to {path}")
+
+
+if __name__ == "__main__":
+    main()
