@@ -194,3 +194,25 @@ def tiny_tagger(tmp_path_factory):
     path = train_tagger(TaggerConfig(manifest=str(root / "manifest.jsonl"), min_count=2, views=3, epochs=15,
                                      batch_size=16, lr=5e-3), out=root / "tagger")
     return path, root / "manifest.jsonl"
+
+
+TINY_CLIP = {"embed_dim": 32,
+             "vision_cfg": {"image_size": 32, "layers": [1, 1, 1, 1], "width": 8},
+             "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1}}
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_cfg() -> dict:
+    """A tiny open_clip model config (random weights train in seconds)."""
+    return json.loads(json.dumps(TINY_CLIP))
+
+
+@pytest.fixture(scope="session")
+def tiny_config(tmp_path_factory, tiny_clip_cfg) -> str:
+    """The name under which `tiny_clip_cfg` is registered with open_clip."""
+    import open_clip
+
+    folder = tmp_path_factory.mktemp("configs")
+    (folder / "mmkb-clip-test.json").write_text(json.dumps(tiny_clip_cfg))
+    open_clip.add_model_config(folder)
+    return "mmkb-clip-test"

@@ -16,23 +16,10 @@ from index.worldkb.build_queries import QUERY_DIR
 
 FLAG = DATA_DIR / "images" / "flags" / "BTN.png"
 EMOJI = DATA_DIR / "images" / "emoji" / "1F600-google.png"
-TINY = {"embed_dim": 32,
-        "vision_cfg": {"image_size": 32, "layers": [1, 1, 1, 1], "width": 8},
-        "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1}}
 
 
 def _history(run_dir) -> list[dict]:
     return torch.load(run_dir / "last.pt", map_location="cpu", weights_only=False)["history"]
-
-
-@pytest.fixture(scope="module")
-def tiny_config(tmp_path_factory) -> str:
-    import open_clip
-
-    folder = tmp_path_factory.mktemp("configs")
-    (folder / "mmkb-clip-test.json").write_text(json.dumps(TINY))
-    open_clip.add_model_config(folder)
-    return "mmkb-clip-test"
 
 
 @pytest.mark.parametrize("name", DISTORTIONS)
@@ -67,7 +54,7 @@ def test_held_out_split_is_a_stable_fifth_of_the_emoji():
     assert is_held_out(held[0].key) and not is_held_out("country:BTN")
 
 
-def test_training_lowers_the_loss_and_exports_a_loadable_fp16_checkpoint(tmp_path, tiny_config):
+def test_training_lowers_the_loss_and_exports_a_loadable_fp16_checkpoint(tmp_path, tiny_config, tiny_clip_cfg):
     import open_clip
     from safetensors.torch import load_file
 
@@ -85,7 +72,7 @@ def test_training_lowers_the_loss_and_exports_a_loadable_fp16_checkpoint(tmp_pat
     trained = {k: v.float() for k, v in load_file(str(path)).items()}
     assert torch.equal(model.state_dict()["visual.conv1.weight"], trained["visual.conv1.weight"])
     card = (tmp_path / "ckpt" / "MODEL_CARD.md").read_text()
-    assert "Held out" in card and json.loads((tmp_path / "ckpt" / "config.json").read_text())["model_cfg"] == TINY
+    assert "Held out" in card and json.loads((tmp_path / "ckpt" / "config.json").read_text())["model_cfg"] == tiny_clip_cfg
 
 
 def _resize(preprocess):
@@ -128,7 +115,7 @@ def test_attention_pool_positions_resize_to_another_grid():
         resize_pool_positions(positions, 4)
 
 
-def test_weights_of_another_input_size_warm_start_a_model(tmp_path, tiny_config):
+def test_weights_of_another_input_size_warm_start_a_model(tmp_path, tiny_config, tiny_clip_cfg):
     """The 32 px weights start the 64 px model: the convolutions carry over, the pool's positions are resized."""
     import open_clip
 
@@ -136,7 +123,7 @@ def test_weights_of_another_input_size_warm_start_a_model(tmp_path, tiny_config)
 
     folder = tmp_path / "configs"
     folder.mkdir()
-    (folder / "mmkb-clip-test-64.json").write_text(json.dumps({**TINY, "vision_cfg": {**TINY["vision_cfg"],
+    (folder / "mmkb-clip-test-64.json").write_text(json.dumps({**tiny_clip_cfg, "vision_cfg": {**tiny_clip_cfg["vision_cfg"],
                                                                                       "image_size": 64}}))
     open_clip.add_model_config(folder)
     kw = dict(steps=1, batch_size=8, max_entities=8, workers=0, progress=False)

@@ -10,20 +10,6 @@ import torch
 from index.clip import icons
 from index.clip.icons import Drawing, choose_concepts, concept_of, load_icons
 
-TINY = {"embed_dim": 32,
-        "vision_cfg": {"image_size": 32, "layers": [1, 1, 1, 1], "width": 8},
-        "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1}}
-
-
-@pytest.fixture(scope="module")
-def tiny_config(tmp_path_factory) -> str:
-    import open_clip
-
-    folder = tmp_path_factory.mktemp("configs")
-    (folder / "mmkb-clip-icons-test.json").write_text(json.dumps(TINY))
-    open_clip.add_model_config(folder)
-    return "mmkb-clip-icons-test"
-
 
 @pytest.mark.parametrize("name, expected", [
     ("bug", ("bug", "base")),
