@@ -2,16 +2,19 @@
 
 worldkb's 1,523 trainable entities teach the embedder to match renderings of those entities, not
 what a snail or a beer mug looks like: an emoji it never trained on is matched to another vendor's
-drawing of it at recall@1 0.61 (0.94 for trained ones; benchmarks/entity_recognition.md), and most
+drawing of it at recall@1 0.61 (0.94 for trained ones; benchmarks/results/entity_recognition.md), and most
 misses are semantic (Snail → Woman raising hand). General-purpose icon sets (Iconify's JSON
 packages on npm, all MIT / Apache-2.0 / ISC / CC-BY-4.0) draw thousands of everyday concepts, each
 in many styles: Phosphor's bug in six weights, Material's outlined / rounded / sharp, Tabler's
-outline and filled, Icon Park's colour and two-tone. A concept drawn by several sets is a class
-with several renderings, which is what the embedder's image↔image and proxy losses learn from.
+outline and filled, Icon Park's colour and two-tone. A concept drawn by several independent
+sources (Icon Park's four themes are one source, as are Fluent and Fluent colour, Streamline and
+Streamline colour) is a class with several renderings, which is what the embedder's image↔image and
+proxy losses learn from.
 
 No emoji set is used (the benchmark's query vendors, Twitter and Google, and OpenMoji are emoji
-sets), and a concept whose name is the name or alias of a held-out emoji (`data.is_held_out`) is
-left out, so held-out emoji stay unseen as concepts, not only as renderings. Monochrome icons are
+sets), and a concept whose name, without a trailing number ("cake-one", "mirror-2": icon sets number
+their alternative drawings), is the name or alias of a held-out emoji (`data.is_held_out`) is left
+out, so held-out emoji stay unseen as concepts, not only as renderings. Monochrome icons are
 drawn in a colour chosen by the concept's name, the same in every set: colour stays a property of
 the class, as it is for flags and emoji.
 
@@ -23,7 +26,7 @@ import argparse
 import hashlib
 import json
 import shutil
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,23 +61,38 @@ ICON_SETS = {
 STYLE_WORDS = {"outline", "outlined", "rounded", "sharp", "filled", "fill", "regular", "light", "thin", "bold",
                "duotone", "line", "solid", "remix", "flat", "twotone", "negative"}
 SIZES = {"10", "12", "16", "20", "24", "28", "32", "48"}  # Fluent's pixel sizes: one drawing per size
+SIZED_SETS = {"fluent", "fluent-color"}  # elsewhere a trailing number is part of the name ("forward-10")
+NOUN_STYLES = {"light", "line", "bold"}  # style words that are also words of a thing's name
+NUMBERS = {"one", "two", "three", "four", "five", "six", "seven", "eight", "nine"}
+# Sets drawn by one designer in several themes count as one source towards MIN_SETS.
+SOURCE = {"icon-park-outline": "icon-park", "icon-park-solid": "icon-park", "icon-park-twotone": "icon-park",
+          "fluent-color": "fluent", "streamline-color": "streamline"}
 PALETTE = ["#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf",
            "#bcbd22", "#393b79", "#637939", "#843c39", "#222222", "#e6550d", "#3182bd", "#31a354"]
-MIN_SETS = 3  # a concept becomes a class when at least this many sets draw it
+MIN_SETS = 3  # a concept becomes a class when at least this many independent sources draw it
 MAX_IMAGES = 8  # drawings kept per concept (one per set first, then other styles)
 RENDER_SIZE = 64  # as worldkb's emoji (index.worldkb.build.EMOJI_SIZE)
 
 
-def concept_of(name: str) -> tuple[str, str]:
+def concept_of(name: str, sized: bool = False) -> tuple[str, str]:
     """(concept, style) of an icon name: "bug-beetle-fill" → ("bug-beetle", "fill"),
-    "bug-24-regular" → ("bug", "regular"), "bug-report-outline-rounded" → ("bug-report", "outline-rounded")."""
+    "bug-report-outline-rounded" → ("bug-report", "outline-rounded"); with `sized` (Fluent's sets,
+    which draw each concept at several pixel sizes) "bug-24-regular" → ("bug", "regular")."""
     parts = name.split("-")
     style: list[str] = []
     while len(parts) > 1 and parts[-1] in STYLE_WORDS:
         style.insert(0, parts.pop())
-    if len(parts) > 1 and parts[-1] in SIZES:  # Fluent draws each concept at several pixel sizes
+    if sized and len(parts) > 1 and parts[-1] in SIZES:
         parts.pop()
     return "-".join(parts), "-".join(style) or "base"
+
+
+def unnumbered(concept: str) -> str:
+    """A concept without the number an icon set gives its alternative drawings: "cake-two" → "cake"."""
+    parts = concept.split("-")
+    while len(parts) > 1 and (parts[-1] in NUMBERS or parts[-1].isdigit()):
+        parts.pop()
+    return "-".join(parts)
 
 
 def _colour(concept: str) -> str:
@@ -97,31 +115,42 @@ def held_out_names(manifest: Path | None = None) -> set[str]:
 
 @dataclass(frozen=True)
 class Drawing:
-    set: str
+    """One icon set's drawing of a concept: the set, the icon's name there and its style."""
+
+    set: str  # noqa: A003  (an icon set's name, as Iconify calls it)
     name: str
     style: str
 
 
 def choose_concepts(sets: dict[str, list[str]], exclude: set[str], min_sets: int = MIN_SETS,
                     max_images: int = MAX_IMAGES) -> dict[str, list[Drawing]]:
-    """Concept → its drawings, for concepts drawn by at least `min_sets` sets and not in `exclude`:
-    one drawing per set first (its base style when it has one), then the sets' other styles, up to
-    `max_images`. Fluent's sizes are one drawing (24 px when drawn at that size)."""
+    """Concept → its drawings, for concepts drawn by at least `min_sets` independent sources
+    (`SOURCE`) whose name, without a trailing number, is not in `exclude`: one drawing per set first
+    (its base style when it has one), then the sets' other styles, up to `max_images`. Fluent's sizes
+    are one drawing (the 24 px one when there is one)."""
     found: dict[str, dict[str, dict[str, str]]] = defaultdict(lambda: defaultdict(dict))
     for set_name, names in sets.items():
+        sized = set_name in SIZED_SETS
+        parsed = {name: concept_of(name, sized) for name in names}
+        drawn = Counter(concept for concept, _ in parsed.values())
         for name in sorted(names):
-            concept, style = concept_of(name)
-            if not concept or concept in exclude or concept.isdigit():
+            concept, style = parsed[name]
+            if style in NOUN_STYLES and drawn[concept] == 1:
+                concept, style = name, "base"  # no other drawing of "traffic" here: a traffic light is a thing
+            if not concept or concept.isdigit() or unnumbered(concept) in exclude:
                 continue
             styles = found[concept][set_name]
-            if style not in styles or f"-24-{style}" in f"{name}-" or name.endswith("-24"):  # 24 px first
+            at_24 = sized and "24" in name.split("-")
+            if style not in styles or at_24:
                 styles[style] = name
     out = {}
     for concept, by_set in sorted(found.items()):
-        if len(by_set) < min_sets:
+        if len({SOURCE.get(s, s) for s in by_set}) < min_sets:
             continue
-        firsts = [Drawing(s, st.get("base") or st[sorted(st)[0]], "base" if "base" in st else sorted(st)[0])
-                  for s, st in sorted(by_set.items())]
+        firsts = []
+        for s, st in sorted(by_set.items()):
+            first = "base" if "base" in st else min(st)
+            firsts.append(Drawing(s, st[first], first))
         rest = [Drawing(s, n, style) for s, st in sorted(by_set.items()) for style, n in sorted(st.items())
                 if Drawing(s, n, style) not in firsts]
         out[concept] = (firsts + rest)[:max_images]
@@ -137,8 +166,10 @@ def build_icons(out: Path, cache: Path | None = None, min_sets: int = MIN_SETS, 
 
     cache = cache or out.parent / f"{out.name}-cache"
     packages = {s: build.IconifySet(build.fetch_npm(f"@iconify-json/{s}", v, cache)) for s, (v, _) in ICON_SETS.items()}
-    concepts = choose_concepts({s: sorted(p.icons) for s, p in packages.items()}, held_out_names(),
-                               min_sets, max_images)
+    shown = {s: sorted(n for n, icon in p.icons.items() if not icon.get("hidden")) for s, p in packages.items()}
+    concepts = choose_concepts(shown, held_out_names(), min_sets, max_images)
+    if not concepts:
+        raise ValueError(f"no concept is drawn by {min_sets} or more icon sources: lower --min-sets")
     if max_concepts:
         concepts = dict(sorted(concepts.items(), key=lambda kv: (-len({d.set for d in kv[1]}), kv[0]))[:max_concepts])
     tmp = out.parent / f".{out.name}.building"

@@ -95,7 +95,7 @@ class Batches(torch.utils.data.IterableDataset):
     def _members(self, rng: np.random.Generator) -> np.ndarray:
         n, b = len(self.entities), min(self.cfg.batch_size, len(self.entities))
         chosen: list[int] = []
-        want = int(b * self.cfg.hard_negative_fraction)
+        want = min(int(b * self.cfg.hard_negative_fraction), sum(map(len, self.groups)))
         while len(chosen) < want and self.groups:
             group = self.groups[int(rng.integers(len(self.groups)))]
             chosen += [int(i) for i in rng.permutation(group)[:want - len(chosen)]]
@@ -105,7 +105,7 @@ class Batches(torch.utils.data.IterableDataset):
             return np.concatenate([np.array(chosen, int), rng.choice(rest, b - len(chosen), replace=False)])
         main, extra = rest[rest < n - self.extra], rest[rest >= n - self.extra]
         k = min(len(extra), round((b - len(chosen)) * self.cfg.icon_share))
-        k = max(k, b - len(chosen) - len(main))
+        k = max(k, b - len(chosen) - len(main))  # more icons when too few entities are left to fill the batch
         return np.concatenate([np.array(chosen, int), rng.choice(extra, k, replace=False),
                                rng.choice(main, b - len(chosen) - k, replace=False)])
 
@@ -359,8 +359,8 @@ def _icons_paragraph(cfg: TrainConfig, s: dict) -> str:
     if not cfg.icons:
         return ""
     return (f"\nAlso trained on {s.get('icon_concepts', 0)} icon concepts (`index.clip.icons`, built by "
-            f"`python -m index.clip.icons {cfg.icons}`): everyday things each drawn by at least three Iconify "
-            f"icon sets (MIT, Apache-2.0, ISC, CC-BY-4.0; no emoji set), {cfg.icon_share:.0%} of each batch's "
+            f"`python -m index.clip.icons {cfg.icons}`): everyday things each drawn by several independent Iconify "
+            f"icon sources (MIT, Apache-2.0, ISC, CC-BY-4.0; no emoji set), {cfg.icon_share:.0%} of each batch's "
             "random half; concepts named like a held-out emoji are left out.\n")
 
 
@@ -458,6 +458,9 @@ def train_clip(minutes: float | None = 45.0, steps: int | None = 6000, config: s
     if not steps and not minutes:
         raise ValueError("train_clip needs `steps` or `minutes` to know when to stop")
 
+    if not 0 <= icon_share <= 1:
+        raise ValueError(f"--icon-share is the share of a batch's random half drawn from the icons: "
+                         f"give a number from 0 to 1, not {icon_share}")
     if resize_mode not in RESIZE_MODES:
         raise ValueError(f"unknown resize mode {resize_mode!r}; choose from {', '.join(RESIZE_MODES)}")
     register_configs()
@@ -509,6 +512,10 @@ def train_clip(minutes: float | None = 45.0, steps: int | None = 6000, config: s
             began = state["train_cfg"].get("init_from") or "a random init"
             raise ValueError(f"{state_path} holds a run that began from {began}, not from "
                              f"{cfg.init_from or 'a random init'}: pass --no-resume to start over, or another --run-dir")
+        saved = state["train_cfg"]
+        if saved.get("icons") != cfg.icons or (cfg.icons and saved.get("icon_share") != cfg.icon_share):
+            raise ValueError(f"{state_path} holds a run trained with --icons {saved.get('icons')} --icon-share "
+                             f"{saved.get('icon_share')}: pass those, or --no-resume to start over, or another --run-dir")
         trained_mode = state["train_cfg"].get("resize_mode", "shortest")  # runs before the option: open_clip's
         if trained_mode != cfg.resize_mode:
             raise ValueError(f"{state_path} holds a run trained with --resize-mode {trained_mode}: pass that, "

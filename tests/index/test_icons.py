@@ -14,14 +14,31 @@ from index.clip.icons import Drawing, choose_concepts, concept_of, load_icons
 @pytest.mark.parametrize("name, expected", [
     ("bug", ("bug", "base")),
     ("bug-beetle-fill", ("bug-beetle", "fill")),
-    ("bug-24-regular", ("bug", "regular")),
-    ("add-circle-16", ("add-circle", "base")),
+    ("forward-10", ("forward-10", "base")),  # a number is part of the name outside Fluent
     ("bug-report-outline-rounded", ("bug-report", "outline-rounded")),
     ("bug-2-line", ("bug-2", "line")),
     ("fill", ("fill", "base")),  # a style word alone is the concept
 ])
 def test_concept_of_strips_style_words_and_fluent_sizes(name, expected):
     assert concept_of(name) == expected
+
+
+def test_fluent_sizes_are_one_drawing():
+    assert concept_of("bug-24-regular", sized=True) == ("bug", "regular")
+    assert concept_of("add-circle-16", sized=True) == ("add-circle", "base")
+
+
+def test_a_style_word_without_other_styles_of_the_thing_is_part_of_its_name():
+    sets = {s: ["traffic-light", "bug", "bug-light"] for s in ("a", "b", "c")}
+    chosen = choose_concepts(sets, exclude=set(), min_sets=3)
+    assert set(chosen) == {"traffic-light", "bug"} and len(chosen["bug"]) == 6
+
+
+def test_themes_of_one_designer_count_as_one_source_and_numbered_variants_of_excluded_names_are_excluded():
+    parks = {s: ["kite", "cake-one"] for s in ("icon-park", "icon-park-outline", "icon-park-solid")}
+    assert choose_concepts(parks, exclude=set(), min_sets=3) == {}
+    sets = {s: ["kite", "cake-one", "cake-2", "mirror-two"] for s in ("a", "b", "c")}
+    assert set(choose_concepts(sets, exclude={"cake", "mirror"}, min_sets=3)) == {"kite"}
 
 
 def test_choose_concepts_needs_several_sets_skips_excluded_and_prefers_one_drawing_per_set():
@@ -37,7 +54,7 @@ def test_choose_concepts_needs_several_sets_skips_excluded_and_prefers_one_drawi
     assert all("-16-" not in d.name for d in cat)  # one Fluent size: 24 px
 
 
-def test_held_out_emoji_names_are_excluded_concepts():
+def test_held_out_names_cover_every_held_out_emoji_and_few_trained_ones():
     from index.clip.data import is_held_out, load_entities
 
     names = icons.held_out_names()
@@ -53,7 +70,8 @@ def _fake_set(folder, names):
     body = '<path fill="currentColor" d="M2 2h{w}v12H2z"/>'
     (pkg / "icons.json").write_text(json.dumps(
         {"prefix": folder.name, "width": 16, "height": 16,
-         "icons": {n: {"body": body.format(w=4 + i)} for i, n in enumerate(names)}}))
+         "icons": {n: {"body": body.format(w=4 + i), **({"hidden": True} if n.startswith("old-") else {})}
+                   for i, n in enumerate(names)}}))
     return pkg
 
 
@@ -64,7 +82,7 @@ def test_build_icons_renders_coloured_concepts_and_loads_them_as_entities(tmp_pa
     import index.worldkb.build as build
 
     monkeypatch.setattr(icons, "ICON_SETS", {"s1": ("1", "MIT"), "s2": ("1", "MIT"), "s3": ("1", "ISC")})
-    fakes = {f"@iconify-json/{s}": _fake_set(tmp_path / "npm" / s, ["kite", "kite-fill", "lamp"])
+    fakes = {f"@iconify-json/{s}": _fake_set(tmp_path / "npm" / s, ["kite", "kite-fill", "lamp", "old-kite"])
              for s in ("s1", "s2", "s3")}
     monkeypatch.setattr(build, "fetch_npm", lambda name, version, cache: fakes[name])
     monkeypatch.setattr(icons, "held_out_names", lambda: {"lamp"})
@@ -80,9 +98,14 @@ def test_build_icons_renders_coloured_concepts_and_loads_them_as_entities(tmp_pa
     colours = {tuple(p[:3]) for p in px[px[:, 3] == 255]}
     assert colours and (0, 0, 0) not in colours  # currentColor became the concept's colour
 
-    [entity] = load_icons(out)
-    assert entity.kind == "icon" and entity.name == "kite" and len(entity.images) == 4
-    assert entity.texts[0] == "kite" and entity.group == "icon:kite"
+    with pytest.raises(ValueError, match="--min-sets"):
+        icons.build_icons(tmp_path / "none", cache=tmp_path / "cache", min_sets=4)
+
+
+def test_load_icons_reads_concepts_as_entities_and_says_how_to_build_a_missing_folder(tmp_path):
+    [entity, *_] = load_icons(_icon_folder(tmp_path, 2))
+    assert entity.kind == "icon" and entity.name == "c0" and len(entity.images) == 2
+    assert entity.texts[0] == "c0" and entity.group == "icon:c0"
     with pytest.raises(FileNotFoundError, match="python -m index.clip.icons"):
         load_icons(tmp_path / "nothing")
 
@@ -106,17 +129,38 @@ def _icon_folder(tmp_path, n: int):
     return folder
 
 
-def test_batches_draw_the_icon_share_from_the_extra_classes(tmp_path):
+@pytest.mark.parametrize("n_main, n_icons, share, icons_in_batch", [
+    (100, 60, 0.4, 8),  # 40% of the 20 that are not hard negatives
+    (100, 5, 0.4, 5),  # fewer icons than the share asks for: all of them
+    (24, 60, 0.4, 16),  # few entities (hard negatives capped by their groups): icons fill the batch
+    (100, 60, 0.0, 0),
+])
+def test_batches_draw_the_icon_share_from_the_extra_classes(tmp_path, n_main, n_icons, share, icons_in_batch):
     from index.clip.data import load_entities, split
     from index.clip.train import Batches, TrainConfig
 
-    main = split(load_entities())[0][:100]
-    extra = load_icons(_icon_folder(tmp_path, 60))
-    cfg = TrainConfig(batch_size=40, hard_negative_fraction=0.5, icon_share=0.4)
-    batches = Batches(main + extra, [torch.zeros(1, 4, dtype=torch.long)] * 160, None, cfg, 0, extra=len(extra))
-    members = batches._members(np.random.default_rng(0))
+    main = split(load_entities())[0][:n_main]
+    extra = load_icons(_icon_folder(tmp_path, n_icons))
+    cfg = TrainConfig(batch_size=40, hard_negative_fraction=0.5, icon_share=share)
+    tokens = [torch.zeros(1, 4, dtype=torch.long)] * (n_main + n_icons)
+    members = Batches(main + extra, tokens, None, cfg, 0, extra=n_icons)._members(np.random.default_rng(0))
     assert len(members) == 40 and len(set(members.tolist())) == 40
-    assert (members >= 100).sum() == 8  # 40% of the 20 that are not hard negatives
+    assert (members >= n_main).sum() == icons_in_batch
+
+
+def test_icon_share_must_be_a_share_and_a_run_resumes_only_with_its_own_icons(tmp_path, tiny_config):
+    from index.clip.train import train_clip
+
+    folder = _icon_folder(tmp_path, 4)
+    kw = dict(minutes=5, config=tiny_config, out=tmp_path / "ckpt", run_dir=tmp_path / "run", batch_size=8,
+              max_entities=8, workers=0, progress=False)
+    with pytest.raises(ValueError, match="from 0 to 1"):
+        train_clip(steps=1, icons=folder, icon_share=1.5, **kw)
+    train_clip(steps=1, icons=folder, **kw)
+    with pytest.raises(ValueError, match="--icons .* --icon-share"):
+        train_clip(steps=2, **kw)
+    with pytest.raises(ValueError, match="--no-resume"):
+        train_clip(steps=2, icons=folder, icon_share=0.9, **kw)
 
 
 def test_training_with_icons_says_so_in_its_card_and_command(tmp_path, tiny_config):
