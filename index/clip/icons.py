@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from index.clip.data import Entity, is_held_out
 from index.files import replace_dir
-from index.worldkb.build import _slug as slug
+from index.worldkb.build import EMOJI_SIZE, slug_of
 
 # Pinned packages (@iconify-json/<set>) and their licenses (each package's package.json).
 ICON_SETS = {
@@ -71,7 +71,7 @@ PALETTE = ["#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e
            "#bcbd22", "#393b79", "#637939", "#843c39", "#222222", "#e6550d", "#3182bd", "#31a354"]
 MIN_SETS = 3  # a concept becomes a class when at least this many independent sources draw it
 MAX_IMAGES = 8  # drawings kept per concept (one per set first, then other styles)
-RENDER_SIZE = 64  # as worldkb's emoji (index.worldkb.build.EMOJI_SIZE)
+RENDER_SIZE = EMOJI_SIZE  # as worldkb's emoji
 
 
 def concept_of(name: str, sized: bool = False) -> tuple[str, str]:
@@ -109,7 +109,7 @@ def held_out_names(manifest: Path | None = None) -> set[str]:
             rec = json.loads(line)
             if is_held_out(rec["key"]):
                 for n in [rec["name"], *rec.get("aliases", [])]:
-                    out.add(slug(n))
+                    out.add(slug_of(n))
     return out
 
 
@@ -171,7 +171,7 @@ def build_icons(out: Path, cache: Path | None = None, min_sets: int = MIN_SETS, 
     if not concepts:
         raise ValueError(f"no concept is drawn by {min_sets} or more icon sources: lower --min-sets")
     if max_concepts:
-        concepts = dict(sorted(concepts.items(), key=lambda kv: (-len({d.set for d in kv[1]}), kv[0]))[:max_concepts])
+        concepts = dict(sorted(concepts.items(), key=lambda kv: (-len({SOURCE.get(d.set, d.set) for d in kv[1]}), kv[0]))[:max_concepts])
     tmp = out.parent / f".{out.name}.building"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -183,7 +183,7 @@ def build_icons(out: Path, cache: Path | None = None, min_sets: int = MIN_SETS, 
             svg = packages[d.set].svg(d.name).replace("currentColor", colour)
             rel = f"images/{concept}/{d.set}-{d.style}.png"
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-            build._save_png(build.render_svg(svg, RENDER_SIZE, RENDER_SIZE), tmp / rel)
+            build.save_png(build.render_svg(svg, RENDER_SIZE, RENDER_SIZE), tmp / rel)
             images.append({"path": rel, "set": d.set, "icon": d.name, "style": f"{d.set}:{d.style}",
                            "license": ICON_SETS[d.set][1]})
         lines.append(json.dumps({"key": f"icon:{concept}", "name": concept.replace("-", " "),

@@ -110,7 +110,7 @@ def fetch_pypi(name: str, version: str, cache: Path) -> Path:
     return dest
 
 
-def _save_png(img: Image.Image, path: Path) -> None:
+def save_png(img: Image.Image, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     img.save(path, optimize=True)
 
@@ -161,7 +161,7 @@ class IconifySet:
                 f'viewBox="{left} {top} {w} {h}" width="{w}" height="{h}">{icon["body"]}</svg>')
 
 
-def _slug(text: str) -> str:
+def slug_of(text: str) -> str:
     """A CLDR name as fluentui-emoji spells its file names: "Face with tears of joy" -> face-with-tears-of-joy."""
     text = text.lower().replace("\u2019", "").replace("'", "")
     return "-".join("".join(c if c.isalnum() else " " for c in text).split())
@@ -174,7 +174,7 @@ def icon_stem(names: list[str], stems: set[str], numbered: bool = False) -> str 
     (fluentui-emoji's "-default"). `numbered` also takes a set's first numbered variant (Streamline's
     "baby-1"), for sets whose names are never numbers themselves ("keycap-1" is another set's keycap 1)."""
     for name in names:
-        slug = _slug(name)
+        slug = slug_of(name)
         for stem in (slug, f"{slug}-default", slug.replace("-", ""), *([f"{slug}-1"] if numbered else [])):
             if slug and stem in stems:
                 return stem
@@ -204,7 +204,7 @@ def build_countries(src: dict[str, Path], out: Path) -> tuple[list[dict[str, Any
         flag = flags / f"{c['cca2'].lower()}.png"
         if flag.exists():
             rel = f"images/flags/{c['cca3']}.png"
-            _save_png(_flag_image(flag), out / rel)
+            save_png(_flag_image(flag), out / rel)
             images.append({"path": rel, "source": "svg-country-flags", "license": LICENSES["svg-country-flags"],
                            "style": "flag"})
         records.append({
@@ -252,7 +252,7 @@ def build_emoji(src: dict[str, Path], out: Path, countries: list[dict[str, Any]]
             country = by_key[key_by_cca2[cca2]]
             for vendor, f in images:
                 rel = f"images/flags/{country['key'].split(':')[1]}-{vendor}.png"
-                _save_png(_emoji_image(f), out / rel)
+                save_png(_emoji_image(f), out / rel)
                 country["images"].append({"path": rel, "source": f"emoji-datasource-{vendor}",
                                           "license": LICENSES[f"emoji-datasource-{vendor}"],
                                           "style": f"emoji-{vendor}"})
@@ -262,7 +262,7 @@ def build_emoji(src: dict[str, Path], out: Path, countries: list[dict[str, Any]]
         stored = []
         for vendor, f in images:
             rel = f"images/emoji/{unified}-{vendor}.png"
-            _save_png(_emoji_image(f), out / rel)
+            save_png(_emoji_image(f), out / rel)
             stored.append({"path": rel, "source": f"emoji-datasource-{vendor}",
                            "license": LICENSES[f"emoji-datasource-{vendor}"], "style": f"emoji-{vendor}"})
         aliases = [s.replace("_", " ") for s in e["short_names"]]
@@ -272,14 +272,14 @@ def build_emoji(src: dict[str, Path], out: Path, countries: list[dict[str, Any]]
             svg = fluent / style / f"{stem}.svg"
             if svg.exists():
                 rel = f"images/emoji/{unified}-fluent-{style}.png"
-                _save_png(render_svg(svg, EMOJI_SIZE, EMOJI_SIZE), out / rel)
+                save_png(render_svg(svg, EMOJI_SIZE, EMOJI_SIZE), out / rel)
                 stored.append({"path": rel, "source": f"fluentui-emoji:icons/{style}/{svg.name}",
                                "license": LICENSES["fluentui-emoji"], "style": f"emoji-fluent-{style}"})
         for style, icons in iconify.items():
             stem = icon_stem(names, icons.names, numbered=style in NUMBERED_STYLES)
             if stem:
                 rel = f"images/emoji/{unified}-{style}.png"
-                _save_png(render_svg(icons.svg(stem), EMOJI_SIZE, EMOJI_SIZE), out / rel)
+                save_png(render_svg(icons.svg(stem), EMOJI_SIZE, EMOJI_SIZE), out / rel)
                 package = ICONIFY_STYLES[style]
                 stored.append({"path": rel, "source": f"{package}:{stem}", "license": LICENSES[package],
                                "style": f"emoji-{style}"})
