@@ -193,13 +193,21 @@ def train_vlm(read_steps: int = 900, tag_steps: int = 300, out: Optional[Path] =
     console.print(f"mmkb-reader written to [bold]{path}[/]")
 
 
+# RET's threshold as `mmkb ask` and `mmkb eval kbvqa` take it; unset keeps RAGConfig's (chosen on a dev set).
+GammaOption = Annotated[Optional[float], typer.Option(
+    "--gamma", min=0.0, max=1.0, show_default=False,
+    help="RET's threshold γ: retrieve when P([Ret]) ≥ γ (default 0.4, chosen on a worldkb dev set; the paper's 0.5)")]
+
+
 def _rag(mode: str, ret: bool, srt: bool, mct: bool, vlm: Optional[str], familiarity_gate: bool = True,
-         confirm: bool = True, ret_closed_book: bool = True):
+         confirm: bool = True, ret_closed_book: bool = True, gamma: Optional[float] = None):
     from rag.pipeline import MMKBRAG, RAGConfig
 
     try:
         config = RAGConfig(mode=mode, use_ret=ret, use_srt=srt, use_mct=mct, familiarity_gate=familiarity_gate,
                            ret_closed_book=ret_closed_book)
+        if gamma is not None:
+            config.gamma = gamma
         if not confirm:
             config.confirm_threshold = None
         return MMKBRAG.load(vlm, config)
@@ -220,6 +228,7 @@ def ask(image_arg: Annotated[Optional[Path], typer.Argument(metavar="[IMAGE]", s
                                                    "read states it")] = True,
         ret_closed_book: Annotated[bool, typer.Option(
             help="RET's tag reads the closed-book answer's probability too, as the VLM calibrated it")] = True,
+        gamma: GammaOption = None,
         vlm: Optional[str] = None, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Answer a question about an image, with citations (KB-VQA):
     mmkb ask --image P --question Q, or mmkb ask P Q."""
@@ -230,7 +239,7 @@ def ask(image_arg: Annotated[Optional[Path], typer.Argument(metavar="[IMAGE]", s
         _fail("give an image and a question: mmkb ask --image P --question \"What is the capital of this country?\"")
     if not image.is_file():
         _fail(f"image not found: {image}")
-    rag = _rag(mode, ret, srt, mct, vlm, familiarity_gate, confirm, ret_closed_book)
+    rag = _rag(mode, ret, srt, mct, vlm, familiarity_gate, confirm, ret_closed_book, gamma)
     try:
         out = rag(image, question)
     except (IndexNotBuiltError, ValueError) as err:
@@ -264,7 +273,8 @@ def ask(image_arg: Annotated[Optional[Path], typer.Argument(metavar="[IMAGE]", s
 @eval_app.command("kbvqa")
 def eval_kbvqa(questions: Path, images: Path, predictions: Path, mode: str = "mmkb-rag", ret: bool = True,
                srt: bool = True, mct: bool = True, familiarity_gate: bool = True, confirm: bool = True,
-               ret_closed_book: bool = True, vlm: Optional[str] = None, evqa: bool = False) -> None:
+               ret_closed_book: bool = True, gamma: GammaOption = None, vlm: Optional[str] = None,
+               evqa: bool = False) -> None:
     """Run KB-VQA on an InfoSeek JSONL (or E-VQA CSV with --evqa) file and print the metric table."""
     from rag.evaluate import evaluate
     from rag.kbvqa.datasets import read_evqa, read_infoseek
@@ -275,7 +285,7 @@ def eval_kbvqa(questions: Path, images: Path, predictions: Path, mode: str = "mm
         _fail(str(err))
     if not images.is_dir():
         _fail(f"images folder not found: {images} (images are DIR/<image_id>.png or .jpg)")
-    rag = _rag(mode, ret, srt, mct, vlm, familiarity_gate, confirm, ret_closed_book)
+    rag = _rag(mode, ret, srt, mct, vlm, familiarity_gate, confirm, ret_closed_book, gamma)
     try:
         summary = evaluate(rag, examples, images, predictions)
     except FileNotFoundError as err:

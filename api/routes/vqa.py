@@ -21,7 +21,9 @@ def vqa(services: ServicesDep, image: Annotated[UploadFile, File(description="th
         ret_closed_book: Annotated[bool, Form(description="RET's tag reads the closed-book answer's probability "
                                                           "too")] = True,
         confirm: Annotated[bool, Form(description="answer with the VLM's own answer when the first document "
-                                                  "read states it")] = True) -> dict:
+                                                  "read states it")] = True,
+        gamma: Annotated[float | None, Form(ge=0.0, le=1.0, description="RET's threshold γ: retrieve when "
+                                            "P([Ret]) ≥ γ (unset: the server's, 0.4 by default)")] = None) -> dict:
     """The answer, the tags, whether it retrieved and why, and the documents it cites."""
     from index.search import IndexNotBuiltError
 
@@ -32,6 +34,8 @@ def vqa(services: ServicesDep, image: Annotated[UploadFile, File(description="th
         switches = {"familiarity_gate": familiarity_gate, "ret_closed_book": ret_closed_book}
         if not confirm:
             switches["confirm_threshold"] = None
+        if gamma is not None:
+            switches["gamma"] = gamma
         out = services.run(lambda: services.rag(picture, question, mode=mode, use_ret=ret, use_srt=srt, use_mct=mct,
                                                 **switches))
     except IndexNotBuiltError as err:

@@ -75,6 +75,11 @@ def test_vqa_answers_with_citations_and_refuses_bad_input(services, tiny_kb, tin
                                                   calibrated=False)[0]
     assert head["p_ret"] == pytest.approx(float(expected), abs=1e-5) and head["p_ret"] > 1e-6
     assert head["confirmed"] is False
+    # γ per request: at 0 even the calibrated tag that never asks retrieves; outside [0, 1] is refused
+    low = client.post("/v1/vqa", files={"image": ("btn.png", flag, "image/png")}, data={**q, "gamma": "0"}).json()
+    assert low["retrieved"] and low["p_ret"] >= 0
+    assert client.post("/v1/vqa", files={"image": ("btn.png", flag, "image/png")},
+                       data={**q, "gamma": "2"}).status_code == 422
 
 
 def test_generate_grounds_the_prompt_and_returns_pngs(services, tiny_checkpoints):

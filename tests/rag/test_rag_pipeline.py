@@ -58,6 +58,21 @@ def test_ret_threshold_skips_retrieval(rag, tiny_kb):
     out = rag(tiny_kb / "images" / "btn.png", "What is the capital of this country?", gamma=1.01,
               familiarity_gate=False)
     assert out.retrieved is False and out.p_ret is not None and out.candidates == []
+    for bad in (-0.1, float("nan")):
+        with pytest.raises(ValueError, match="gamma, RET's threshold"):
+            RAGConfig(gamma=bad)
+
+
+def test_ask_command_takes_rets_threshold(tiny_kb, tiny_reader):
+    from api.cli import app
+
+    ask = ["ask", str(tiny_kb / "images" / "btn.png"), "What is the capital of this country?", "--vlm",
+           str(tiny_reader), "--no-familiarity-gate", "--json"]
+    assert json.loads(CliRunner().invoke(app, [*ask, "--gamma", "0"]).stdout)["retrieved"] is True
+    never = json.loads(CliRunner().invoke(app, [*ask, "--gamma", "1"]).stdout)
+    assert never["retrieved"] is False and never["p_ret"] < 1
+    bad = CliRunner().invoke(app, [*ask, "--gamma", "1.5"], env={"COLUMNS": "200"})
+    assert bad.exit_code == 2 and "--gamma" in bad.output
 
 
 def test_mct_variants_and_bad_config(rag, tiny_kb):
