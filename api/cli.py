@@ -7,11 +7,13 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from api.console import console
+from api.console import out as stdout
 from api.console import fail as _fail
+from api.console import readable_image
 from index.clip import DEFAULT_CONFIG
 
 app = typer.Typer(help="mmkb: multimodal knowledge-based retrieval-augmented generation.",
@@ -48,7 +50,7 @@ def index_ingest(folder: Path, manifest: Optional[Path] = None) -> None:
     except IngestError as err:
         _fail(str(err))
     for problem in report.problems:
-        console.print(f"[yellow]skipped[/] {problem}")
+        console.print(f"[yellow]skipped[/] {escape(str(problem))}")
     console.print(f"entities added {report.added}, updated {report.updated}, unchanged {report.unchanged}; "
                   f"images added {report.images_added}; problems {len(report.problems)}; "
                   f"database {store.url}")
@@ -73,19 +75,22 @@ def index_build(modality: Annotated[list[str], typer.Option(help="text and/or im
 
 @index_app.command("search")
 def index_search(text: Optional[str] = None, image: Optional[Path] = None,
-                 k: Annotated[int, typer.Option("-k", "--k")] = 10,
+                 k: Annotated[int, typer.Option("-k", "--k", min=1)] = 10,
                  kind: Annotated[Optional[list[str]], typer.Option(help="only these entity kinds")] = None,
                  clip_text: Annotated[bool, typer.Option(help="also match --text against the images (CLIP text tower)")] = False,
                  tag: Annotated[Optional[list[str]], typer.Option(help="only entities with this accepted tag")] = None,
                  as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Entities matching a text and/or image query."""
-    from index.search import IndexNotBuiltError, ReferenceIndex
+    from index.search import IndexNotBuiltError, ReferenceIndex, unknown_kinds
 
+    text = text.strip() or None if text is not None else None
     if text is None and image is None:
-        _fail("give --text and/or --image")
-    if image is not None and not image.is_file():
-        _fail(f"image not found: {image}")
+        _fail("give --text (not empty) and/or --image")
+    if image is not None:
+        readable_image(image)
     ref = ReferenceIndex.from_settings()
+    if why := unknown_kinds(kind, list(ref.store.kinds())):
+        _fail(why)
     keys = None
     if tag:
         keys = ref.store.keys_tagged(tag)
@@ -102,7 +107,7 @@ def index_search(text: Optional[str] = None, image: Optional[Path] = None,
     for rank, h in enumerate(hits, 1):
         m = h.matches[0]
         table.add_row(str(rank), h.key, h.name, f"{h.score:.3f}", m.text or m.path or "")
-    Console().print(table)
+    stdout().print(table)
 
 
 def _hit_json(hit) -> dict:
@@ -127,7 +132,7 @@ def index_stats(as_json: Annotated[bool, typer.Option("--json")] = False) -> Non
     if as_json:
         print(json.dumps(stats, indent=2, default=str))
         return
-    Console().print_json(json.dumps(stats, default=str))
+    stdout().print_json(json.dumps(stats, default=str))
 
 
 def _version_json(v) -> dict | None:
@@ -237,8 +242,7 @@ def ask(image_arg: Annotated[Optional[Path], typer.Argument(metavar="[IMAGE]", s
     image, question = image or image_arg, question or question_arg
     if image is None or not question:
         _fail("give an image and a question: mmkb ask --image P --question \"What is the capital of this country?\"")
-    if not image.is_file():
-        _fail(f"image not found: {image}")
+    readable_image(image)
     rag = _rag(mode, ret, srt, mct, vlm, familiarity_gate, confirm, ret_closed_book, gamma)
     try:
         out = rag(image, question)
@@ -247,27 +251,27 @@ def ask(image_arg: Annotated[Optional[Path], typer.Argument(metavar="[IMAGE]", s
     if as_json:
         print(json.dumps(out.to_dict(), ensure_ascii=False, indent=2, default=str))
         return
-    Console().print(f"[bold]{out.answer}[/]")
+    stdout().print(f"[bold]{escape(out.answer)}[/]")
     if why := out.image_side_reason(rag.config.gamma):
         fam = f"familiarity {out.familiarity:.2f}; " if out.familiarity is not None else ""
-        Console().print(f"  retrieved: {why} ({fam}P([Ret])={out.p_ret:.2f} < γ)")
+        stdout().print(f"  retrieved: {why} ({fam}P([Ret])={out.p_ret:.2f} < γ)")
     elif out.retrieved and out.p_ret is not None:  # RET's tag asked for it
         own = (f"; its own answer {out.closed_book}, probability {out.closed_book_probability:.2f}"
                if out.closed_book is not None and out.closed_book_probability is not None else "")
-        Console().print(f"  retrieved: P([Ret])={out.p_ret:.2f} ≥ γ{own}", markup=False)
+        stdout().print(f"  retrieved: P([Ret])={out.p_ret:.2f} ≥ γ{own}", markup=False)
     if out.confirmed:
-        Console().print("  the reader's own answer, stated by the first document read")
+        stdout().print("  the reader's own answer, stated by the first document read")
     if out.retrieved:
         for c in out.citations:
             rel = f" P(Rel)={c.relevance:.2f}" if c.relevance is not None else ""
-            Console().print(f"  [{c.entity_key} · section {c.document_id}]{rel} {c.text}", markup=False)
+            stdout().print(f"  [{c.entity_key} · section {c.document_id}]{rel} {c.text}", markup=False)
     else:
         how = f"P([Ret])={out.p_ret:.2f} < γ" if out.p_ret is not None else "no retrieval"
         if out.closed_book_probability is not None:
             how += f", its own answer's probability {out.closed_book_probability:.2f}"
         if out.familiarity is not None:
             how += f", familiarity {out.familiarity:.2f}"
-        Console().print(f"  answered without retrieval ({how})")
+        stdout().print(f"  answered without retrieval ({how})")
 
 
 @eval_app.command("kbvqa")
@@ -282,20 +286,31 @@ def eval_kbvqa(questions: Path, images: Path, predictions: Path, mode: str = "mm
     try:
         examples = read_evqa(questions) if evqa else read_infoseek(questions)
     except (ValueError, FileNotFoundError) as err:
-        _fail(str(err))
+        suffix = questions.suffix.lower()
+        hint = (" (an E-VQA CSV? add --evqa)" if suffix == ".csv" and not evqa else
+                " (an InfoSeek JSONL? leave out --evqa)" if suffix in (".jsonl", ".json") and evqa else "")
+        _fail(f"{err}{hint}")
+    if not examples:
+        _fail(f"no questions in {questions}")
     if not images.is_dir():
         _fail(f"images folder not found: {images} (images are DIR/<image_id>.png or .jpg)")
     rag = _rag(mode, ret, srt, mct, vlm, familiarity_gate, confirm, ret_closed_book, gamma)
     try:
         summary = evaluate(rag, examples, images, predictions)
-    except FileNotFoundError as err:
+    except (FileNotFoundError, ValueError) as err:
         _fail(str(err))
-    table = Table("split", "accuracy", "count")
+
+    def num(x: float | None, fmt: str = ".3f") -> str:
+        return "–" if x is None else format(x, fmt)
+
+    # E-VQA's BERT answer-equivalence model cannot be had offline: its accuracy here is exact match
+    table = Table("split", "accuracy (exact match, not BEM)" if evqa else "accuracy", "count")
     for split, v in summary["scores"]["splits"].items():
-        table.add_row(split, f"{v['accuracy']:.3f}" if v.get("accuracy") is not None else "–", str(v.get("count")))
-    table.add_row("overall", f"{summary['overall']:.3f}" if summary["overall"] is not None else "–", str(summary["count"]))
-    table.add_row("All (HM of unseen Q/E)", f"{summary['all']:.3f}" if summary["all"] is not None else "–", "")
-    Console().print(table)
+        table.add_row(split or "(no split given)", num(v.get("accuracy")), str(v.get("count")))
+    table.add_row("overall", num(summary["overall"]), str(summary["count"]))
+    if not evqa:  # InfoSeek's "All"; E-VQA has no Unseen-Q / Unseen-E splits
+        table.add_row("All (HM of unseen Q/E)", num(summary["all"]), "")
+    stdout().print(table)
     if summary["errors"]:
         from rag.evaluate import ERROR_CAUSES
 
@@ -305,10 +320,9 @@ def eval_kbvqa(questions: Path, images: Path, predictions: Path, mode: str = "mm
             if any(summary["errors"][k][cause] for k in kinds):
                 causes.add_row(cause, *(str(summary["errors"][k][cause]) for k in kinds))
         causes.add_row("wrong answers", *(str(sum(summary["errors"][k].values())) for k in kinds))
-        Console().print(causes)
-    rec = summary["retrieval_recall"]
-    console.print(f"retrieval recall {rec if rec is None else round(rec, 3)}, skipped retrieval "
-                  f"{summary['skipped_retrieval']:.2f}, p50 {summary['latency_p50_ms']:.0f} ms; "
+        stdout().print(causes)
+    console.print(f"retrieval recall {num(summary['retrieval_recall'])}, skipped retrieval "
+                  f"{num(summary['skipped_retrieval'], '.2f')}, p50 {num(summary['latency_p50_ms'], '.0f')} ms; "
                   f"predictions written to {predictions}")
 
 
@@ -327,7 +341,7 @@ def demo(out: Optional[Path] = None, rebuild: bool = False) -> None:
 def serve(host: str = "127.0.0.1", port: int = 8000,
           vlm: Annotated[Optional[str], typer.Option(help="the VLM for /v1/vqa (default: the shipped mmkb-reader)")] = None,
           model: Annotated[Optional[str], typer.Option(help="the DiT for /v1/generate (name or folder)")] = None) -> None:
-    """The HTTP API (POST /v1/vqa, /v1/generate, /v1/search) and a web page to try it, on the configured index."""
+    """The HTTP API (POST /v1/vqa, /v1/generate, /v1/search, /v1/tags) and a web page to try it, on the configured index."""
     import uvicorn
 
     from api.app import create_app

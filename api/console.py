@@ -1,13 +1,39 @@
-"""What every `mmkb` command shares: the console for messages (stderr) and the one way to fail."""
+"""What every `mmkb` command shares: the consoles for results (stdout) and messages (stderr), and the one
+way to fail. Neither turns `:name:` into emoji: user data (an entity key such as `thing:B`, followed by a
+colon) would otherwise print as 🅱."""
 from __future__ import annotations
+
+from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
-console = Console(stderr=True, soft_wrap=True)
+console = Console(stderr=True, soft_wrap=True, emoji=False)
+
+
+def out() -> Console:
+    """A console for results on stdout, made when printing so it takes the terminal's width then."""
+    return Console(emoji=False)
 
 
 def fail(message: str) -> None:
     """Say what was wrong and what to do, and exit with status 2."""
-    console.print(f"[bold red]error:[/] {message}")
+    console.print(f"[bold red]error:[/] {escape(message)}")
     raise typer.Exit(2)
+
+
+def readable_image(path: Path) -> Path:
+    """`path` when it is an image Pillow can decode; otherwise fail saying what is wrong with it."""
+    from PIL import Image
+
+    from index.ingest import unreadable_reason
+
+    if not path.is_file():
+        fail(f"image not found: {path}")
+    try:
+        with Image.open(path) as img:
+            img.load()
+    except Exception as err:  # PIL raises many types for broken files
+        fail(f"{path} is not an image that can be read ({unreadable_reason(err)}): give a PNG, JPEG or WebP file")
+    return path

@@ -6,10 +6,10 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from api.console import console
+from api.console import out as stdout
 from api.console import fail as _fail
 from index.tagger.config import TaggerConfig
 
@@ -98,7 +98,7 @@ def curate_tag(kind: Annotated[Optional[list[str]], typer.Option(help="only enti
         table = Table("entity", "name", "suggested (probability)")
         for s in with_any[:20]:
             table.add_row(s.key, s.name, ", ".join(f"{lab} {p:.2f}" for lab, p in s.labels))
-        Console().print(table)
+        stdout().print(table)
     stored = "not stored (--dry-run)" if dry_run else "stored as pending tags (`mmkb curate review`)"
     console.print(f"{len(with_any)} of {len(suggestions)} entities got suggestions, {stored}; page: [bold]{page}[/]")
 
@@ -139,7 +139,7 @@ def curate_tags(key: Optional[str] = None,
     table = Table("entity", "label", "source", "confidence", "state")
     for r in rows:
         table.add_row(r["key"], r["label"], r["source"], f"{r['confidence']:.2f}", r["state"])
-    Console().print(table)
+    stdout().print(table)
 
 
 @curate_app.command("dedup")

@@ -15,7 +15,7 @@ from index.search import EntityHit, ReferenceIndex
 from index.worldkb import DATA_DIR
 from rag.kbvqa.worldkb_bench import query_images
 
-console = Console(stderr=True, soft_wrap=True)
+console = Console(stderr=True, soft_wrap=True, emoji=False)
 TEXT_QUERIES = ["Thimphu", "a red fruit", "the country whose capital is Canberra",
                 "currency: the euro", "smiling face with heart-shaped eyes", "landlocked country in South America"]
 IMAGE_QUERIES = ["country:BTN", "country:BRA", "emoji:1F34E", "emoji:1F60D", "country:JPN", "emoji:1F680"]

@@ -145,7 +145,13 @@ def read_image(path: Path) -> tuple[bytes, int, int, str]:
             img.load()  # verify() misses truncated pixel data; a full decode catches it
             return data, img.width, img.height, (img.format or "png").lower()
     except Exception as err:  # PIL raises many types for broken files
-        raise ValueError(f"unreadable or truncated image {path}: {err}") from err
+        raise ValueError(f"unreadable or truncated image {path}: {unreadable_reason(err)}") from err
+
+
+def unreadable_reason(err: Exception) -> str:
+    """Why Pillow could not decode a file, in words: for an unknown format Pillow's own message names
+    its in-memory buffer ("<_io.BytesIO object at 0x…>"), which says nothing to a user."""
+    return "not a picture format Pillow can read" if isinstance(err, PILImage.UnidentifiedImageError) else str(err)
 
 
 def store_blob(home: Path, data: bytes, ext: str) -> tuple[str, str]:

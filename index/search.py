@@ -56,6 +56,16 @@ class EntityHit:
         return asdict(self)
 
 
+
+def unknown_kinds(asked: Sequence[str] | None, known: Sequence[str]) -> str | None:
+    """What is wrong with `asked` entity kinds when the index holds none of some of them, or None."""
+    missing = [k for k in asked or [] if k not in known]
+    if not missing:
+        return None
+    return (f"the index holds no entities of kind {', '.join(map(repr, missing))}; "
+            f"its kinds: {', '.join(known) or 'none yet (mmkb index ingest)'}")
+
+
 class ReferenceIndex:
     """Build, load and search the per-modality FAISS indexes of an EntityStore."""
 

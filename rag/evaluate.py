@@ -2,16 +2,17 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import statistics
-import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
 
+from PIL import Image as PILImage
 from tqdm import tqdm
 
+from index.files import atomic_write_text
+from index.ingest import unreadable_reason
 from rag.kbvqa.datasets import KBVQAExample, image_path
 from rag.kbvqa.metrics import infoseek_scores, score_example, split_group
 from rag.pipeline import MMKBRAG, RAGAnswer
@@ -33,11 +34,13 @@ def prediction_record(ex: KBVQAExample, out: RAGAnswer, correct: bool) -> dict:
 
 def evaluate(rag: MMKBRAG, examples: list[KBVQAExample], images_dir: Path, predictions: Path | None = None,
              show_progress: bool = True, **overrides) -> dict:
-    """Predictions for every example, InfoSeek scores, retrieval recall, skip rate and latency."""
+    """Predictions for every example, InfoSeek scores, retrieval recall, skip rate and latency.
+    Every image is found and its header read before the first question runs (`check_inputs`)."""
+    paths = check_inputs(examples, images_dir, predictions)
     records, preds, latencies = [], {}, []
-    for ex in tqdm(examples, desc="kb-vqa", disable=not show_progress):
+    for ex, path in tqdm(list(zip(examples, paths)), desc="kb-vqa", disable=not show_progress):
         t = time.perf_counter()
-        out = rag(image_path(images_dir, ex.image_id), ex.question, **overrides)
+        out = rag(path, ex.question, **overrides)
         latencies.append(1000 * (time.perf_counter() - t))
         correct = score_example(out.answer, ex)
         preds[ex.data_id] = out.answer
@@ -65,6 +68,27 @@ def evaluate(rag: MMKBRAG, examples: list[KBVQAExample], images_dir: Path, predi
     if predictions is not None:
         write_jsonl(records, predictions)
     return summary
+
+
+def check_inputs(examples: list[KBVQAExample], images_dir: Path, predictions: Path | None = None) -> list[Path]:
+    """Each example's image file, once every one exists and opens as a picture (its header: cheap for
+    thousands) and `predictions` can be a file; else a FileNotFoundError or ValueError that names the
+    question and what to fix, before any question runs."""
+    if not examples:
+        raise ValueError("no questions to evaluate")
+    if predictions is not None and Path(predictions).is_dir():
+        raise ValueError(f"the predictions path {predictions} is a folder: give a file, e.g. {Path(predictions) / 'predictions.jsonl'}")
+    paths = []
+    for ex in examples:
+        path = image_path(images_dir, ex.image_id)
+        try:
+            with PILImage.open(path):
+                pass
+        except Exception as err:  # PIL raises many types for broken files
+            raise ValueError(f"question {ex.data_id}: its image {path} is not an image that can be read "
+                             f"({unreadable_reason(err)}); give a PNG or JPEG file") from err
+        paths.append(path)
+    return paths
 
 
 NO_RETRIEVAL = "answered without retrieval"
@@ -116,11 +140,5 @@ def errors_markdown(rows: list[tuple[str, dict[str, dict[str, int]]]]) -> str:
 
 
 def write_jsonl(records: list[dict], path: Path) -> None:
-    """Atomic JSONL write: a temporary file renamed into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".part")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        for r in records:
-            fh.write(json.dumps(r, ensure_ascii=False, default=str) + "\n")
-    os.replace(tmp, path)
+    """Atomic JSONL write: a temporary file renamed into place (with the usual permissions)."""
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in records))

@@ -6,11 +6,13 @@ base64 PNGs beside the provenance: the caption the DiT got, which entities and i
 seeds, steps and timings."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Optional
 
 from fastapi import APIRouter, File, Form, HTTPException, UploadFile
 
 from api.deps import ServicesDep, plain, read_image, unavailable
+from index.config import get_settings
 from index.files import png_data_url
 
 router = APIRouter()
@@ -20,7 +22,7 @@ MAX_N = 8
 @router.post("/v1/generate")
 def generate(services: ServicesDep,
              prompt: Annotated[str, Form(description="what to draw, e.g. the flag of Tuvalu on a green background; "
-                                                     "with `image`, the edit, e.g. replace the flag with the flag of Japan")],
+                                                     "with `image`, the edit, e.g. replace the flag with the flag of Japan")] = "",
              refs: Annotated[Optional[list[UploadFile]], File(description="up to 3 reference images")] = None,
              image: Annotated[Optional[UploadFile], File(description="an image to edit (a scene the DiT drew)")] = None,
              n: Annotated[int, Form(ge=1, le=MAX_N)] = 1, steps: Annotated[Optional[int], Form(ge=1, le=100)] = None,
@@ -31,6 +33,8 @@ def generate(services: ServicesDep,
     or from `refs`."""
     from rag.grounding import generate_grounded
 
+    if not prompt.strip():
+        raise HTTPException(400, "the prompt is empty: say what to draw, e.g. the flag of Tuvalu on a green background")
     pictures = [read_image(r, "reference image") for r in refs or []]
     source = read_image(image, "image to edit") if image is not None else None
 
@@ -47,4 +51,18 @@ def generate(services: ServicesDep,
         raise HTTPException(400, str(err)) from None
     except FileNotFoundError as err:
         raise unavailable(err) from None
-    return {"images": [png_data_url(img) for img in result.images], "provenance": plain(result.provenance)}
+    home = get_settings().home_dir
+    return {"images": [png_data_url(img) for img in result.images],
+            "provenance": without_server_paths(plain(result.provenance), home)}
+
+
+def without_server_paths(obj, home: Path):
+    """`obj` with every path inside the server's data home made relative to it ("images/ab/….png"): a
+    client learns which stored image was used, not where the server keeps its files."""
+    if isinstance(obj, dict):
+        return {k: without_server_paths(v, home) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [without_server_paths(v, home) for v in obj]
+    if isinstance(obj, str) and obj.startswith(str(home) + "/"):
+        return obj[len(str(home)) + 1:]
+    return obj

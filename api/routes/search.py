@@ -14,13 +14,15 @@ router = APIRouter()
 def search(services: ServicesDep, image: Annotated[Optional[UploadFile], File()] = None,
            text: Annotated[Optional[str], Form()] = None, k: Annotated[int, Form(ge=1, le=100)] = 5,
            kind: Annotated[Optional[str], Form(description="only entities of this kind, e.g. country")] = None) -> dict:
-    from index.search import IndexNotBuiltError
-
     """Entities best first, each with its fused and per-modality scores."""
+    from index.search import IndexNotBuiltError, unknown_kinds
+
     picture = read_image(image) if image is not None else None
     text = (text or "").strip() or None
     if picture is None and text is None:
         raise HTTPException(400, "give an image, a text or both")
+    if why := unknown_kinds([kind] if kind else None, list(services.reference.store.kinds())):
+        raise HTTPException(400, why)
     try:
         hits = services.run(lambda: services.reference.search(text=text, image=picture, k=k,
                                                              kinds=[kind] if kind else None))

@@ -194,10 +194,14 @@ def harmonic_mean(a: float, b: float) -> float:
 
 
 def split_group(split: str) -> str:
-    """InfoSeek's split families: "val_unseen_question" -> "unseen_question"; other names unchanged."""
+    """InfoSeek's split families: "val_unseen_question" -> "unseen_question"; a "val_" or "test_" prefix
+    goes from other names too ("val_seen" -> "seen"), so a file's splits read alike; others unchanged."""
     for family in (UNSEEN_QUESTION, UNSEEN_ENTITY):
         if split.endswith(family):
             return family
+    for prefix in ("val_", "test_"):
+        if split.startswith(prefix) and len(split) > len(prefix):
+            return split[len(prefix):]
     return split
 
 

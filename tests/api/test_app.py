@@ -58,8 +58,9 @@ def test_vqa_answers_with_citations_and_refuses_bad_input(services, tiny_kb, tin
     bad = client.post("/v1/vqa", files={"image": ("notes.txt", b"not a picture", "text/plain")},
                       data={"question": "What is the capital of this country?"})
     assert bad.status_code == 400 and "notes.txt" in bad.json()["detail"] and "PNG" in bad.json()["detail"]
-    empty = client.post("/v1/vqa", files={"image": ("btn.png", flag, "image/png")}, data={"question": "  "})
-    assert empty.status_code == 400 and "empty" in empty.json()["detail"]
+    for blank in ("  ", ""):  # an empty form field is a 400 that says so, not "Field required"
+        empty = client.post("/v1/vqa", files={"image": ("btn.png", flag, "image/png")}, data={"question": blank})
+        assert empty.status_code == 400 and "empty" in empty.json()["detail"]
     mode = client.post("/v1/vqa", files={"image": ("btn.png", flag, "image/png")},
                        data={"question": "Capital?", "mode": "sometimes-rag"})
     assert mode.status_code == 400 and "naive-rag" in mode.json()["detail"]
@@ -97,6 +98,12 @@ def test_generate_grounds_the_prompt_and_returns_pngs(services, tiny_checkpoints
     p = body["provenance"]
     assert p["caption"] == "the first on the left and the second on the right on a pink background"
     assert [u["entity"] for u in p["references"]] == ["country:BTN", "emoji:1F34E"] and p["seeds"] == [0, 1]
+    from index.config import get_settings
+
+    home = str(get_settings().home_dir)
+    assert home not in r.text and all(u["path"].startswith("images/") for u in p["references"])  # no server paths
+    empty = client.post("/v1/generate", data={"prompt": ""})
+    assert empty.status_code == 400 and "prompt is empty" in empty.json()["detail"]
     plain = client.post("/v1/generate", data={"prompt": "the flag of Bhutan on a blue background", "steps": "1",
                                               "ground": "false"})
     assert plain.status_code == 200 and plain.json()["provenance"]["references"] == []
@@ -133,6 +140,8 @@ def test_search_health_and_page(services, tiny_kb):
     hits = client.post("/v1/search", data={"text": "Thimphu", "k": "2"}).json()["hits"]
     assert hits[0]["key"] == "country:BTN" and "text" in hits[0]["scores"]
     assert client.post("/v1/search", data={}).status_code == 400
+    planet = client.post("/v1/search", data={"text": "Thimphu", "kind": "planet"})
+    assert planet.status_code == 400 and "'planet'" in planet.json()["detail"] and "country" in planet.json()["detail"]
     health = client.get("/health").json()
     assert health["entities"] == 3 and health["indexed"]["text"] > 0 and health["indexed"]["image"] is None
     page = client.get("/")

@@ -41,3 +41,26 @@ def test_search_without_index_or_query_is_a_clear_error(home, tiny_kb):
     assert result.exit_code == 2 and "mmkb index build" in result.output
     result = runner.invoke(app, ["index", "search"])
     assert result.exit_code == 2 and "--text" in result.output
+
+
+def test_search_refuses_empty_text_unreadable_images_unknown_kinds_and_k_0(home, tiny_kb, tmp_path):
+    runner.invoke(app, ["index", "ingest", str(tiny_kb)])
+    runner.invoke(app, ["index", "build", "--modality", "text"])
+    blank = runner.invoke(app, ["index", "search", "--text", "  "])
+    assert blank.exit_code == 2 and "not empty" in blank.output
+    notes = tmp_path / "notes.png"
+    notes.write_text("not a picture")
+    result = runner.invoke(app, ["index", "search", "--image", str(notes)], env={"COLUMNS": "300"})
+    assert result.exit_code == 2 and "not an image that can be read" in result.output
+    assert "BytesIO" not in result.output and "Traceback" not in result.output
+    planet = runner.invoke(app, ["index", "search", "--text", "Thimphu", "--kind", "planet"], env={"COLUMNS": "300"})
+    assert planet.exit_code == 2 and "'planet'" in planet.output and "country" in planet.output
+    assert runner.invoke(app, ["index", "search", "--text", "Thimphu", "-k", "0"]).exit_code == 2
+
+
+def test_messages_print_user_data_as_given(home, tiny_kb):
+    """An entity key followed by a colon (`thing:B:`) is no emoji code, and brackets are no markup."""
+    with open(tiny_kb / "manifest.jsonl", "a") as fh:
+        fh.write('{"key": "thing:B", "name": "[b]Bee", "images": [{"path": "images/missing.png"}]}\n')
+    result = runner.invoke(app, ["index", "ingest", str(tiny_kb)], env={"COLUMNS": "300"})
+    assert result.exit_code == 1 and "thing:B: image file not found" in result.output

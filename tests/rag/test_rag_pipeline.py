@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -107,6 +109,39 @@ def test_eval_command_on_a_hand_written_infoseek_file(rag, tiny_kb, tiny_reader,
     wrong = not all(p["correct"] for p in preds)
     assert ("where the wrong answers come from" in result.output) == wrong
     assert ("entity not a KB key" in result.output) == any(not p["correct"] and p["retrieved"] for p in preds)
+    assert out.stat().st_mode & 0o044 == (~os.umask(os.umask(0)) & 0o044)  # the usual permissions, not 0600
+
+
+def test_eval_command_checks_every_input_before_the_first_question(tiny_kb, tiny_reader, tmp_path):
+    from api.cli import app
+
+    def run(rows: list[dict] | None, predictions: Path, *extra: str, text: str | None = None):
+        questions = tmp_path / "q.jsonl"
+        questions.write_text(text if text is not None else "".join(json.dumps(r) + "\n" for r in rows))
+        return CliRunner().invoke(app, ["eval", "kbvqa", str(questions), str(images), str(predictions),
+                                        "--vlm", str(tiny_reader), *extra], env={"COLUMNS": "300"})
+
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "btn.png").write_bytes((tiny_kb / "images" / "btn.png").read_bytes())
+    (images / "notes.png").write_text("not a picture")
+    good = {"data_id": "q1", "image_id": "btn", "question": "What is the capital of this country?",
+            "answer": ["Thimphu"], "answer_eval": ["Thimphu"], "data_split": "val_seen"}
+    empty = run(None, tmp_path / "p.jsonl", text="")
+    assert empty.exit_code == 2 and "no questions in" in empty.output
+    broken = run([good, {**good, "data_id": "q2", "image_id": "notes"}], tmp_path / "p.jsonl")
+    assert broken.exit_code == 2 and "question q2" in broken.output and "notes.png" in broken.output
+    assert "Traceback" not in broken.output and not (tmp_path / "p.jsonl").exists()
+    folder = run([good], images)
+    assert folder.exit_code == 2 and "is a folder" in folder.output
+    csv_file = tmp_path / "q.csv"
+    csv_file.write_text("question,answer,dataset_image_ids\n")
+    swapped = CliRunner().invoke(app, ["eval", "kbvqa", str(csv_file), str(images), str(tmp_path / "p.jsonl"),
+                                       "--vlm", str(tiny_reader)], env={"COLUMNS": "300"})
+    assert swapped.exit_code == 2 and "--evqa" in swapped.output
+    ok = run([good], tmp_path / "p.jsonl")
+    assert ok.exit_code == 0, ok.output
+    assert "seen" in ok.output and "val_seen" not in ok.output and "None" not in ok.output
 
 
 def test_error_sources_name_the_cause_of_each_wrong_answer():
@@ -143,7 +178,7 @@ def test_error_sources_name_the_cause_of_each_wrong_answer():
     with pytest.raises(ValueError, match="in order"):
         error_sources(records[:-1], examples)
 
-def test_ask_command_json(rag, tiny_kb, tiny_reader):
+def test_ask_command_json(rag, tiny_kb, tiny_reader, tmp_path):
     from api.cli import app
 
     result = CliRunner().invoke(app, ["ask", str(tiny_kb / "images" / "btn.png"), "What is the capital of this country?",
@@ -161,6 +196,10 @@ def test_ask_command_json(rag, tiny_kb, tiny_reader):
                                            "--mode", "naive-rag", "--no-confirm", "--vlm", str(tiny_reader), "--json"])
     assert unconfirmed.exit_code == 0, unconfirmed.output
     assert json.loads(unconfirmed.stdout)["confirmed"] is False
+    notes = tmp_path / "notes.png"
+    notes.write_text("not a picture")
+    unreadable = CliRunner().invoke(app, ["ask", str(notes), "Q?", "--vlm", str(tiny_reader)], env={"COLUMNS": "300"})
+    assert unreadable.exit_code == 2 and "is not an image that can be read" in unreadable.output
     no_question = CliRunner().invoke(app, ["ask", "--image", str(tiny_kb / "images" / "btn.png")])
     assert no_question.exit_code == 2 and "give an image and a question" in no_question.output
     # for people: why it retrieved or not, with the VLM's own answer and how sure it is
