@@ -273,3 +273,11 @@ def test_evqa_scores_say_em_not_bem_and_split_hops():
     assert scores["single_hop"] == {"accuracy": 0.5, "correct": 1, "count": 2}
     assert scores["question_types"]["2_hop"]["accuracy"] == 1.0
     assert scores["all"] == pytest.approx(2 / 3)
+
+
+def test_split_names_read_alike_without_their_val_or_test_prefix():
+    from rag.kbvqa.metrics import split_group
+
+    assert [split_group(s) for s in ("val_unseen_question", "val_unseen_entity", "val_seen", "test_seen",
+                                     "seen", "train", "val_", "")] == \
+        ["unseen_question", "unseen_entity", "seen", "seen", "seen", "train", "val_", ""]
