@@ -83,7 +83,7 @@ def index_search(text: Optional[str] = None, image: Optional[Path] = None,
     """Entities matching a text and/or image query."""
     from index.search import IndexNotBuiltError, ReferenceIndex, unknown_kinds
 
-    text = text.strip() or None if text is not None else None
+    text = (text.strip() or None) if text is not None else None
     if text is None and image is None:
         _fail("give --text (not empty) and/or --image")
     if image is not None:
@@ -106,7 +106,7 @@ def index_search(text: Optional[str] = None, image: Optional[Path] = None,
     table = Table("rank", "entity", "name", "score", "best match")
     for rank, h in enumerate(hits, 1):
         m = h.matches[0]
-        table.add_row(str(rank), h.key, h.name, f"{h.score:.3f}", m.text or m.path or "")
+        table.add_row(str(rank), escape(h.key), escape(h.name), f"{h.score:.3f}", escape(m.text or m.path or ""))
     stdout().print(table)
 
 
@@ -210,9 +210,7 @@ def _rag(mode: str, ret: bool, srt: bool, mct: bool, vlm: Optional[str], familia
 
     try:
         config = RAGConfig(mode=mode, use_ret=ret, use_srt=srt, use_mct=mct, familiarity_gate=familiarity_gate,
-                           ret_closed_book=ret_closed_book)
-        if gamma is not None:
-            config.gamma = gamma
+                           ret_closed_book=ret_closed_book, **({} if gamma is None else {"gamma": gamma}))
         if not confirm:
             config.confirm_threshold = None
         return MMKBRAG.load(vlm, config)
@@ -285,7 +283,9 @@ def eval_kbvqa(questions: Path, images: Path, predictions: Path, mode: str = "mm
 
     try:
         examples = read_evqa(questions) if evqa else read_infoseek(questions)
-    except (ValueError, FileNotFoundError) as err:
+    except FileNotFoundError as err:
+        _fail(str(err))
+    except ValueError as err:
         suffix = questions.suffix.lower()
         hint = (" (an E-VQA CSV? add --evqa)" if suffix == ".csv" and not evqa else
                 " (an InfoSeek JSONL? leave out --evqa)" if suffix in (".jsonl", ".json") and evqa else "")
@@ -296,19 +296,24 @@ def eval_kbvqa(questions: Path, images: Path, predictions: Path, mode: str = "mm
         _fail(f"images folder not found: {images} (images are DIR/<image_id>.png or .jpg)")
     rag = _rag(mode, ret, srt, mct, vlm, familiarity_gate, confirm, ret_closed_book, gamma)
     try:
-        summary = evaluate(rag, examples, images, predictions)
+        summary = evaluate(rag, examples, images, predictions, metric="evqa" if evqa else "infoseek")
     except (FileNotFoundError, ValueError) as err:
         _fail(str(err))
 
     def num(x: float | None, fmt: str = ".3f") -> str:
         return "–" if x is None else format(x, fmt)
 
-    # E-VQA's BERT answer-equivalence model cannot be had offline: its accuracy here is exact match
-    table = Table("split", "accuracy (exact match, not BEM)" if evqa else "accuracy", "count")
-    for split, v in summary["scores"]["splits"].items():
-        table.add_row(split or "(no split given)", num(v.get("accuracy")), str(v.get("count")))
+    scores = summary["scores"]
+    if evqa:  # E-VQA's BERT answer-equivalence model cannot be had offline: its exact match stands in
+        table = Table("question type", "accuracy (exact match, not BEM)", "count")
+        groups = {**scores["question_types"], "single-hop (all but 2_hop)": scores["single_hop"]}
+    else:
+        table = Table("split", "accuracy", "count")
+        groups = scores["splits"]
+    for name, v in groups.items():
+        table.add_row(escape(name) or "(none given)", num(v.get("accuracy")), str(v.get("count")))
     table.add_row("overall", num(summary["overall"]), str(summary["count"]))
-    if not evqa:  # InfoSeek's "All"; E-VQA has no Unseen-Q / Unseen-E splits
+    if not evqa:
         table.add_row("All (HM of unseen Q/E)", num(summary["all"]), "")
     stdout().print(table)
     if summary["errors"]:

@@ -1,5 +1,5 @@
-"""What every `mmkb` command shares: the consoles for results (stdout) and messages (stderr), and the one
-way to fail. Neither turns `:name:` into emoji: user data (an entity key such as `thing:B`, followed by a
+"""What every `mmkb` command shares: the consoles for results (stdout) and messages (stderr), the one
+way to fail, and the check of an image file a command is given. Neither turns `:name:` into emoji: user data (an entity key such as `thing:B`, followed by a
 colon) would otherwise print as 🅱."""
 from __future__ import annotations
 
@@ -24,16 +24,9 @@ def fail(message: str) -> None:
 
 
 def readable_image(path: Path) -> Path:
-    """`path` when it is an image Pillow can decode; otherwise fail saying what is wrong with it."""
-    from PIL import Image
+    """`path` when it is an image Pillow decodes whole; otherwise fail saying what is wrong with it."""
+    from index.ingest import image_problem
 
-    from index.ingest import unreadable_reason
-
-    if not path.is_file():
-        fail(f"image not found: {path}")
-    try:
-        with Image.open(path) as img:
-            img.load()
-    except Exception as err:  # PIL raises many types for broken files
-        fail(f"{path} is not an image that can be read ({unreadable_reason(err)}): give a PNG, JPEG or WebP file")
+    if why := image_problem(path) if path.is_file() else f"image not found: {path}":
+        fail(why)
     return path

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from api.console import console
@@ -97,7 +98,7 @@ def curate_tag(kind: Annotated[Optional[list[str]], typer.Option(help="only enti
     else:
         table = Table("entity", "name", "suggested (probability)")
         for s in with_any[:20]:
-            table.add_row(s.key, s.name, ", ".join(f"{lab} {p:.2f}" for lab, p in s.labels))
+            table.add_row(escape(s.key), escape(s.name), escape(", ".join(f"{lab} {p:.2f}" for lab, p in s.labels)))
         stdout().print(table)
     stored = "not stored (--dry-run)" if dry_run else "stored as pending tags (`mmkb curate review`)"
     console.print(f"{len(with_any)} of {len(suggestions)} entities got suggestions, {stored}; page: [bold]{page}[/]")
@@ -138,7 +139,7 @@ def curate_tags(key: Optional[str] = None,
         return
     table = Table("entity", "label", "source", "confidence", "state")
     for r in rows:
-        table.add_row(r["key"], r["label"], r["source"], f"{r['confidence']:.2f}", r["state"])
+        table.add_row(escape(r["key"]), escape(r["label"]), escape(r["source"]), f"{r['confidence']:.2f}", r["state"])
     stdout().print(table)
 
 

@@ -6,8 +6,7 @@ import html
 import time
 from pathlib import Path
 
-from rich.console import Console
-
+from api.console import console
 from index.config import get_settings
 from index.files import png_data_url, thumbnail_url
 from index.ingest import ingest_folder
@@ -15,7 +14,6 @@ from index.search import EntityHit, ReferenceIndex
 from index.worldkb import DATA_DIR
 from rag.kbvqa.worldkb_bench import query_images
 
-console = Console(stderr=True, soft_wrap=True, emoji=False)
 TEXT_QUERIES = ["Thimphu", "a red fruit", "the country whose capital is Canberra",
                 "currency: the euro", "smiling face with heart-shaped eyes", "landlocked country in South America"]
 IMAGE_QUERIES = ["country:BTN", "country:BRA", "emoji:1F34E", "emoji:1F60D", "country:JPN", "emoji:1F680"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -62,7 +63,7 @@ def main() -> None:
         print(name, round(s["overall"], 3), {k: round(v, 3) for k, v in s["per_split"].items()})
     out = {"questions": len(examples), "vlm": rag.vlm.name, "rows": results}
     (args.data / "dev.json").write_text(json.dumps(out, indent=1, default=str))
-    left_out = ", ".join(str(f) for f in (args.bench, *args.exclude))
+    left_out = ", ".join(os.path.relpath(f, ROOT) for f in (args.bench, *args.exclude))
     lines = [f"{args.data.name}: {len(examples)} questions (seed {args.seed}; the questions of {left_out} removed)", "",
              "| method | seen | unseen-Q | unseen-E | overall | skipped (seen) |", "|---|---|---|---|---|---|"]
     for r in results:

@@ -148,6 +148,19 @@ def read_image(path: Path) -> tuple[bytes, int, int, str]:
         raise ValueError(f"unreadable or truncated image {path}: {unreadable_reason(err)}") from err
 
 
+def image_problem(path: Path) -> str | None:
+    """What keeps an image file from being used, in a sentence that says what to give instead, or None
+    when Pillow decodes it whole (a truncated file opens but does not decode)."""
+    try:
+        with PILImage.open(path) as img:
+            img.load()
+    except FileNotFoundError:
+        return f"image not found: {path}"
+    except Exception as err:  # PIL raises many types for broken files
+        return f"{path} is not an image that can be read ({unreadable_reason(err)}): give a PNG, JPEG or WebP file"
+    return None
+
+
 def unreadable_reason(err: Exception) -> str:
     """Why Pillow could not decode a file, in words: for an unknown format Pillow's own message names
     its in-memory buffer ("<_io.BytesIO object at 0x…>"), which says nothing to a user."""

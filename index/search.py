@@ -56,9 +56,9 @@ class EntityHit:
         return asdict(self)
 
 
-
 def unknown_kinds(asked: Sequence[str] | None, known: Sequence[str]) -> str | None:
-    """What is wrong with `asked` entity kinds when the index holds none of some of them, or None."""
+    """None when the store holds entities of every kind `asked` names; else a message naming the kinds
+    it lacks and the kinds it has."""
     missing = [k for k in asked or [] if k not in known]
     if not missing:
         return None

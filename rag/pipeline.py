@@ -30,11 +30,8 @@ class RAGConfig:
     use_ret: bool = True
     use_srt: bool = True
     use_mct: bool = True
-    # RET threshold: retrieve when P([Ret]) >= gamma. The paper's is 0.5; 0.4 is chosen on the worldkb dev
-    # set (seed 1, 289 questions, the benchmark's removed; all three tags 0.758 at 0.5 and 0.45, 0.761 at
-    # 0.4 / 0.35 / 0.3, skipping 57 / 56 / 55 / 55 / 54% of the seen-entity questions) and held on a third
-    # draw (seed 2, 283 questions, bench and dev removed): 0.760 / 0.767 / 0.763 at 0.5 / 0.4 / 0.3, seen
-    # 0.784 / 0.794 / 0.794 against naive RAG's 0.794, skipping 60 / 58 / 53% of them (2026-12-07).
+    # RET threshold: retrieve when P([Ret]) >= gamma. The paper's is 0.5; 0.4 was chosen on the worldkb dev
+    # set and checked on a third draw (README, KB-VQA "Results").
     gamma: float = 0.4
     # RET's tag read together with the closed-book answer's probability, as the VLM's export calibrated
     # it on self-labels (rag.vlm.ret_calibration); False reads the RET head alone. Worldkb dev set

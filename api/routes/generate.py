@@ -12,7 +12,6 @@ from typing import Annotated, Optional
 from fastapi import APIRouter, File, Form, HTTPException, UploadFile
 
 from api.deps import ServicesDep, plain, read_image, unavailable
-from index.config import get_settings
 from index.files import png_data_url
 
 router = APIRouter()
@@ -21,7 +20,7 @@ MAX_N = 8
 
 @router.post("/v1/generate")
 def generate(services: ServicesDep,
-             prompt: Annotated[str, Form(description="what to draw, e.g. the flag of Tuvalu on a green background; "
+             prompt: Annotated[str, Form(description="required: what to draw, e.g. the flag of Tuvalu on a green background; "
                                                      "with `image`, the edit, e.g. replace the flag with the flag of Japan")] = "",
              refs: Annotated[Optional[list[UploadFile]], File(description="up to 3 reference images")] = None,
              image: Annotated[Optional[UploadFile], File(description="an image to edit (a scene the DiT drew)")] = None,
@@ -51,7 +50,7 @@ def generate(services: ServicesDep,
         raise HTTPException(400, str(err)) from None
     except FileNotFoundError as err:
         raise unavailable(err) from None
-    home = get_settings().home_dir
+    home = services.reference.store.home  # where the store's image paths begin
     return {"images": [png_data_url(img) for img in result.images],
             "provenance": without_server_paths(plain(result.provenance), home)}
 
@@ -63,6 +62,6 @@ def without_server_paths(obj, home: Path):
         return {k: without_server_paths(v, home) for k, v in obj.items()}
     if isinstance(obj, list):
         return [without_server_paths(v, home) for v in obj]
-    if isinstance(obj, str) and obj.startswith(str(home) + "/"):
-        return obj[len(str(home)) + 1:]
+    if isinstance(obj, str) and obj.startswith("/") and Path(obj).is_relative_to(home):
+        return str(Path(obj).relative_to(home))
     return obj

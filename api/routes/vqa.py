@@ -12,7 +12,7 @@ router = APIRouter()
 
 @router.post("/v1/vqa")
 def vqa(services: ServicesDep, image: Annotated[UploadFile, File(description="the picture asked about")],
-        question: Annotated[str, Form(description="e.g. What is the capital of this country?")] = "",
+        question: Annotated[str, Form(description="required, e.g. What is the capital of this country?")] = "",
         mode: Annotated[str, Form(description="no-rag, naive-rag or mmkb-rag")] = "mmkb-rag",
         ret: Annotated[bool, Form()] = True, srt: Annotated[bool, Form()] = True,
         mct: Annotated[bool, Form()] = True,

@@ -98,9 +98,7 @@ def test_generate_grounds_the_prompt_and_returns_pngs(services, tiny_checkpoints
     p = body["provenance"]
     assert p["caption"] == "the first on the left and the second on the right on a pink background"
     assert [u["entity"] for u in p["references"]] == ["country:BTN", "emoji:1F34E"] and p["seeds"] == [0, 1]
-    from index.config import get_settings
-
-    home = str(get_settings().home_dir)
+    home = str(services.reference.store.home)
     assert home not in r.text and all(u["path"].startswith("images/") for u in p["references"])  # no server paths
     empty = client.post("/v1/generate", data={"prompt": ""})
     assert empty.status_code == 400 and "prompt is empty" in empty.json()["detail"]
@@ -179,3 +177,14 @@ def test_tags_suggests_labels_for_an_image(services, tiny_tagger):
     assert client.post("/v1/tags", files={"image": ("x.txt", b"nope", "text/plain")}).status_code == 400
     assert client.post("/v1/tags", files={"image": ("red.png", image, "image/png")},
                        data={"threshold": "2"}).status_code == 422
+
+
+def test_server_paths_are_made_relative_to_the_data_home(tmp_path):
+    from api.routes.generate import without_server_paths
+
+    home = tmp_path / "home"
+    given = {"references": [{"path": f"{home}/images/ab/x.png", "entity": "country:BTN"}],
+             "other": [f"{tmp_path}/elsewhere.png", "images/ab/y.png", f"{home}2/z.png", 3, None]}
+    assert without_server_paths(given, home) == {
+        "references": [{"path": "images/ab/x.png", "entity": "country:BTN"}],
+        "other": [f"{tmp_path}/elsewhere.png", "images/ab/y.png", f"{home}2/z.png", 3, None]}

@@ -61,6 +61,28 @@ def test_search_refuses_empty_text_unreadable_images_unknown_kinds_and_k_0(home,
 def test_messages_print_user_data_as_given(home, tiny_kb):
     """An entity key followed by a colon (`thing:B:`) is no emoji code, and brackets are no markup."""
     with open(tiny_kb / "manifest.jsonl", "a") as fh:
-        fh.write('{"key": "thing:B", "name": "[b]Bee", "images": [{"path": "images/missing.png"}]}\n')
+        fh.write('{"key": "thing:B", "name": "[b]Bee", "sections": [{"heading": "about", "text": "A bee [b]."}], '
+                 '"images": [{"path": "images/missing.png"}]}\n')
     result = runner.invoke(app, ["index", "ingest", str(tiny_kb)], env={"COLUMNS": "300"})
     assert result.exit_code == 1 and "thing:B: image file not found" in result.output
+    runner.invoke(app, ["index", "build", "--modality", "text"])
+    hits = runner.invoke(app, ["index", "search", "--text", "Bee"], env={"COLUMNS": "300"})
+    assert hits.exit_code == 0 and "[b]Bee" in hits.output
+    missing = runner.invoke(app, ["index", "search", "--image", "[b]nope.png"], env={"COLUMNS": "300"})
+    assert missing.exit_code == 2 and "image not found: [b]nope.png" in missing.output
+
+
+def test_image_files_are_checked_whole(tmp_path):
+    """PNG, JPEG and WebP pass; a truncated PNG opens but does not decode, and is refused."""
+    from PIL import Image
+
+    from index.ingest import image_problem
+
+    picture = Image.new("RGB", (40, 30), (200, 30, 30))
+    for ext in ("png", "jpg", "webp"):
+        picture.save(tmp_path / f"ok.{ext}")
+        assert image_problem(tmp_path / f"ok.{ext}") is None
+    data = (tmp_path / "ok.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
+    assert "is not an image that can be read" in image_problem(tmp_path / "cut.png")
+    assert image_problem(tmp_path / "none.png") == f"image not found: {tmp_path / 'none.png'}"

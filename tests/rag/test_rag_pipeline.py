@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import typer
 from typer.testing import CliRunner
 
 from index.search import IndexNotBuiltError
@@ -63,6 +64,10 @@ def test_ret_threshold_skips_retrieval(rag, tiny_kb):
     for bad in (-0.1, float("nan")):
         with pytest.raises(ValueError, match="gamma, RET's threshold"):
             RAGConfig(gamma=bad)
+    from api.cli import _rag
+
+    with pytest.raises(typer.Exit):  # the CLI's --gamma goes through the same check (click passes nan)
+        _rag("mmkb-rag", True, True, True, None, gamma=float("nan"))
 
 
 def test_ask_command_takes_rets_threshold(tiny_kb, tiny_reader):
@@ -142,6 +147,32 @@ def test_eval_command_checks_every_input_before_the_first_question(tiny_kb, tiny
     ok = run([good], tmp_path / "p.jsonl")
     assert ok.exit_code == 0, ok.output
     assert "seen" in ok.output and "val_seen" not in ok.output and "None" not in ok.output
+    csv_file.write_text('question,answer,dataset_image_ids,question_type\n'
+                        '"What is the capital of this country?",Thimphu,btn,templated\n')
+    evqa = CliRunner().invoke(app, ["eval", "kbvqa", str(csv_file), str(images), str(tmp_path / "e.jsonl"),
+                                    "--evqa", "--vlm", str(tiny_reader)], env={"COLUMNS": "300"})
+    assert evqa.exit_code == 0, evqa.output
+    assert "exact match, not BEM" in evqa.output and "templated" in evqa.output and "All (HM" not in evqa.output
+
+
+def test_inputs_are_checked_before_any_question_runs(tiny_kb, tmp_path):
+    from rag.evaluate import check_inputs, evaluate
+    from rag.kbvqa.datasets import KBVQAExample
+
+    asked = []
+    data = (tiny_kb / "images" / "btn.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[:len(data) // 2])
+    examples = [KBVQAExample("q1", "btn", "Capital?", ["Thimphu"], ["Thimphu"], "val_seen"),
+                KBVQAExample("q2", "cut", "Capital?", ["Thimphu"], ["Thimphu"], "val_seen")]
+    (tmp_path / "btn.png").write_bytes((tiny_kb / "images" / "btn.png").read_bytes())
+    with pytest.raises(ValueError, match="question q2: .*cut.png is not an image that can be read"):
+        evaluate(lambda *a, **k: asked.append(a), examples, tmp_path)
+    assert asked == []  # no question ran
+    assert check_inputs(examples[:1], tmp_path) == [tmp_path / "btn.png"]
+    with pytest.raises(ValueError, match="no questions"):
+        check_inputs([], tmp_path)
+    with pytest.raises(ValueError, match="unknown metric"):
+        evaluate(lambda *a, **k: None, examples[:1], tmp_path, metric="bem")
 
 
 def test_error_sources_name_the_cause_of_each_wrong_answer():
