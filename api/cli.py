@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -26,6 +27,13 @@ app.add_typer(index_app, name="index")
 eval_app = typer.Typer(help="Evaluate on benchmarks.", no_args_is_help=True)
 app.add_typer(train_app, name="train")
 app.add_typer(eval_app, name="eval")
+
+
+@app.callback()
+def _command_line() -> None:
+    # transformers draws a "Loading weights" bar each time it loads the reader, in every `mmkb ask`;
+    # the environment switch (read when transformers is imported) turns those off, not mmkb's own bars
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 @data_app.command("build-worldkb")

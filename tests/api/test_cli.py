@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 from typer.testing import CliRunner
 
@@ -86,3 +87,9 @@ def test_image_files_are_checked_whole(tmp_path):
     (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
     assert "is not an image that can be read" in image_problem(tmp_path / "cut.png")
     assert image_problem(tmp_path / "none.png") == f"image not found: {tmp_path / 'none.png'}"
+
+
+def test_the_command_line_turns_off_transformers_loading_bars(home, monkeypatch):
+    monkeypatch.delenv("HF_HUB_DISABLE_PROGRESS_BARS", raising=False)
+    runner.invoke(app, ["index", "stats", "--json"])
+    assert os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1"
