@@ -205,6 +205,12 @@ def review_tags(store: EntityStore, accept_above: float | None = None, reject_be
             for key, label in pairs:
                 pair = (key, label.casefold())
                 if pair not in by_pair:
+                    done = next((state_ for tag_label, state_ in s.execute(
+                        select(Tag.label, Tag.review_state).join(Entity, Tag.entity_id == Entity.id)
+                        .where(Entity.key == key)) if tag_label.casefold() == pair[1]), None)
+                    if done is not None:
+                        raise ValueError(f"the tag {label!r} on {key} is already {done}: a review decides pending "
+                                         "tags only (see `mmkb curate tags --state pending`)")
                     raise ValueError(f"no pending tag {label!r} on {key}: see `mmkb curate tags --state pending`")
                 for tag in by_pair.pop(pair):
                     tag.review_state = state

@@ -1,6 +1,8 @@
 """Curation: tag suggestions stored for review, the review itself, tag-filtered search, near-duplicates."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -84,6 +86,8 @@ def test_review_accepts_rejects_and_rejected_labels_stay_away(kb_store, tagger):
     with pytest.raises(ValueError, match="no pending tag"):  # all or nothing: the valid pair stays pending
         review_tags(kb_store, accept=[("country:BTN", third), ("country:BTN", "no-such-label")])
     assert ("country:BTN", third) in {(r["key"], r["label"]) for r in list_tags(kb_store, state="pending")}
+    with pytest.raises(ValueError, match=re.escape(f"the tag '{first}' on country:BTN is already accepted")):
+        review_tags(kb_store, accept=[("country:BTN", first)])
     with pytest.raises(ValueError, match="named twice"):
         review_tags(kb_store, accept=[("country:BTN", third)], reject=[("country:BTN", third.upper())])
     with pytest.raises(ValueError, match="below --reject-below"):
