@@ -11,10 +11,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from api.console import console
-from api.console import out as stdout
-from api.console import fail as _fail
-from api.console import readable_image
+from api.console import console, stdout
+from api.console import fail as _fail, readable_image
 from index.clip import DEFAULT_CONFIG
 
 app = typer.Typer(help="mmkb: multimodal knowledge-based retrieval-augmented generation.",

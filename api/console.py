@@ -1,6 +1,6 @@
 """What every `mmkb` command shares: the consoles for results (stdout) and messages (stderr), the one
-way to fail, and the check of an image file a command is given. Neither turns `:name:` into emoji: user data (an entity key such as `thing:B`, followed by a
-colon) would otherwise print as 🅱."""
+way to fail, and the check of an image file a command is given. Neither console turns `:name:` into
+emoji: user data (an entity key such as `thing:B`, followed by a colon) would otherwise print as 🅱."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,7 +12,7 @@ from rich.markup import escape
 console = Console(stderr=True, soft_wrap=True, emoji=False)
 
 
-def out() -> Console:
+def stdout() -> Console:
     """A console for results on stdout, made when printing so it takes the terminal's width then."""
     return Console(emoji=False)
 
@@ -27,6 +27,6 @@ def readable_image(path: Path) -> Path:
     """`path` when it is an image Pillow decodes whole; otherwise fail saying what is wrong with it."""
     from index.ingest import image_problem
 
-    if why := image_problem(path) if path.is_file() else f"image not found: {path}":
+    if why := image_problem(path):
         fail(why)
     return path

@@ -9,8 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from api.console import console
-from api.console import out as stdout
+from api.console import console, stdout
 from api.console import fail as _fail
 from index.tagger.config import TaggerConfig
 

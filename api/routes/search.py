@@ -21,11 +21,11 @@ def search(services: ServicesDep, image: Annotated[Optional[UploadFile], File()]
     text = (text or "").strip() or None
     if picture is None and text is None:
         raise HTTPException(400, "give an image, a text or both")
-    if why := unknown_kinds([kind] if kind else None, list(services.reference.store.kinds())):
+    kinds = [kind] if kind else None
+    if why := unknown_kinds(kinds, list(services.reference.store.kinds())):
         raise HTTPException(400, why)
     try:
-        hits = services.run(lambda: services.reference.search(text=text, image=picture, k=k,
-                                                             kinds=[kind] if kind else None))
+        hits = services.run(lambda: services.reference.search(text=text, image=picture, k=k, kinds=kinds))
     except IndexNotBuiltError as err:
         raise index_missing(err) from None
     return {"hits": [{"key": h.key, "name": h.name, "kind": h.kind, "score": round(h.score, 4),
