@@ -17,8 +17,9 @@ Queries are renderings the index does not hold, distorted at benchmark time with
   for most of them, Fluent flat and modern, EmojiOne 2 and Noto's blob design).
 
 The headline method searches as `mmkb index search --image` does: three views per query, the
-layout in every search vector and each index image as the mean of two views (`MMKB_INDEX_VIEWS`);
-the columns beside it drop those one at a time.
+layout in every search vector, each index image as the mean of two views (`MMKB_INDEX_VIEWS`) and
+the index centred (`MMKB_IMAGE_CENTRE`; its centre is the mean search vector of every worldkb
+image, as the shipped index's is); the columns beside it drop those one at a time.
 Several images of one entity collapse to their best score (entity-level fusion). Besides
 the trained model, the same queries go to baselines: raw pixels (32×32 RGB, cosine), colour
 histograms (8×8×8 RGB bins, Hellinger) and the same architecture untrained (seed 0).
@@ -55,6 +56,7 @@ from index.clip.augment import DISTORTIONS, distort  # noqa: E402
 from index.clip.data import Entity, is_held_out, load_entities, load_image  # noqa: E402
 from index.config import get_settings  # noqa: E402
 from index.embedders import ImageEmbedder, open_rgb  # noqa: E402
+from index.search import centred, shrunk_centre  # noqa: E402
 from index.worldkb.build_queries import QUERY_DIR  # noqa: E402
 
 KS = (1, 5, 20)
@@ -66,6 +68,17 @@ Method = Encoder | tuple[Encoder, Encoder]
 
 
 # --- encoders -----------------------------------------------------------------------------
+
+def _remembered(encode: Callable) -> Callable:
+    """`encode` that hands the same list of images (the same object) its last result again."""
+    last: dict = {}
+
+    def run(images):
+        if last.get("images") is not images:
+            last.update(images=images, vectors=encode(images))
+        return last["vectors"]
+    return run
+
 
 def _unit(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, np.float32)
@@ -387,9 +400,14 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--index-views", type=int, default=None, choices=(1, 2),
                    help="views averaged per index image for the headline method (default MMKB_INDEX_VIEWS); "
                         "with 2, the same search vectors from the index image alone are a row beside it")
+    p.add_argument("--centre", type=float, default=None,
+                   help="the share of the index's mean the headline method's index is centred by, 0–1 (default "
+                        "MMKB_IMAGE_CENTRE); above 0, the same search vectors uncentred are a row beside it")
     p.add_argument("--quick", action="store_true",
                    help="a smoke run: emoji = the held-out ones + 100 others, distortions clean and mixed")
     args = p.parse_args(argv)
+    if args.centre is not None and not 0 <= args.centre <= 1:
+        p.error(f"--centre is between 0 and 1, not {args.centre:g}")
     torch.set_num_threads(args.threads)
     distortions = ["clean", "mixed"] if args.quick else args.distortions
 
@@ -409,9 +427,19 @@ def main(argv: list[str] | None = None) -> dict:
         headline = f"{args.model}{' + 3 query views' if views == 3 else ''}{f' + layout {layout:g}' if layout else ''}" \
                    f" + {index_views} index views"
         methods = {headline: (partial(trained.encode_search, layout=layout, views=index_views), query), **methods}
+    entities = load_entities()
+    centre = get_settings().image_centre if args.centre is None else args.centre
+    if centre:  # the shipped index's centre: the mean search vector of every worldkb image
+        plain, first = next(iter(methods.items()))
+        index_encoder, query_encoder = first if isinstance(first, tuple) else (first, first)
+        index_encoder = _remembered(index_encoder)  # the centred row and the plain one embed the same images
+        kb = index_encoder([load_image(p) for e in entities for p in e.images])
+        c = shrunk_centre(kb.mean(0), len(kb), centre)
+        methods[plain] = (index_encoder, query_encoder)
+        methods = {f"{plain} + centred {centre:g}": (lambda images: centred(index_encoder(images), c), query_encoder),
+                   **methods}
     methods |= {f"{name} untrained": untrained_clip(name).encode_images, "pixels 32×32": pixels,
                 "colour histogram": histograms}
-    entities = load_entities()
     results = run_tasks(methods, tasks(entities, args.quick), distortions, args.seed)
     report = {
         "model": args.model, "trained": trained.trained, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -424,6 +452,7 @@ def main(argv: list[str] | None = None) -> dict:
         "image_size": trained.model.visual.image_size,
         "layout": layout,
         "index_views": index_views,
+        "centre": centre,
         "throughput": [throughput(trained, [load_image(e.images[0]) for e in entities[::10]], n, views=views,
                                   layout=layout, index_views=index_views) for n in (1, 2)],
     }

@@ -4,7 +4,16 @@ Modalities: `text` (document sections, sentence-transformers) and `image` (entit
 open_clip). Hits collapse to entities: within a modality an entity scores the max cosine of
 its hits (max fusion: one strong match is enough, several weak ones are not); across
 modalities the entity's scores are summed with per-modality weights.
+
+Image queries are scored with the index **centred** (`Settings.image_centre`, a): an index image's
+score is the cosine of the query with the image's vector minus a share of the index's mean vector,
+c = a × mean, (q·x − q·c) / ‖x − c‖. An image that resembles every picture (a yellow face among emoji) sits near
+the mean, and its plain cosine with any query is high; centring takes that common part out, as
+"Centering similarity measures to reduce hubs" does for nearest-neighbour search (Suzuki et al., EMNLP
+2013). The candidates are the plain-cosine nearest images, re-scored; the stored vectors do not
+change, so the reader's document pictures, curation and text→image search see cosines as before.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,6 +33,21 @@ from index.vectors import VectorIndex
 
 MODALITIES = ("text", "image")
 TIE_DECIMALS = 5  # scores equal to this many decimals are a tie (float32 cosines of identical images)
+# The centre is the index's mean scaled by n / (n + CENTRE_PRIOR): an index of a few images, whose
+# mean says little about what pictures commonly look like, is barely centred.
+CENTRE_PRIOR = 100
+
+
+def shrunk_centre(mean: np.ndarray, count: int, share: float = 1.0) -> np.ndarray:
+    """The centre of an index of `count` vectors whose mean is `mean`: share × mean × n / (n + `CENTRE_PRIOR`)."""
+    return np.asarray(mean, np.float32) * (share * count / (count + CENTRE_PRIOR))
+
+
+def centred(vectors: np.ndarray, centre: np.ndarray) -> np.ndarray:
+    """Index vectors as centred search scores them: (x − c) / ‖x − c‖, so a query's dot product with
+    one is its cosine with the centred vector."""
+    v = np.asarray(vectors, np.float32) - centre
+    return v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-6)
 
 
 class IndexNotBuiltError(RuntimeError):
@@ -75,6 +99,7 @@ class ReferenceIndex:
         self.settings = settings or get_settings()
         self.weights = weights or {"text": 1.0, "image": 1.0}
         self._loaded: dict[str, tuple[int, VectorIndex]] = {}
+        self._means: dict[int, np.ndarray] = {}  # index version id → its mean vector
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> ReferenceIndex:
@@ -178,16 +203,24 @@ class ReferenceIndex:
                 q = embedder.encode_search_texts([text], layout)
                 self._collect("image", q, fetch, kinds, keys, hits, scale=(1 + layout) ** 0.5)  # back to cosines
         if image is not None:
-            self._collect("image", self.embed_image_queries([image]), fetch, kinds, keys, hits)
+            self._collect("image", self.embed_image_queries([image]), fetch, kinds, keys, hits,
+                          centre=self.settings.image_centre > 0)
         return self._ranked(hits)[:k]
 
     def search_embedding(self, modality: str, query: np.ndarray, k: int = 10, kinds: Sequence[str] | None = None,
                          keys: Sequence[str] | None = None, per_modality: int | None = None) -> list[EntityHit]:
-        """Entities for an already-embedded query (one row) against one modality's index."""
+        """Entities for an already-embedded query (one row) against one modality's index; an image
+        query is an image's search vector (`embed_image_queries`), scored centred when so configured."""
         hits: dict[str, EntityHit] = {}
         self._collect(modality, np.asarray(query, np.float32).reshape(1, -1), per_modality or max(4 * k, 20),
-                      kinds, keys, hits)
+                      kinds, keys, hits, centre=modality == "image" and self.settings.image_centre > 0)
         return self._ranked(hits)[:k]
+
+    def _centred(self, modality: str, query: np.ndarray, found: list[tuple[float, int]]) -> list[tuple[float, int]]:
+        """`found` (cosine, id) re-scored as cosines with the centred index vectors, best first."""
+        vectors = self.vector_index(modality).reconstruct(np.array([i for _, i in found]))
+        scores = centred(vectors, self.centre(modality)) @ np.asarray(query, np.float32)
+        return sorted(((float(s), i) for s, (_, i) in zip(scores, found)), key=lambda f: -f[0])
 
     def _ranked(self, hits: dict[str, EntityHit]) -> list[EntityHit]:
         """Best score first; entities tied on score (the same picture under several keys) go by
@@ -198,14 +231,24 @@ class ReferenceIndex:
         prior = self.store.prominence(tied) if tied else {}
         return sorted(hits.values(), key=lambda h: (-score[h.key], -prior.get(h.key, 0.0)))
 
+    def centre(self, modality: str = "image") -> np.ndarray:
+        """The active index's centre: `image_centre` × its mean vector × n / (n + `CENTRE_PRIOR`)."""
+        index = self.vector_index(modality)
+        version = self._loaded[modality][0]
+        if version not in self._means:
+            self._means[version] = index.mean()
+        return shrunk_centre(self._means[version], index.count, self.settings.image_centre)
+
     def _collect(self, modality: str, query: np.ndarray, fetch: int, kinds, keys,
-                 hits: dict[str, EntityHit], scale: float = 1.0) -> None:
+                 hits: dict[str, EntityHit], scale: float = 1.0, centre: bool = False) -> None:
         index = self.vector_index(modality)
         allowed = self.store.allowed_ids(modality, kinds, keys)
         if allowed is not None and not allowed:
             return
         scores, ids = index.search(query, fetch, allowed_ids=None if allowed is None else np.asarray(allowed))
         found = [(scale * float(s), int(i)) for s, i in zip(scores[0], ids[0]) if i >= 0]
+        if centre and found:
+            found = self._centred(modality, query[0], found)
         rows = (self.store.section_hits if modality == "text" else self.store.image_hits)([i for _, i in found])
         best: dict[str, float] = {}
         for score, row_id in found:

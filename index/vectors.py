@@ -448,6 +448,17 @@ class VectorIndex:
             raise KeyError(f"{len(ids) - len(positions)} of the ids are not in the index")
         return faiss.downcast_index(self._index.index).reconstruct_batch(positions)
 
+    def mean(self, sample: int = 20_000) -> np.ndarray:
+        """The mean of the live stored vectors: of all of them up to `sample`, else of `sample` drawn
+        at random (seed 0, so the same index always gives the same mean). Zeros for an empty index."""
+        _, _, live = self._lookup_table()
+        if not len(live):
+            return np.zeros(self.dim, np.float32)
+        if len(live) > sample:
+            live = np.sort(np.random.default_rng(0).choice(live, sample, replace=False))
+        vectors = faiss.downcast_index(self._index.index).reconstruct_batch(live)
+        return vectors.mean(0, dtype=np.float64).astype(np.float32)
+
     def ids(self) -> np.ndarray:
         """The database ids of the live vectors, ascending."""
         return self._lookup_table()[1].copy()

@@ -236,3 +236,55 @@ def test_layout_weight_setting_is_checked(monkeypatch):
     monkeypatch.setenv("MMKB_IMAGE_LAYOUT_WEIGHT", "-1")
     with pytest.raises(ValidationError, match="between 0"):
         Settings()
+
+
+def test_image_queries_score_against_the_centred_index(ref, tiny_kb):
+    """An image's score is its query's cosine with (x − c) / ‖x − c‖, c the index mean times the
+    setting's share and n / (n + CENTRE_PRIOR); MMKB_IMAGE_CENTRE=0 gives plain cosines; text→image
+    stays plain."""
+    import numpy as np
+
+    from index.search import CENTRE_PRIOR, centred
+
+    ref.build(["text", "image"], show_progress=False)
+    assert ref.settings.image_centre == 0.5
+    ref.settings = ref.settings.model_copy(update={"image_centre": 1.0})
+    index = ref.vector_index("image")
+    ids = index.ids()
+    stored = index.reconstruct(ids)
+    c = stored.mean(0) * len(ids) / (len(ids) + CENTRE_PRIOR)
+    assert np.allclose(ref.centre(), c, atol=1e-6)
+    ref.settings = ref.settings.model_copy(update={"image_centre": 0.5})
+    c = c / 2
+    assert np.allclose(ref.centre(), c, atol=1e-6)
+    q = ref.embed_image_queries([tiny_kb / "images" / "npl.png"])[0]
+    expected = centred(stored, c) @ q
+    hits = ref.search_embedding("image", q, k=10)
+    rows = ref.store.image_hits([int(i) for i in ids])
+    best = {}
+    for i, s in zip(ids, expected):
+        key = rows[int(i)]["key"]
+        best[key] = max(best.get(key, -9.0), float(s))
+    assert [h.key for h in hits] == sorted(best, key=lambda k: -best[k])
+    assert np.allclose([h.score for h in hits], [best[h.key] for h in hits], atol=1e-5)
+    assert [m.score for m in hits[0].matches] == sorted((m.score for m in hits[0].matches), reverse=True)
+    assert ref.search(image=tiny_kb / "images" / "npl.png", k=1)[0].score == pytest.approx(hits[0].score, abs=1e-5)
+
+    ref.settings = ref.settings.model_copy(update={"image_centre": 0.0})  # plain cosines, no rebuild
+    plain = ref.search_embedding("image", q, k=10)
+    assert plain[0].score == pytest.approx(float(np.max(stored @ q)), abs=1e-5)
+    text_plain = ref.search(text="Thimphu", k=3, text_to_image=True)
+    ref.settings = ref.settings.model_copy(update={"image_centre": 0.5})
+    text_centred = ref.search(text="Thimphu", k=3, text_to_image=True)
+    assert [(h.key, h.scores) for h in text_centred] == [(h.key, h.scores) for h in text_plain]
+
+
+def test_image_centre_setting_is_read_from_the_environment(monkeypatch):
+    from index.config import Settings
+
+    monkeypatch.setenv("MMKB_IMAGE_CENTRE", "0")
+    assert Settings().image_centre == 0
+    for bad in ("1.5", "-0.1"):
+        monkeypatch.setenv("MMKB_IMAGE_CENTRE", bad)
+        with pytest.raises(ValueError, match="MMKB_IMAGE_CENTRE is between 0"):
+            Settings()

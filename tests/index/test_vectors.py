@@ -280,3 +280,15 @@ def test_reconstruct_returns_stored_vectors_by_id(built, data):
     assert got.shape == (3, vectors.shape[1]) and np.all(cos > 0.9)
     with pytest.raises(KeyError):
         built.reconstruct(np.array([10**12]))
+
+
+def test_mean_is_over_the_live_vectors_and_a_seeded_sample_of_a_large_index(data):
+    vectors, ids = data
+    index = VectorIndex.build(vectors[:200], ids[:200], spec=SPECS["flat"], show_progress=False, use_gpu=False)
+    assert np.allclose(index.mean(), vectors[:200].mean(0), atol=1e-5)
+    index.remove(ids[:50])
+    assert np.allclose(index.mean(), vectors[50:200].mean(0), atol=1e-5)  # removed vectors no longer count
+    sampled = index.mean(sample=40)
+    assert np.allclose(sampled, index.mean(sample=40)) and not np.allclose(sampled, index.mean(), atol=1e-6)
+    index.remove(ids[50:200])
+    assert index.count == 0 and np.array_equal(index.mean(), np.zeros(vectors.shape[1], np.float32))
