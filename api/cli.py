@@ -278,15 +278,38 @@ def ask(image_arg: Annotated[Optional[Path], typer.Argument(metavar="[IMAGE]", s
         stdout().print(f"  answered without retrieval ({how})")
 
 
+def _path_given(name: str, positional: Optional[Path], option: Optional[Path]) -> Path:
+    """One path given either as the argument or as `--<name>`; both only when they agree."""
+    if positional is not None and option is not None and positional != option:
+        _fail(f"two {name} paths: {positional} and --{name} {option}; give one")
+    if positional is None and option is None:
+        _fail(f"give the {name} path, as an argument or as --{name} PATH "
+              "(mmkb eval kbvqa --questions F.jsonl --images DIR --predictions OUT.jsonl)")
+    return positional if positional is not None else option
+
+
+PathOption = Annotated[Optional[Path], typer.Option(show_default=False)]
+
+
 @eval_app.command("kbvqa")
-def eval_kbvqa(questions: Path, images: Path, predictions: Path, mode: str = "mmkb-rag", ret: bool = True,
+def eval_kbvqa(questions_path: Annotated[Optional[Path], typer.Argument(metavar="QUESTIONS")] = None,
+               images_dir: Annotated[Optional[Path], typer.Argument(metavar="IMAGES")] = None,
+               predictions_path: Annotated[Optional[Path], typer.Argument(metavar="PREDICTIONS")] = None,
+               questions: PathOption = None, images: PathOption = None, predictions: PathOption = None,
+               mode: str = "mmkb-rag", ret: bool = True,
                srt: bool = True, mct: bool = True, familiarity_gate: bool = True, confirm: bool = True,
                ret_closed_book: bool = True, gamma: GammaOption = None, vlm: Optional[str] = None,
                evqa: bool = False) -> None:
-    """Run KB-VQA on an InfoSeek JSONL (or E-VQA CSV with --evqa) file and print the metric table."""
+    """Run KB-VQA on an InfoSeek JSONL (or E-VQA CSV with --evqa) file and print the metric table.
+
+    The three paths go as arguments (QUESTIONS IMAGES PREDICTIONS) or as --questions, --images and
+    --predictions; images are IMAGES/<image_id>.png or .jpg."""
     from rag.evaluate import evaluate
     from rag.kbvqa.datasets import read_evqa, read_infoseek
 
+    questions = _path_given("questions", questions_path, questions)
+    images = _path_given("images", images_dir, images)
+    predictions = _path_given("predictions", predictions_path, predictions)
     try:
         examples = read_evqa(questions) if evqa else read_infoseek(questions)
     except FileNotFoundError as err:

@@ -5,13 +5,13 @@ open_clip). Hits collapse to entities: within a modality an entity scores the ma
 its hits (max fusion: one strong match is enough, several weak ones are not); across
 modalities the entity's scores are summed with per-modality weights.
 
-Image queries are scored with the index **centred** (`Settings.image_centre`, a): an index image's
-score is the cosine of the query with the image's vector minus a share of the index's mean vector,
-c = a × mean, (q·x − q·c) / ‖x − c‖. An image that resembles every picture (a yellow face among emoji) sits near
-the mean, and its plain cosine with any query is high; centring takes that common part out, as
-"Centering similarity measures to reduce hubs" does for nearest-neighbour search (Suzuki et al., EMNLP
-2013). The candidates are the plain-cosine nearest images, re-scored; the stored vectors do not
-change, so the reader's document pictures, curation and text→image search see cosines as before.
+Image queries are scored with the index **centred** (`Settings.image_centre`, a share a): an index
+image's score is the query's cosine with the image's vector minus c = a × the index's mean vector,
+(q·x − q·c) / ‖x − c‖. A picture that resembles every other sits near the mean, so its plain cosine
+with any query is high; centring takes that common part out, as "Centering similarity measures to
+reduce hubs" does for nearest-neighbour search (Suzuki et al., EMNLP 2013). The candidates are the
+plain-cosine nearest images, re-scored; the stored vectors do not change, so the reader's document
+pictures, curation and text→image search see cosines as before.
 """
 
 from __future__ import annotations
@@ -33,13 +33,13 @@ from index.vectors import VectorIndex
 
 MODALITIES = ("text", "image")
 TIE_DECIMALS = 5  # scores equal to this many decimals are a tie (float32 cosines of identical images)
-# The centre is the index's mean scaled by n / (n + CENTRE_PRIOR): an index of a few images, whose
-# mean says little about what pictures commonly look like, is barely centred.
+# The centre is also scaled by n / (n + CENTRE_PRIOR): an index of a few images, whose mean says
+# little about what pictures commonly look like, is barely centred.
 CENTRE_PRIOR = 100
 
 
 def shrunk_centre(mean: np.ndarray, count: int, share: float = 1.0) -> np.ndarray:
-    """The centre of an index of `count` vectors whose mean is `mean`: share × mean × n / (n + `CENTRE_PRIOR`)."""
+    """The centre of an index of `count` vectors whose mean is `mean`: share × mean × n / (n + CENTRE_PRIOR)."""
     return np.asarray(mean, np.float32) * (share * count / (count + CENTRE_PRIOR))
 
 

@@ -115,6 +115,18 @@ def test_eval_command_on_a_hand_written_infoseek_file(rag, tiny_kb, tiny_reader,
     assert ("where the wrong answers come from" in result.output) == wrong
     assert ("entity not a KB key" in result.output) == any(not p["correct"] and p["retrieved"] for p in preds)
     assert out.stat().st_mode & 0o044 == (~os.umask(os.umask(0)) & 0o044)  # the usual permissions, not 0600
+    # the spelling: the same three paths as options
+    named = CliRunner().invoke(app, ["eval", "kbvqa", "--questions", str(questions), "--images", str(tiny_kb / "images"),
+                                     "--predictions", str(tmp_path / "named.jsonl"), "--vlm", str(tiny_reader)])
+    assert named.exit_code == 0, named.output
+    assert [json.loads(line)["prediction"] for line in (tmp_path / "named.jsonl").read_text().splitlines()] == \
+        [p["prediction"] for p in preds]
+    missing = CliRunner().invoke(app, ["eval", "kbvqa", "--questions", str(questions), "--vlm", str(tiny_reader)],
+                                 env={"COLUMNS": "300"})
+    assert missing.exit_code != 0 and "give the images path" in missing.output
+    both = CliRunner().invoke(app, ["eval", "kbvqa", str(questions), str(tiny_kb / "images"), str(out),
+                                    "--questions", str(tmp_path / "other.jsonl")], env={"COLUMNS": "300"})
+    assert both.exit_code != 0 and "two questions paths" in both.output
 
 
 def test_eval_command_checks_every_input_before_the_first_question(tiny_kb, tiny_reader, tmp_path):
