@@ -278,14 +278,18 @@ def ask(image_arg: Annotated[Optional[Path], typer.Argument(metavar="[IMAGE]", s
         stdout().print(f"  answered without retrieval ({how})")
 
 
-def _path_given(name: str, positional: Optional[Path], option: Optional[Path]) -> Path:
-    """One path given either as the argument or as `--<name>`; both only when they agree."""
-    if positional is not None and option is not None and positional != option:
-        _fail(f"two {name} paths: {positional} and --{name} {option}; give one")
-    if positional is None and option is None:
-        _fail(f"give the {name} path, as an argument or as --{name} PATH "
-              "(mmkb eval kbvqa --questions F.jsonl --images DIR --predictions OUT.jsonl)")
-    return positional if positional is not None else option
+def _paths_given(positional: list[Optional[Path]], named: dict[str, Optional[Path]]) -> list[Path]:
+    """The paths `named` asks for, each given as `--<name>` or, in order, as the next argument."""
+    args = [p for p in positional if p is not None]
+    missing = [name for name, path in named.items() if path is None]
+    if len(args) != len(missing):
+        how = (f"give each once, as arguments in the order {' '.join(n.upper() for n in named)} or as "
+               + " ".join(f"--{n} PATH" for n in named))
+        if len(args) < len(missing):
+            _fail(f"missing: the {', '.join(missing[len(args):])} path; {how}")
+        _fail(f"{len(args) + len(named) - len(missing)} paths for {len(named)} ({', '.join(named)}); {how}")
+    given = iter(args)
+    return [path if path is not None else next(given) for path in named.values()]
 
 
 PathOption = Annotated[Optional[Path], typer.Option(show_default=False)]
@@ -303,13 +307,14 @@ def eval_kbvqa(questions_path: Annotated[Optional[Path], typer.Argument(metavar=
     """Run KB-VQA on an InfoSeek JSONL (or E-VQA CSV with --evqa) file and print the metric table.
 
     The three paths go as arguments (QUESTIONS IMAGES PREDICTIONS) or as --questions, --images and
-    --predictions; images are IMAGES/<image_id>.png or .jpg."""
+    --predictions (arguments fill the paths no option names, in that order); images are
+    IMAGES/<image_id>.png or .jpg."""
     from rag.evaluate import evaluate
     from rag.kbvqa.datasets import read_evqa, read_infoseek
 
-    questions = _path_given("questions", questions_path, questions)
-    images = _path_given("images", images_dir, images)
-    predictions = _path_given("predictions", predictions_path, predictions)
+    questions, images, predictions = _paths_given(
+        [questions_path, images_dir, predictions_path],
+        {"questions": questions, "images": images, "predictions": predictions})
     try:
         examples = read_evqa(questions) if evqa else read_infoseek(questions)
     except FileNotFoundError as err:

@@ -8,10 +8,12 @@ modalities the entity's scores are summed with per-modality weights.
 Image queries are scored with the index **centred** (`Settings.image_centre`, a share a): an index
 image's score is the query's cosine with the image's vector minus c = a × the index's mean vector,
 (q·x − q·c) / ‖x − c‖. A picture that resembles every other sits near the mean, so its plain cosine
-with any query is high; centring takes that common part out, as "Centering similarity measures to
-reduce hubs" does for nearest-neighbour search (Suzuki et al., EMNLP 2013). The candidates are the
-plain-cosine nearest images, re-scored; the stored vectors do not change, so the reader's document
-pictures, curation and text→image search see cosines as before.
+with any query is high; centring takes that common part out and compares the query with what is
+particular to each picture. It is an index-side variant of "Centering similarity measures to reduce
+hubs" (Suzuki et al., EMNLP 2013), which centres the inner products of both sides; centring the query
+too did worse here (README "Entity recognition"). The candidates are the plain-cosine nearest images,
+re-scored; the stored vectors do not change, so the reader's document pictures, curation and
+text→image search see cosines as before.
 """
 
 from __future__ import annotations
@@ -48,6 +50,15 @@ def centred(vectors: np.ndarray, centre: np.ndarray) -> np.ndarray:
     one is its cosine with the centred vector."""
     v = np.asarray(vectors, np.float32) - centre
     return v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-6)
+
+
+def rescored(found: list[tuple[float, int]], vectors: np.ndarray, centre: np.ndarray,
+             query: np.ndarray) -> list[tuple[float, int]]:
+    """`found` (plain cosine, id), whose stored vectors are `vectors`, as (centred score, id), best
+    first. Row by row rather than one matrix product, whose rows BLAS may sum in different orders:
+    the same picture stored twice must score exactly the same (ties are shared pictures)."""
+    scores = (centred(vectors, centre) * np.asarray(query, np.float32)).sum(-1)
+    return sorted(((float(s), i) for s, (_, i) in zip(scores, found)), key=lambda f: -f[0])
 
 
 class IndexNotBuiltError(RuntimeError):
@@ -216,12 +227,6 @@ class ReferenceIndex:
                       kinds, keys, hits, centre=modality == "image" and self.settings.image_centre > 0)
         return self._ranked(hits)[:k]
 
-    def _centred(self, modality: str, query: np.ndarray, found: list[tuple[float, int]]) -> list[tuple[float, int]]:
-        """`found` (cosine, id) re-scored as cosines with the centred index vectors, best first."""
-        vectors = self.vector_index(modality).reconstruct(np.array([i for _, i in found]))
-        scores = centred(vectors, self.centre(modality)) @ np.asarray(query, np.float32)
-        return sorted(((float(s), i) for s, (_, i) in zip(scores, found)), key=lambda f: -f[0])
-
     def _ranked(self, hits: dict[str, EntityHit]) -> list[EntityHit]:
         """Best score first; entities tied on score (the same picture under several keys) go by
         prominence, so a French flag names France before the regions that fly it."""
@@ -233,9 +238,10 @@ class ReferenceIndex:
 
     def centre(self, modality: str = "image") -> np.ndarray:
         """The active index's centre: `image_centre` × its mean vector × n / (n + `CENTRE_PRIOR`)."""
-        index = self.vector_index(modality)
-        version = self._loaded[modality][0]
-        if version not in self._means:
+        return self._centre_of(self.vector_index(modality), self._loaded[modality][0])
+
+    def _centre_of(self, index: VectorIndex, version: int) -> np.ndarray:
+        if version not in self._means:  # a version's vectors never change: its mean is kept
             self._means[version] = index.mean()
         return shrunk_centre(self._means[version], index.count, self.settings.image_centre)
 
@@ -248,7 +254,8 @@ class ReferenceIndex:
         scores, ids = index.search(query, fetch, allowed_ids=None if allowed is None else np.asarray(allowed))
         found = [(scale * float(s), int(i)) for s, i in zip(scores[0], ids[0]) if i >= 0]
         if centre and found:
-            found = self._centred(modality, query[0], found)
+            vectors = index.reconstruct(np.array([i for _, i in found]))
+            found = rescored(found, vectors, self._centre_of(index, self._loaded[modality][0]), query[0])
         rows = (self.store.section_hits if modality == "text" else self.store.image_hits)([i for _, i in found])
         best: dict[str, float] = {}
         for score, row_id in found:

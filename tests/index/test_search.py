@@ -254,7 +254,7 @@ def test_image_queries_score_against_the_centred_index(ref, tiny_kb):
     stored = index.reconstruct(ids)
     c = stored.mean(0) * len(ids) / (len(ids) + CENTRE_PRIOR)
     assert np.allclose(ref.centre(), c, atol=1e-6)
-    ref.settings = ref.settings.model_copy(update={"image_centre": 0.5})
+    ref.settings = ref.settings.model_copy(update={"image_centre": 0.5})  # read on every search: no reload
     c = c / 2
     assert np.allclose(ref.centre(), c, atol=1e-6)
     q = ref.embed_image_queries([tiny_kb / "images" / "npl.png"])[0]
@@ -288,3 +288,25 @@ def test_image_centre_setting_is_read_from_the_environment(monkeypatch):
         monkeypatch.setenv("MMKB_IMAGE_CENTRE", bad)
         with pytest.raises(ValueError, match="MMKB_IMAGE_CENTRE is between 0"):
             Settings()
+
+
+def test_rescored_reorders_by_the_centred_cosine_and_identical_pictures_tie_exactly():
+    import numpy as np
+
+    from index.search import rescored
+
+    def unit(v):
+        v = np.asarray(v, np.float32)
+        return v / np.linalg.norm(v)
+
+    q, a, b = unit([1, 0, 0.5]), unit([1, 0.3, 1]), unit([1, 0, 2])
+    centre = np.array([0, 0, 0.6], np.float32)
+    assert a @ q > b @ q + 0.1  # a first by the plain cosine
+    found = [(float(a @ q), 1), (float(b @ q), 2)] + [(float(a @ q), i) for i in range(3, 40)]
+    vectors = np.stack([a, b] + [a] * 37)
+    out = rescored(found, vectors, centre, q)
+    assert out[0][1] == 2  # b first once the common part is taken out
+    expected_b = float((b - centre) @ q / np.linalg.norm(b - centre))
+    assert out[0][0] == pytest.approx(expected_b, abs=1e-6)
+    assert len({s for s, i in out if i != 2}) == 1  # 38 copies of a: one score, not 38 rounding variants
+    assert rescored([], np.zeros((0, 3), np.float32), centre, q) == []

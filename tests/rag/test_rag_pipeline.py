@@ -121,12 +121,15 @@ def test_eval_command_on_a_hand_written_infoseek_file(rag, tiny_kb, tiny_reader,
     assert named.exit_code == 0, named.output
     assert [json.loads(line)["prediction"] for line in (tmp_path / "named.jsonl").read_text().splitlines()] == \
         [p["prediction"] for p in preds]
+    mixed = CliRunner().invoke(app, ["eval", "kbvqa", "--questions", str(questions), str(tiny_kb / "images"),
+                                     str(tmp_path / "mixed.jsonl"), "--vlm", str(tiny_reader)])
+    assert mixed.exit_code == 0, mixed.output  # the arguments fill the paths no option names, in order
     missing = CliRunner().invoke(app, ["eval", "kbvqa", "--questions", str(questions), "--vlm", str(tiny_reader)],
                                  env={"COLUMNS": "300"})
-    assert missing.exit_code != 0 and "give the images path" in missing.output
-    both = CliRunner().invoke(app, ["eval", "kbvqa", str(questions), str(tiny_kb / "images"), str(out),
-                                    "--questions", str(tmp_path / "other.jsonl")], env={"COLUMNS": "300"})
-    assert both.exit_code != 0 and "two questions paths" in both.output
+    assert missing.exit_code != 0 and "missing: the images, predictions path" in missing.output
+    extra = CliRunner().invoke(app, ["eval", "kbvqa", str(questions), str(tiny_kb / "images"), str(out),
+                                     "--questions", str(questions)], env={"COLUMNS": "300"})
+    assert extra.exit_code != 0 and "4 paths for 3" in extra.output
 
 
 def test_eval_command_checks_every_input_before_the_first_question(tiny_kb, tiny_reader, tmp_path):
