@@ -52,13 +52,12 @@ def centred(vectors: np.ndarray, centre: np.ndarray) -> np.ndarray:
     return v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-6)
 
 
-def rescored(found: list[tuple[float, int]], vectors: np.ndarray, centre: np.ndarray,
-             query: np.ndarray) -> list[tuple[float, int]]:
-    """`found` (plain cosine, id), whose stored vectors are `vectors`, as (centred score, id), best
-    first. Row by row rather than one matrix product, whose rows BLAS may sum in different orders:
-    the same picture stored twice must score exactly the same (ties are shared pictures)."""
+def rescored(ids: list[int], vectors: np.ndarray, centre: np.ndarray, query: np.ndarray) -> list[tuple[float, int]]:
+    """(centred score, id) for the stored `vectors` of `ids`, best first. Row by row rather than one
+    matrix product, whose rows BLAS may sum in different orders: the same picture stored twice must
+    score exactly the same (ties are shared pictures)."""
     scores = (centred(vectors, centre) * np.asarray(query, np.float32)).sum(-1)
-    return sorted(((float(s), i) for s, (_, i) in zip(scores, found)), key=lambda f: -f[0])
+    return sorted(((float(s), i) for s, i in zip(scores, ids)), key=lambda f: -f[0])
 
 
 class IndexNotBuiltError(RuntimeError):
@@ -254,8 +253,9 @@ class ReferenceIndex:
         scores, ids = index.search(query, fetch, allowed_ids=None if allowed is None else np.asarray(allowed))
         found = [(scale * float(s), int(i)) for s, i in zip(scores[0], ids[0]) if i >= 0]
         if centre and found:
-            vectors = index.reconstruct(np.array([i for _, i in found]))
-            found = rescored(found, vectors, self._centre_of(index, self._loaded[modality][0]), query[0])
+            ids = [i for _, i in found]
+            found = rescored(ids, index.reconstruct(np.array(ids)), self._centre_of(index, self._loaded[modality][0]),
+                             query[0])
         rows = (self.store.section_hits if modality == "text" else self.store.image_hits)([i for _, i in found])
         best: dict[str, float] = {}
         for score, row_id in found:

@@ -304,7 +304,7 @@ def test_rescored_reorders_by_the_centred_cosine_and_identical_pictures_tie_exac
     assert a @ q > b @ q + 0.1  # a first by the plain cosine
     found = [(float(a @ q), 1), (float(b @ q), 2)] + [(float(a @ q), i) for i in range(3, 40)]
     vectors = np.stack([a, b] + [a] * 37)
-    out = rescored(found, vectors, centre, q)
+    out = rescored([i for _, i in found], vectors, centre, q)
     assert out[0][1] == 2  # b first once the common part is taken out
     expected_b = float((b - centre) @ q / np.linalg.norm(b - centre))
     assert out[0][0] == pytest.approx(expected_b, abs=1e-6)
