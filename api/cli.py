@@ -303,8 +303,11 @@ def eval_kbvqa(questions_path: Annotated[Optional[Path], typer.Argument(metavar=
                mode: str = "mmkb-rag", ret: bool = True,
                srt: bool = True, mct: bool = True, familiarity_gate: bool = True, confirm: bool = True,
                ret_closed_book: bool = True, gamma: GammaOption = None, vlm: Optional[str] = None,
-               evqa: bool = False) -> None:
-    """Run KB-VQA on an InfoSeek JSONL (or E-VQA CSV with --evqa) file and print the metric table.
+               evqa: bool = False,
+               page: Annotated[Optional[Path], typer.Option(
+                   show_default=False, help="the evaluation page (default: PREDICTIONS with .html)")] = None) -> None:
+    """Run KB-VQA on an InfoSeek JSONL (or E-VQA CSV with --evqa) file, print the metric table and
+    write a page of the questions, wrong answers first.
 
     The three paths go as arguments (QUESTIONS IMAGES PREDICTIONS) or as --questions, --images and
     --predictions (arguments fill the paths no option names, in that order); images are
@@ -330,7 +333,9 @@ def eval_kbvqa(questions_path: Annotated[Optional[Path], typer.Argument(metavar=
         _fail(f"images folder not found: {images} (images are DIR/<image_id>.png or .jpg)")
     rag = _rag(mode, ret, srt, mct, vlm, familiarity_gate, confirm, ret_closed_book, gamma)
     try:
-        summary = evaluate(rag, examples, images, predictions, metric="evqa" if evqa else "infoseek")
+        page = page or (predictions.with_suffix(".html") if predictions.suffix != ".html"
+                        else predictions.with_name(predictions.name + ".page.html"))
+        summary = evaluate(rag, examples, images, predictions, metric="evqa" if evqa else "infoseek", page=page)
     except (FileNotFoundError, ValueError) as err:
         _fail(str(err))
 
@@ -362,7 +367,7 @@ def eval_kbvqa(questions_path: Annotated[Optional[Path], typer.Argument(metavar=
         stdout().print(causes)
     console.print(f"retrieval recall {num(summary['retrieval_recall'])}, skipped retrieval "
                   f"{num(summary['skipped_retrieval'], '.2f')}, p50 {num(summary['latency_p50_ms'], '.0f')} ms; "
-                  f"predictions written to {predictions}")
+                  f"predictions written to {predictions}, the page to {page}")
 
 
 @app.command("demo")

@@ -25,7 +25,8 @@ the trained model, the same queries go to baselines: raw pixels (32×32 RGB, cos
 histograms (8×8×8 RGB bins, Hellinger) and the same architecture untrained (seed 0).
 Text→entity: the entity's name through the CLIP text tower against its images. Throughput:
 images/s on 1 and 2 CPU threads at the model's resolution, batch 64, with and without
-preprocessing. Writes `entity_recognition.json` and `.md` under `--out`.
+preprocessing. Writes `entity_recognition.json`, `.md` and `.png` (a few queries of each task at
+the last distortion with the first three entities the headline method found) under `--out`.
 """
 from __future__ import annotations
 
@@ -62,6 +63,7 @@ from index.worldkb.build_queries import QUERY_DIR  # noqa: E402
 KS = (1, 5, 20)
 TARGETS = {"flags": 0.95, "emoji_cross_vendor": 0.85, "throughput": 200.0}
 SUBSETS = ("all", "strict", "held-out", "trained")
+SHOWN = 6  # queries per task in the picture of what the search found
 Encoder = Callable[[Sequence[Image.Image]], np.ndarray]
 # A method embeds the index images and the queries with one encoder, or with (index, query) encoders.
 Method = Encoder | tuple[Encoder, Encoder]
@@ -217,15 +219,21 @@ def _queries(rows: list[dict]) -> dict:
 
 
 def run_tasks(methods: dict[str, Method], task_list: list[dict], distortions: Sequence[str],
-              seed: int) -> list[dict]:
+              seed: int, shown: list[dict] | None = None) -> list[dict]:
+    """Recall rows per task, distortion and method; with `shown` (a list), also what the first method
+    found for a few queries of each task at the last distortion (`shown_queries`), for `grid`."""
     encoders = {m: enc if isinstance(enc, tuple) else (enc, enc) for m, enc in methods.items()}
+    first = next(iter(encoders))
     results = []
     for task in task_list:
         index_vecs = {m: enc[0](task["index"].images) for m, enc in encoders.items()}
         for d in tqdm(distortions, desc=task["name"][:40], leave=False):
             queries = _distorted(task["queries"], d, seed)
             for m, enc in encoders.items():
-                scores = task["index"].scores(enc[1](queries), index_vecs[m])
+                query_vecs = enc[1](queries)
+                scores = task["index"].scores(query_vecs, index_vecs[m])
+                if shown is not None and m == first and d == distortions[-1]:
+                    shown += shown_queries(task, d, queries, query_vecs, index_vecs[m])
                 ranks = task["index"].rank_in(scores, task["truth"], task.get("answers"))
                 row = {"task": task["name"], "domain": task["domain"], "distortion": d, "method": m,
                        "all": recalls(ranks)}
@@ -235,6 +243,74 @@ def run_tasks(methods: dict[str, Method], task_list: list[dict], distortions: Se
                     row[sub] = recalls(ranks[mask])
                 results.append(row)
     return results
+
+
+def shown_queries(task: dict, distortion: str, queries: list[Image.Image], query_vecs: np.ndarray,
+                  image_vecs: np.ndarray, n: int = SHOWN, top: int = 3) -> list[dict]:
+    """`n` evenly spaced queries of the task (of its held-out entities where it has them) with their
+    `top` entities, each shown by its best-scoring index image."""
+    index = task["index"]
+    subsets = task["subsets"] or {}
+    pool = np.flatnonzero(subsets["held-out"]) if "held-out" in subsets else np.arange(len(queries))
+    picks = pool[:: max(1, len(pool) // n)][:n]
+    sims = query_vecs[picks] @ image_vecs.T
+    answers = task.get("answers")
+    out = []
+    for row, i in enumerate(picks):
+        per_entity = sims[row][index.slots]  # (entities, images per entity)
+        best = per_entity.max(-1)
+        accepted = (answers[i] if answers is not None else frozenset()) | {task["truth"][i]}
+        hits = [{"key": index.keys[e], "score": float(best[e]), "right": index.keys[e] in accepted,
+                 "image": index.images[index.slots[e, per_entity[e].argmax()]]} for e in np.argsort(-best)[:top]]
+        out.append({"task": task["name"], "distortion": distortion, "query": queries[i],
+                    "truth": task["truth"][i], "hits": hits})
+    return out
+
+
+def grid(shown: list[dict], names: dict[str, str], out: Path, per_row: int = 3) -> None:
+    """A picture of `shown_queries`: per task, each query (its true entity named under it) and its
+    top entities, framed green where right and red where wrong."""
+    from PIL import ImageDraw, ImageFont
+
+    def font_of(size: int):
+        try:  # DejaVu draws names such as Curaçao; Pillow's own font lacks some letters
+            return ImageFont.truetype("DejaVuSans.ttf", size)
+        except OSError:
+            return ImageFont.load_default(size=size)
+
+    font, big = font_of(10), font_of(13)
+    thumb, cell_w, row_h, head_h = 64, 84, 100, 26
+    block_w = cell_w * 4 + 24
+    tasks_shown = list(dict.fromkeys(s["task"] for s in shown))
+    rows = {t: [s for s in shown if s["task"] == t] for t in tasks_shown}
+    height = sum(head_h + row_h * -(-len(r) // per_row) for r in rows.values()) + 8
+    canvas = Image.new("RGB", (block_w * per_row + 8, height), "white")
+    draw = ImageDraw.Draw(canvas)
+
+    def label(x: int, y: int, text: str, colour=(60, 60, 60)) -> None:
+        draw.text((x, y), text if len(text) <= 12 else text[:11] + "…", fill=colour, font=font)
+
+    y = 4
+    for task, items in rows.items():
+        heading = task.replace("→", "to")  # the default font has no arrow
+        draw.text((6, y + 5), f"{heading} · {items[0]['distortion']} · first three entities", fill="black", font=big)
+        y += head_h
+        for c, s in enumerate(items):
+            x0, y0 = 6 + (c % per_row) * block_w, y + (c // per_row) * row_h
+            canvas.paste(open_rgb(s["query"]).resize((thumb, thumb)), (x0, y0))
+            label(x0, y0 + thumb + 4, names.get(s["truth"], s["truth"]), (0, 0, 0))
+            ax, ay = x0 + thumb + 4, y0 + thumb // 2
+            draw.line((ax, ay, ax + 9, ay), fill="black", width=2)
+            draw.polygon(((ax + 13, ay), (ax + 8, ay - 4), (ax + 8, ay + 4)), fill="black")
+            for h, hit in enumerate(s["hits"]):
+                x = x0 + cell_w * (h + 1)
+                colour = (0, 140, 0) if hit["right"] else (200, 0, 0)
+                draw.rectangle((x - 3, y0 - 3, x + thumb + 2, y0 + thumb + 2), outline=colour, width=3)
+                canvas.paste(open_rgb(hit["image"]).resize((thumb, thumb)), (x, y0))
+                label(x, y0 + thumb + 4, names.get(hit["key"], hit["key"]), colour)
+        y += row_h * -(-len(items) // per_row)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(out)
 
 
 def text_to_entity(emb: ImageEmbedder, entities: list[Entity]) -> dict[str, dict]:
@@ -343,6 +419,10 @@ def markdown(report: dict) -> str:
     lines += ["", "emoji_cross_vendor/trained (and so /all) queries are other distortions of renderings the embedder "
               "trained on: only /held-out meets the issue's condition (queries from renderings not used in training)."]
     lines += ["", "Targets: " + "; ".join(f"{k}: {'met' if v else 'NOT met'}" for k, v in report["targets_met"].items()),
+              "", f"What {methods[0]} found for {SHOWN} evenly spaced queries of each task (held-out entities where "
+              f"the task has them), \"{report['distortions'][-1]}\" distortion: the query with its entity's name, then "
+              "the first three entities, each by its best-scoring index image (green: right, red: wrong).", "",
+              "![queries and the entities found](entity_recognition.png)",
               "", f"## {methods[0]}: recall@1 / @5 / @20 per distortion", "",
               "| task | subset | " + " | ".join(report["distortions"]) + " |",
               "|---|---|" + "---|" * len(report["distortions"])]
@@ -440,7 +520,8 @@ def main(argv: list[str] | None = None) -> dict:
                    **methods}
     methods |= {f"{name} untrained": untrained_clip(name).encode_images, "pixels 32×32": pixels,
                 "colour histogram": histograms}
-    results = run_tasks(methods, tasks(entities, args.quick), distortions, args.seed)
+    shown: list[dict] = []
+    results = run_tasks(methods, tasks(entities, args.quick), distortions, args.seed, shown)
     report = {
         "model": args.model, "trained": trained.trained, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
@@ -460,8 +541,10 @@ def main(argv: list[str] | None = None) -> dict:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "entity_recognition.json").write_text(json.dumps(report, indent=1) + "\n")
     (args.out / "entity_recognition.md").write_text(markdown(report))
+    grid(shown, {e.key: e.name for e in entities}, args.out / "entity_recognition.png")
     print(markdown(report))
-    print(f"wrote {args.out / 'entity_recognition.json'} and {args.out / 'entity_recognition.md'}")
+    print(f"wrote {args.out / 'entity_recognition.json'}, {args.out / 'entity_recognition.md'} and "
+          f"{args.out / 'entity_recognition.png'}")
     return report
 
 

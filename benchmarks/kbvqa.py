@@ -102,8 +102,8 @@ def main() -> None:
         if args.only and name not in args.only:
             continue
         t = time.time()
-        summary = evaluate(rag, examples, args.data / "images",
-                           args.data / f"predictions-{slug(name)}.jsonl", **overrides)
+        summary = evaluate(rag, examples, args.data / "images", args.data / f"predictions-{slug(name)}.jsonl",
+                           page=args.data / f"predictions-{slug(name)}.html", **overrides)
         summary["name"], summary["config"], summary["wall_s"] = name, overrides, round(time.time() - t, 1)
         summary["effective_config"] = asdict(replace(rag.config, **overrides))  # the defaults it ran with too
         rows.append(summary)

@@ -20,7 +20,7 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
-from index.files import atomic_write_text, thumbnail_url
+from index.files import atomic_write_text, html_page, thumbnail_url
 from index.store import Document, Entity, EntityStore, Image, Tag
 from index.tagger.labels import display, keywords
 
@@ -293,17 +293,6 @@ def _thumb(path: Path, size: int = 72) -> str:
     return f'<img src="{thumbnail_url(path, size)}" alt="">'
 
 
-_STYLE = ("<style>body{font-family:sans-serif;margin:1.5em;color:#222}table{border-collapse:collapse}"
-          "td,th{border-bottom:1px solid #ddd;padding:.4em .6em;vertical-align:top;text-align:left}"
-          ".tag{display:inline-block;margin:.1em;padding:.1em .4em;border-radius:.6em;background:#e8f0fe}"
-          ".known{background:#eee;color:#666}.p{color:#666;font-size:.85em}img{margin-right:2px}</style>")
-
-
-def _page(title: str, intro: str, body: str) -> str:
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>{_STYLE}"
-            f"</head><body><h1>{html.escape(title)}</h1><p>{intro}</p>{body}</body></html>\n")
-
-
 def tag_page(suggestions: Sequence[Suggestion], out: Path, tagger_name: str, limit: int = 300) -> Path:
     """A page of suggested tags: each entity's images, its new labels with probabilities, what it has."""
     shown = [s for s in suggestions if s.labels][:limit]
@@ -321,7 +310,7 @@ def tag_page(suggestions: Sequence[Suggestion], out: Path, tagger_name: str, lim
              "reject them with <code>mmkb curate review</code>.")
     body = ("<table><tr><th>images</th><th>entity</th><th>suggested (probability)</th><th>already has</th></tr>"
             + "".join(rows) + "</table>")
-    atomic_write_text(out, _page("Tag suggestions", intro, body))
+    atomic_write_text(out, html_page("Tag suggestions", intro, body))
     return out
 
 
@@ -337,7 +326,7 @@ def duplicate_page(pairs: Sequence[DuplicatePair], out: Path, home: Path, thresh
     intro = (f"{len(pairs)} image pairs at cosine ≥ {threshold} ({cross} between two entities: a shared picture "
              f"or a mislabelled image){f'; first {limit} shown' if len(pairs) > limit else ''}.")
     body = ("<table><tr><th>image</th><th>image</th><th>cosine</th><th>what</th></tr>" + "".join(rows) + "</table>")
-    atomic_write_text(out, _page("Near-duplicate images", intro, body))
+    atomic_write_text(out, html_page("Near-duplicate images", intro, body))
     return out
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import base64
+import html
 import io
 import shutil
 from pathlib import Path
@@ -49,3 +50,16 @@ def thumbnail_url(path: Path, size: int = 72) -> str:
         return ""
     img.thumbnail((size, size))
     return png_data_url(img)
+
+
+PAGE_STYLE = ("<style>body{font-family:sans-serif;margin:1.5em;color:#222}table{border-collapse:collapse}"
+              "td,th{border-bottom:1px solid #ddd;padding:.4em .6em;vertical-align:top;text-align:left}"
+              ".tag{display:inline-block;margin:.1em;padding:.1em .4em;border-radius:.6em;background:#e8f0fe}"
+              ".known{background:#eee;color:#666}.p{color:#666;font-size:.85em}img{margin-right:2px}"
+              ".right{color:#137333}.wrong{color:#a50e0e}img.right{outline:3px solid #137333}</style>")
+
+
+def html_page(title: str, intro: str, body: str) -> str:
+    """A self-contained page (mmkb's curation and evaluation pages): `intro` and `body` are HTML."""
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>{PAGE_STYLE}"
+            f"</head><body><h1>{html.escape(title)}</h1><p>{intro}</p>{body}</body></html>\n")

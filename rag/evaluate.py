@@ -1,16 +1,18 @@
 """KB-VQA evaluation: run the pipeline over an InfoSeek-format file and score it."""
 from __future__ import annotations
 
+import html
 import json
 import re
 import statistics
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
 from tqdm import tqdm
 
-from index.files import atomic_write_text
+from index.files import atomic_write_text, html_page, thumbnail_url
 from index.ingest import image_problem
 from rag.kbvqa.datasets import KBVQAExample, image_path
 from rag.kbvqa.metrics import evqa_accuracy, evqa_scores, infoseek_scores, score_example, split_group
@@ -32,14 +34,16 @@ def prediction_record(ex: KBVQAExample, out: RAGAnswer, correct: bool) -> dict:
 
 
 def evaluate(rag: MMKBRAG, examples: list[KBVQAExample], images_dir: Path, predictions: Path | None = None,
-             show_progress: bool = True, metric: str = "infoseek", **overrides) -> dict:
+             show_progress: bool = True, metric: str = "infoseek", page: Path | None = None, **overrides) -> dict:
     """Predictions for every example, their scores (`metric` "infoseek": per split and InfoSeek's "All";
     "evqa": E-VQA's exact match, not BEM, per question type), retrieval recall, skip rate and latency.
-    Every image is found and decoded before the first question runs (`check_inputs`)."""
+    Every image is found and decoded before the first question runs (`check_inputs`). With `page`, also
+    a page of the questions, wrong answers first (`evaluation_page`)."""
     if metric not in ("infoseek", "evqa"):
         raise ValueError(f"unknown metric {metric!r}; choose infoseek or evqa")
     scorer, scores_of = (evqa_accuracy, evqa_scores) if metric == "evqa" else (score_example, infoseek_scores)
-    paths = check_inputs(examples, images_dir, predictions)
+    paths = check_inputs(examples, images_dir, predictions, page)
+    gamma = getattr(getattr(rag, "config", None), "gamma", 0.5)
     records, preds, latencies = [], {}, []
     for ex, path in tqdm(list(zip(examples, paths)), desc="kb-vqa", disable=not show_progress):
         t = time.perf_counter()
@@ -48,6 +52,7 @@ def evaluate(rag: MMKBRAG, examples: list[KBVQAExample], images_dir: Path, predi
         correct = scorer(out.answer, ex)
         preds[ex.data_id] = out.answer
         rec = prediction_record(ex, out, correct)
+        rec["ret_reason"] = out.image_side_reason(overrides.get("gamma", gamma))
         rec["split"] = split_group(ex.split)
         rec["recall"] = ex.entity_key in rec["retrieved_entities"] if ex.entity_key and out.retrieved else None
         records.append(rec)
@@ -70,17 +75,27 @@ def evaluate(rag: MMKBRAG, examples: list[KBVQAExample], images_dir: Path, predi
     }
     if predictions is not None:
         write_jsonl(records, predictions)
+    if page is not None:
+        def entity_image(keys: Sequence[str]) -> dict[str, Path]:
+            return {k: images[0][1] for k, images in rag.reference.store.entity_images(keys).items() if images}
+
+        evaluation_page(summary, records, examples, paths, page, entity_image, metric)
     return summary
 
 
-def check_inputs(examples: list[KBVQAExample], images_dir: Path, predictions: Path | None = None) -> list[Path]:
+def check_inputs(examples: list[KBVQAExample], images_dir: Path, predictions: Path | None = None,
+                 page: Path | None = None) -> list[Path]:
     """Each example's image file, once every one exists and decodes (a few ms each, against the
-    pipeline's ~100 ms a question) and `predictions` can be a file; else a FileNotFoundError or
-    ValueError that names the question and what to fix, before any question runs."""
+    pipeline's ~100 ms a question) and `predictions` and `page` can be files; else a FileNotFoundError
+    or ValueError that names the question and what to fix, before any question runs."""
     if not examples:
         raise ValueError("no questions to evaluate")
     if predictions is not None and Path(predictions).is_dir():
         raise ValueError(f"the predictions path {predictions} is a folder: give a file, e.g. {Path(predictions) / 'predictions.jsonl'}")
+    if page is not None and predictions is not None and Path(page).resolve() == Path(predictions).resolve():
+        raise ValueError(f"the page and the predictions are both {page}: give the page another path")
+    if page is not None and Path(page).is_dir():
+        raise ValueError(f"the page path {page} is a folder: give a file, e.g. {Path(page) / 'kbvqa.html'}")
     paths = []
     for ex in examples:
         path = image_path(images_dir, ex.image_id)
@@ -111,20 +126,26 @@ def error_sources(records: list[dict], examples: list[KBVQAExample]) -> dict[str
     for r, ex in zip(records, examples):
         if r["data_id"] != ex.data_id:
             raise ValueError(f"record {r['data_id']!r} is not example {ex.data_id!r}: give evaluate's records, in order")
-        if r["correct"]:
-            continue
-        kb_key = KB_KEY.fullmatch(ex.entity_key or "")
-        if not r["retrieved"]:
-            cause = NO_RETRIEVAL
-        elif kb_key is None:
-            cause = NO_KB_KEY
-        elif r["retrieved_entities"][:1] != [ex.entity_key]:
-            cause = NOT_FIRST
-        else:
-            cause = READ_WRONG
-        counts = out.setdefault(kb_key.group(1) if kb_key else "other", dict.fromkeys(ERROR_CAUSES, 0))
-        counts[cause] += 1
+        if (found := error_cause(r, ex)) is not None:
+            kind, cause = found
+            out.setdefault(kind, dict.fromkeys(ERROR_CAUSES, 0))[cause] += 1
     return out
+
+
+def error_cause(record: dict, example: KBVQAExample) -> tuple[str, str] | None:
+    """(entity kind, cause) of a wrong answer (see `error_sources`); None for a right one."""
+    if record["correct"]:
+        return None
+    kb_key = KB_KEY.fullmatch(example.entity_key or "")
+    if not record["retrieved"]:
+        cause = NO_RETRIEVAL
+    elif kb_key is None:
+        cause = NO_KB_KEY
+    elif record["retrieved_entities"][:1] != [example.entity_key]:
+        cause = NOT_FIRST
+    else:
+        cause = READ_WRONG
+    return (kb_key.group(1) if kb_key else "other"), cause
 
 
 def errors_markdown(rows: list[tuple[str, dict[str, dict[str, int]]]]) -> str:
@@ -141,3 +162,80 @@ def errors_markdown(rows: list[tuple[str, dict[str, dict[str, int]]]]) -> str:
 def write_jsonl(records: list[dict], path: Path) -> None:
     """Atomic JSONL write: a temporary file renamed into place (with the usual permissions)."""
     atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in records))
+
+
+def evaluation_page(summary: dict, records: list[dict], examples: list[KBVQAExample], paths: list[Path], out: Path,
+                    entity_image: Callable[[Sequence[str]], dict[str, Path]] | None = None,
+                    metric: str = "infoseek", limit: int = 300, shown_entities: int = 5) -> Path:
+    """A self-contained page of an evaluation (`evaluate`'s summary and records, in the examples' order):
+    the metric table and where the wrong answers come from, then each question (wrong answers first, at
+    most `limit`) with its image, answer and accepted answers, what RET decided, the VLM's tags, the
+    retrieved entities (their first picture through `entity_image`, the question's own entity outlined)
+    and the citations."""
+    def esc(x) -> str:
+        return html.escape(str(x))
+
+    def num(x: float | None, fmt: str = ".3f") -> str:
+        return "–" if x is None else format(x, fmt)
+
+    scores = summary["scores"]
+    groups = ({**scores.get("question_types", {}), "single-hop": scores.get("single_hop", {})} if metric == "evqa"
+              else scores.get("splits", {}))
+    rows = "".join(f"<tr><td>{esc(name or '(none given)')}</td><td>{num(v.get('accuracy'))}</td><td>{v.get('count')}</td></tr>"
+                   for name, v in groups.items())
+    rows += f"<tr><td><b>overall</b></td><td><b>{num(summary['overall'])}</b></td><td>{summary['count']}</td></tr>"
+    if summary.get("all") is not None:
+        rows += f"<tr><td>All (harmonic mean of Unseen-Q and Unseen-E)</td><td>{num(summary['all'])}</td><td></td></tr>"
+    table = f"<table><tr><th>{'question type' if metric == 'evqa' else 'split'}</th><th>accuracy</th><th>count</th></tr>{rows}</table>"
+    kinds = sorted(summary.get("errors", {}))
+    causes = ""
+    if kinds:
+        causes = ("<h2>Where the wrong answers come from</h2><table><tr><th>cause</th>"
+                  + "".join(f"<th>{esc(k)}</th>" for k in kinds) + "</tr>"
+                  + "".join(f"<tr><td>{esc(c)}</td>" + "".join(f"<td>{summary['errors'][k][c]}</td>" for k in kinds) + "</tr>"
+                            for c in ERROR_CAUSES if any(summary["errors"][k][c] for k in kinds)) + "</table>")
+    order = sorted(range(len(records)), key=lambda i: bool(records[i]["correct"]))[:limit]
+    keys = list(dict.fromkeys(k for i in order for k in records[i]["retrieved_entities"][:shown_entities]))
+    pictures = entity_image(keys) if entity_image and keys else {}
+    thumbs = {k: thumbnail_url(p, 40) for k, p in pictures.items()}
+    items = []
+    for i in order:
+        r, ex = records[i], examples[i]
+        verdict = "right" if r["correct"] else "wrong"
+        cause = error_cause(r, ex)
+        if not r["retrieved"]:
+            how = "answered without retrieval" + (f" (P([Ret]) {r['p_ret']:.2f})" if r.get("p_ret") is not None else "")
+        else:
+            how = "retrieved" + (f" (P([Ret]) {r['p_ret']:.2f})" if r.get("p_ret") is not None else "")
+            if r.get("ret_reason"):
+                how += f" because {esc(r['ret_reason'])}"
+            if r.get("confirmed"):
+                how += "; the VLM's own answer, confirmed by the first document read"
+        tags = r.get("semantic_tags") or {}
+        tag_text = " / ".join(esc(t) for t in (tags.get("entity"), tags.get("category")) if t)
+        found = []
+        for k in r["retrieved_entities"][:shown_entities]:
+            own = ' class="right"' if k == ex.entity_key else ""
+            picture = f'<img src="{thumbs[k]}"{own} title="{esc(k)}" alt="">' if thumbs.get(k) else ""
+            found.append(f"{picture}<code{own}>{esc(k)}</code>")
+        cites = "; ".join(f"<code>{esc(c['entity'])}</code> § {c['document_id']}"
+                          + (f" rel {c['relevance']:.2f}" if c.get("relevance") is not None else "")
+                          for c in r.get("citations", []))
+        items.append(
+            f'<tr><td><img src="{thumbnail_url(paths[i], 96)}" alt=""></td>'
+            f"<td>{esc(ex.question)}<br><span class='p'>{esc(ex.data_id)} · {esc(r.get('split') or ex.split)}"
+            f"{f' · entity <code>{esc(ex.entity_key)}</code>' if ex.entity_key else ''}</span></td>"
+            f"<td><b class='{verdict}'>{esc(r['prediction'])}</b><br><span class='p'>accepted: "
+            f"{esc('; '.join(ex.answers[:4]))}{' …' if len(ex.answers) > 4 else ''}</span>"
+            f"{f'<br><span class=wrong>{esc(cause[1])}</span>' if cause else ''}</td>"
+            f"<td>{how}<br><span class='p'>tags: {tag_text or '–'}</span></td>"
+            f"<td>{'<br>'.join(found) or '–'}</td><td class='p'>{cites or '–'}</td></tr>")
+    wrong = sum(1 for r in records if not r["correct"])
+    intro = (f"{summary['count']} questions, {wrong} answered wrong; retrieval recall {num(summary.get('retrieval_recall'))}, "
+             f"skipped retrieval {num(summary.get('skipped_retrieval'), '.2f')}, p50 {num(summary.get('latency_p50_ms'), '.0f')} ms. "
+             f"Wrong answers first{f'; the first {limit} questions shown' if len(records) > limit else ''}."
+             + (" E-VQA accuracy is exact match, not BEM." if metric == "evqa" else ""))
+    body = (table + causes + "<h2>Questions</h2><table><tr><th>image</th><th>question</th><th>answer</th>"
+            "<th>RET and tags</th><th>entities retrieved (the question's own outlined)</th><th>citations</th></tr>"
+            + "".join(items) + "</table>")
+    return atomic_write_text(out, html_page("KB-VQA evaluation", intro, body))

@@ -43,3 +43,20 @@ def test_ranks_accept_any_entity_of_the_group():
     assert index.ranks(query, images, ["A"], [frozenset({"A", "B"})]).tolist() == [0]
     assert index.ranks(query, images, ["A"], [frozenset({"A", "C"})]).tolist() == [1]
     assert index.ranks(query, images, ["B"], [frozenset()]).tolist() == [0]  # the label always counts
+
+
+def test_shown_queries_take_held_out_ones_with_their_best_images(tmp_path):
+    er = _bench()
+    red, blue, green = (Image.new("RGB", (8, 8), c) for c in ("red", "blue", "green"))
+    # entity A has two images (red, blue), B one (green)
+    index = er.EntityIndex(["A", "B"], [red, blue, green], ["A", "A", "B"])
+    images = np.eye(3, dtype=np.float32)
+    task = {"name": "t", "index": index, "truth": ["A", "B", "A"], "answers": None,
+            "subsets": {"held-out": np.array([False, True, True])}}
+    queries = np.array([[1, 0, 0], [0, 0.2, 0.9], [0, 0.9, 0.1]], np.float32)
+    shown = er.shown_queries(task, "clean", [red, green, blue], queries, images, n=5, top=2)
+    assert [s["truth"] for s in shown] == ["B", "A"]  # the held-out queries only
+    assert [(h["key"], h["right"]) for h in shown[0]["hits"]] == [("B", True), ("A", False)]
+    assert shown[1]["hits"][0]["image"] is blue  # A shown by its best-scoring image, not its first
+    er.grid(shown, {"A": "Entity A"}, tmp_path / "grid.png")
+    assert Image.open(tmp_path / "grid.png").size[0] > 100

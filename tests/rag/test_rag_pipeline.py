@@ -115,6 +115,9 @@ def test_eval_command_on_a_hand_written_infoseek_file(rag, tiny_kb, tiny_reader,
     assert ("where the wrong answers come from" in result.output) == wrong
     assert ("entity not a KB key" in result.output) == any(not p["correct"] and p["retrieved"] for p in preds)
     assert out.stat().st_mode & 0o044 == (~os.umask(os.umask(0)) & 0o044)  # the usual permissions, not 0600
+    page = (tmp_path / "pred.html").read_text()  # beside the predictions unless --page says where
+    assert "KB-VQA evaluation" in page and "What is the capital of this country?" in page and "data:image/png" in page
+    assert str(tmp_path / "pred.html") in result.output.replace("\n", "")
     # the spelling: the same three paths as options
     named = CliRunner().invoke(app, ["eval", "kbvqa", "--questions", str(questions), "--images", str(tiny_kb / "images"),
                                      "--predictions", str(tmp_path / "named.jsonl"), "--vlm", str(tiny_reader)])
@@ -154,6 +157,10 @@ def test_eval_command_checks_every_input_before_the_first_question(tiny_kb, tiny
     assert "Traceback" not in broken.output and not (tmp_path / "p.jsonl").exists()
     folder = run([good], images)
     assert folder.exit_code == 2 and "is a folder" in folder.output
+    same = run([good], tmp_path / "p.jsonl", "--page", str(tmp_path / "p.jsonl"))
+    assert same.exit_code == 2 and "both" in same.output and not (tmp_path / "p.jsonl").exists()
+    page_folder = run([good], tmp_path / "p.jsonl", "--page", str(images))
+    assert page_folder.exit_code == 2 and "page path" in page_folder.output
     csv_file = tmp_path / "q.csv"
     csv_file.write_text("question,answer,dataset_image_ids\n")
     swapped = CliRunner().invoke(app, ["eval", "kbvqa", str(csv_file), str(images), str(tmp_path / "p.jsonl"),
@@ -223,6 +230,37 @@ def test_error_sources_name_the_cause_of_each_wrong_answer():
         error_sources(records[::-1], examples)
     with pytest.raises(ValueError, match="in order"):
         error_sources(records[:-1], examples)
+
+def test_evaluation_page_puts_wrong_answers_first_with_their_cause(tiny_kb, tmp_path):
+    from rag.evaluate import error_sources, evaluation_page
+    from rag.kbvqa.datasets import KBVQAExample
+
+    image = tiny_kb / "images" / "btn.png"
+    examples = [KBVQAExample("q-right", "btn", "Capital of <this>?", ["Thimphu"], ["Thimphu"], "val_seen",
+                             entity_key="country:BTN"),
+                KBVQAExample("q-wrong", "btn", "Region?", ["Asia", "Southern Asia"], [], "val_unseen_entity",
+                             entity_key="country:BTN")]
+    records = [{"data_id": "q-right", "prediction": "Thimphu", "correct": True, "retrieved": False, "p_ret": 0.2,
+                "retrieved_entities": [], "semantic_tags": {"entity": "Bhutan", "category": "country"}, "citations": []},
+               {"data_id": "q-wrong", "prediction": "Europe", "correct": False, "retrieved": True, "p_ret": 0.3,
+                "ret_reason": "the image is nearest to country:NPL, which the reader has no facts about",
+                "retrieved_entities": ["country:NPL", "country:BTN"], "semantic_tags": {"entity": "Nepal"},
+                "citations": [{"entity": "country:NPL", "document_id": 7, "relevance": 0.81}]}]
+    summary = {"scores": {"splits": {"seen": {"accuracy": 1.0, "count": 1}, "unseen_entity": {"accuracy": 0.0, "count": 1}}},
+               "overall": 0.5, "all": 0.0, "count": 2, "retrieval_recall": 1.0, "skipped_retrieval": 0.5,
+               "latency_p50_ms": 120.0, "errors": error_sources(records, examples)}
+    pictures = {"country:NPL": tiny_kb / "images" / "npl.png", "country:BTN": image}
+    out = evaluation_page(summary, records, examples, [image, image], tmp_path / "page.html",
+                          lambda keys: {k: pictures[k] for k in keys})
+    page = out.read_text()
+    assert page.index("q-wrong") < page.index("q-right")  # wrong answers first
+    assert "right entity not retrieved first" in page and "Capital of &lt;this&gt;?" in page  # escaped
+    assert '<code class="right">country:BTN</code>' in page and "§ 7 rel 0.81" in page
+    assert "answered without retrieval (P([Ret]) 0.20)" in page and page.count("data:image/png") == 4
+    assert "retrieved (P([Ret]) 0.30) because the image is nearest to country:NPL" in page
+    short = evaluation_page(summary, records, examples, [image, image], tmp_path / "short.html", limit=1).read_text()
+    assert "q-wrong" in short and "q-right" not in short and "the first 1 questions shown" in short
+
 
 def test_ask_command_json(rag, tiny_kb, tiny_reader, tmp_path):
     from api.cli import app
