@@ -85,7 +85,9 @@ def index_search(text: Optional[str] = None, image: Optional[Path] = None,
                  kind: Annotated[Optional[list[str]], typer.Option(help="only these entity kinds")] = None,
                  clip_text: Annotated[bool, typer.Option(help="also match --text against the images (CLIP text tower)")] = False,
                  tag: Annotated[Optional[list[str]], typer.Option(help="only entities with this accepted tag")] = None,
-                 as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+                 as_json: Annotated[bool, typer.Option("--json")] = False,
+                 page: Annotated[Optional[Path], typer.Option(
+                     show_default=False, help="also write the hits as a page, with each one's best-matching picture")] = None) -> None:
     """Entities matching a text and/or image query."""
     from index.search import IndexNotBuiltError, ReferenceIndex, unknown_kinds
 
@@ -94,6 +96,8 @@ def index_search(text: Optional[str] = None, image: Optional[Path] = None,
         _fail("give --text (not empty) and/or --image")
     if image is not None:
         readable_image(image)
+    if page is not None and page.is_dir():
+        _fail(f"the page path {page} is a folder: give a file, e.g. {page / 'search.html'}")
     ref = ReferenceIndex.from_settings()
     if why := unknown_kinds(kind, list(ref.store.kinds())):
         _fail(why)
@@ -106,6 +110,8 @@ def index_search(text: Optional[str] = None, image: Optional[Path] = None,
         hits = ref.search(text=text, image=image, k=k, kinds=kind, keys=keys, text_to_image=clip_text)
     except IndexNotBuiltError as err:
         _fail(str(err))
+    if page is not None:
+        _search_page(page, hits, ref.store.home, text, image)
     if as_json:
         print(json.dumps([_hit_json(h) for h in hits], ensure_ascii=False, indent=2))
         return
@@ -114,6 +120,20 @@ def index_search(text: Optional[str] = None, image: Optional[Path] = None,
         m = h.matches[0]
         table.add_row(str(rank), escape(h.key), escape(h.name), f"{h.score:.3f}", escape(m.text or m.path or ""))
     stdout().print(table)
+
+
+def _search_page(out: Path, hits: list, home: Path, text: str | None, image: Path | None) -> None:
+    import html
+
+    from api.demo import hit_rows
+    from index.files import atomic_write_text, html_page, thumbnail_url
+
+    asked = [f'<img src="{thumbnail_url(image, 96)}" alt=""> <code>{html.escape(str(image))}</code>'] if image else []
+    asked += [f"“{html.escape(text)}”"] if text else []
+    body = ("<table><tr><th>#</th><th>entity</th><th>name</th><th>score</th><th>best match</th></tr>"
+            + hit_rows(hits, home) + "</table>")
+    atomic_write_text(out, html_page("mmkb search", f"{len(hits)} entities for " + " and ".join(asked), body))
+    console.print(f"page written to {out}")
 
 
 def _hit_json(hit) -> dict:

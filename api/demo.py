@@ -45,7 +45,9 @@ def ensure_index(ref: ReferenceIndex, rebuild: bool = False) -> None:
         ref.build(stale)
 
 
-def _rows(hits: list[EntityHit], home: Path, expected: str | None) -> str:
+def hit_rows(hits: list[EntityHit], home: Path, expected: str | None = None) -> str:
+    """Table rows of search hits: rank, key, name, score and the best match (its picture, or its text);
+    the `expected` entity's row is marked."""
     out = []
     for rank, h in enumerate(hits, 1):
         best = max(h.matches, key=lambda m: m.score)
@@ -200,7 +202,7 @@ def render_page(results: list[dict], home: Path, meta: dict, answers: list[dict]
         query = (f'<img src="{thumbnail_url(r["image"], 96)}"> (expected <code>{r["expected"]}</code>)'
                  if r.get("image") else f"“{html.escape(r['text'])}”")
         blocks.append(f"<h2>{query}</h2><p>{r['ms']:.0f} ms</p><table><tr><th>#</th><th>entity</th><th>name</th>"
-                      f"<th>score</th><th>best match</th></tr>{_rows(r['hits'], home, r.get('expected'))}</table>")
+                      f"<th>score</th><th>best match</th></tr>{hit_rows(r['hits'], home, r.get('expected'))}</table>")
     info = " · ".join(f"{k}: {html.escape(str(v))}" for k, v in meta.items())
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>mmkb sample searches</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;color:#222}}

@@ -56,7 +56,8 @@ PAGE_STYLE = ("<style>body{font-family:sans-serif;margin:1.5em;color:#222}table{
               "td,th{border-bottom:1px solid #ddd;padding:.4em .6em;vertical-align:top;text-align:left}"
               ".tag{display:inline-block;margin:.1em;padding:.1em .4em;border-radius:.6em;background:#e8f0fe}"
               ".known{background:#eee;color:#666}.p{color:#666;font-size:.85em}img{margin-right:2px}"
-              ".right{color:#137333}.wrong{color:#a50e0e}img.right{outline:3px solid #137333}</style>")
+              ".right{color:#137333}.wrong{color:#a50e0e}img.right{outline:3px solid #137333}"
+              "tr.hit{background:#e6f4ea}img{vertical-align:middle}</style>")
 
 
 def html_page(title: str, intro: str, body: str) -> str:

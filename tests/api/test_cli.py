@@ -23,6 +23,10 @@ def test_ingest_build_search_stats(home, tiny_kb):
     assert hits[0]["key"] == "country:BTN" and hits[0]["name"] == "Bhutan"
     assert hits[0]["matched"]["text"] == "The capital of Bhutan is Thimphu."
     assert set(hits[0]) >= {"key", "name", "kind", "score", "matched"}
+    paged = runner.invoke(app, ["index", "search", "--text", "Thimphu", "-k", "2", "--page", str(home / "s.html")])
+    assert paged.exit_code == 0, paged.output
+    page = (home / "s.html").read_text()
+    assert "“Thimphu”" in page and "<code>country:BTN</code>" in page and "The capital of Bhutan is Thimphu." in page
     stats = json.loads(runner.invoke(app, ["index", "stats", "--json"]).stdout)
     assert stats["counts"]["entities"] == 3 and stats["indexes"]["text"]["count"] == 4
 
@@ -57,6 +61,8 @@ def test_search_refuses_empty_text_unreadable_images_unknown_kinds_and_k_0(home,
     planet = runner.invoke(app, ["index", "search", "--text", "Thimphu", "--kind", "planet"], env={"COLUMNS": "300"})
     assert planet.exit_code == 2 and "'planet'" in planet.output and "country" in planet.output
     assert runner.invoke(app, ["index", "search", "--text", "Thimphu", "-k", "0"]).exit_code == 2
+    folder = runner.invoke(app, ["index", "search", "--text", "Thimphu", "--page", str(tmp_path)], env={"COLUMNS": "300"})
+    assert folder.exit_code == 2 and "is a folder" in folder.output
 
 
 def test_messages_print_user_data_as_given(home, tiny_kb):
