@@ -5,7 +5,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.markup import escape
@@ -14,6 +14,9 @@ from rich.table import Table
 from api.console import console, stdout
 from api.console import fail as _fail, readable_image
 from index.clip import DEFAULT_CONFIG
+
+if TYPE_CHECKING:
+    from index.search import EntityHit
 
 app = typer.Typer(help="mmkb: multimodal knowledge-based retrieval-augmented generation.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -122,17 +125,16 @@ def index_search(text: Optional[str] = None, image: Optional[Path] = None,
     stdout().print(table)
 
 
-def _search_page(out: Path, hits: list, home: Path, text: str | None, image: Path | None) -> None:
+def _search_page(out: Path, hits: list[EntityHit], home: Path, text: str | None, image: Path | None) -> None:
     import html
 
-    from api.demo import hit_rows
+    from api.demo import hit_table
     from index.files import atomic_write_text, html_page, thumbnail_url
 
     asked = [f'<img src="{thumbnail_url(image, 96)}" alt=""> <code>{html.escape(str(image))}</code>'] if image else []
     asked += [f"“{html.escape(text)}”"] if text else []
-    body = ("<table><tr><th>#</th><th>entity</th><th>name</th><th>score</th><th>best match</th></tr>"
-            + hit_rows(hits, home) + "</table>")
-    atomic_write_text(out, html_page("mmkb search", f"{len(hits)} entities for " + " and ".join(asked), body))
+    found = f"{len(hits)} {'entity' if len(hits) == 1 else 'entities'} for " + " and ".join(asked)
+    atomic_write_text(out, html_page("mmkb search", found, hit_table(hits, home)))
     console.print(f"page written to {out}")
 
 
@@ -332,7 +334,7 @@ def eval_kbvqa(questions_path: Annotated[Optional[Path], typer.Argument(metavar=
     The three paths go as arguments (QUESTIONS IMAGES PREDICTIONS) or as --questions, --images and
     --predictions (arguments fill the paths no option names, in that order); images are
     IMAGES/<image_id>.png or .jpg."""
-    from rag.evaluate import evaluate
+    from rag.evaluate import cause_rows, evaluate, metric_rows
     from rag.kbvqa.datasets import read_evqa, read_infoseek
 
     questions, images, predictions = _paths_given(
@@ -362,28 +364,17 @@ def eval_kbvqa(questions_path: Annotated[Optional[Path], typer.Argument(metavar=
     def num(x: float | None, fmt: str = ".3f") -> str:
         return "–" if x is None else format(x, fmt)
 
-    scores = summary["scores"]
-    if evqa:  # E-VQA's BERT answer-equivalence model cannot be had offline: its exact match stands in
-        table = Table("question type", "accuracy (exact match, not BEM)", "count")
-        groups = {**scores["question_types"], "single-hop (all but 2_hop)": scores["single_hop"]}
-    else:
-        table = Table("split", "accuracy", "count")
-        groups = scores["splits"]
-    for name, v in groups.items():
-        table.add_row(escape(name) or "(none given)", num(v.get("accuracy")), str(v.get("count")))
-    table.add_row("overall", num(summary["overall"]), str(summary["count"]))
-    if not evqa:
-        table.add_row("All (HM of unseen Q/E)", num(summary["all"]), "")
+    # E-VQA's BERT answer-equivalence model cannot be had offline: its exact match stands in
+    table = (Table("question type", "accuracy (exact match, not BEM)", "count") if evqa
+             else Table("split", "accuracy", "count"))
+    for label, accuracy, count in metric_rows(summary, "evqa" if evqa else "infoseek"):
+        table.add_row(escape(label), num(accuracy), "" if count is None else str(count))
     stdout().print(table)
     if summary["errors"]:
-        from rag.evaluate import ERROR_CAUSES
-
-        kinds = sorted(summary["errors"])
+        kinds, rows = cause_rows(summary["errors"])
         causes = Table("where the wrong answers come from", *kinds)
-        for cause in ERROR_CAUSES:
-            if any(summary["errors"][k][cause] for k in kinds):
-                causes.add_row(cause, *(str(summary["errors"][k][cause]) for k in kinds))
-        causes.add_row("wrong answers", *(str(sum(summary["errors"][k].values())) for k in kinds))
+        for cause, counts in rows:
+            causes.add_row(cause, *map(str, counts))
         stdout().print(causes)
     console.print(f"retrieval recall {num(summary['retrieval_recall'])}, skipped retrieval "
                   f"{num(summary['skipped_retrieval'], '.2f')}, p50 {num(summary['latency_p50_ms'], '.0f')} ms; "

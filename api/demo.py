@@ -45,10 +45,10 @@ def ensure_index(ref: ReferenceIndex, rebuild: bool = False) -> None:
         ref.build(stale)
 
 
-def hit_rows(hits: list[EntityHit], home: Path, expected: str | None = None) -> str:
-    """Table rows of search hits: rank, key, name, score and the best match (its picture, or its text);
+def hit_table(hits: list[EntityHit], home: Path, expected: str | None = None) -> str:
+    """A table of search hits: rank, key, name, score and the best match (its picture, or its text);
     the `expected` entity's row is marked."""
-    out = []
+    out = ["<table><tr><th>#</th><th>entity</th><th>name</th><th>score</th><th>best match</th></tr>"]
     for rank, h in enumerate(hits, 1):
         best = max(h.matches, key=lambda m: m.score)
         shown = (f'<img src="{thumbnail_url(home / best.path, 48)}">' if best.path
@@ -56,7 +56,7 @@ def hit_rows(hits: list[EntityHit], home: Path, expected: str | None = None) -> 
         mark = ' class="hit"' if h.key == expected else ""
         out.append(f"<tr{mark}><td>{rank}</td><td><code>{html.escape(h.key)}</code></td>"
                    f"<td>{html.escape(h.name)}</td><td>{h.score:.3f}</td><td>{shown}</td></tr>")
-    return "\n".join(out)
+    return "\n".join(out) + "</table>"
 
 
 QUESTIONS = [("country:BTN", "What is the capital of this country?"),
@@ -201,8 +201,7 @@ def render_page(results: list[dict], home: Path, meta: dict, answers: list[dict]
     for r in results:
         query = (f'<img src="{thumbnail_url(r["image"], 96)}"> (expected <code>{r["expected"]}</code>)'
                  if r.get("image") else f"“{html.escape(r['text'])}”")
-        blocks.append(f"<h2>{query}</h2><p>{r['ms']:.0f} ms</p><table><tr><th>#</th><th>entity</th><th>name</th>"
-                      f"<th>score</th><th>best match</th></tr>{hit_rows(r['hits'], home, r.get('expected'))}</table>")
+        blocks.append(f"<h2>{query}</h2><p>{r['ms']:.0f} ms</p>{hit_table(r['hits'], home, r.get('expected'))}")
     info = " · ".join(f"{k}: {html.escape(str(v))}" for k, v in meta.items())
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>mmkb sample searches</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;color:#222}}

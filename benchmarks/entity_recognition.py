@@ -36,6 +36,7 @@ import os
 import platform
 import shlex
 import sys
+import textwrap
 import time
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -219,12 +220,12 @@ def _queries(rows: list[dict]) -> dict:
 
 
 def run_tasks(methods: dict[str, Method], task_list: list[dict], distortions: Sequence[str],
-              seed: int, shown: list[dict] | None = None) -> list[dict]:
-    """Recall rows per task, distortion and method; with `shown` (a list), also what the first method
-    found for a few queries of each task at the last distortion (`shown_queries`), for `grid`."""
+              seed: int) -> tuple[list[dict], list[dict]]:
+    """Recall rows per task, distortion and method, and what the first method found for a few queries
+    of each task at the last distortion (`shown_queries`, for `grid`)."""
     encoders = {m: enc if isinstance(enc, tuple) else (enc, enc) for m, enc in methods.items()}
-    first = next(iter(encoders))
-    results = []
+    first = next(iter(encoders), None)
+    results, shown = [], []
     for task in task_list:
         index_vecs = {m: enc[0](task["index"].images) for m, enc in encoders.items()}
         for d in tqdm(distortions, desc=task["name"][:40], leave=False):
@@ -232,7 +233,7 @@ def run_tasks(methods: dict[str, Method], task_list: list[dict], distortions: Se
             for m, enc in encoders.items():
                 query_vecs = enc[1](queries)
                 scores = task["index"].scores(query_vecs, index_vecs[m])
-                if shown is not None and m == first and d == distortions[-1]:
+                if m == first and d == distortions[-1]:
                     shown += shown_queries(task, d, queries, query_vecs, index_vecs[m])
                 ranks = task["index"].rank_in(scores, task["truth"], task.get("answers"))
                 row = {"task": task["name"], "domain": task["domain"], "distortion": d, "method": m,
@@ -242,7 +243,7 @@ def run_tasks(methods: dict[str, Method], task_list: list[dict], distortions: Se
                 for sub, mask in (task["subsets"] or {}).items():
                     row[sub] = recalls(ranks[mask])
                 results.append(row)
-    return results
+    return results, shown
 
 
 def shown_queries(task: dict, distortion: str, queries: list[Image.Image], query_vecs: np.ndarray,
@@ -252,7 +253,9 @@ def shown_queries(task: dict, distortion: str, queries: list[Image.Image], query
     index = task["index"]
     subsets = task["subsets"] or {}
     pool = np.flatnonzero(subsets["held-out"]) if "held-out" in subsets else np.arange(len(queries))
-    picks = pool[:: max(1, len(pool) // n)][:n]
+    if not len(pool):
+        return []
+    picks = pool[np.unique(np.linspace(0, len(pool) - 1, min(n, len(pool))).round().astype(int))]
     sims = query_vecs[picks] @ image_vecs.T
     answers = task.get("answers")
     out = []
@@ -276,10 +279,13 @@ def grid(shown: list[dict], names: dict[str, str], out: Path, per_row: int = 3) 
         try:  # DejaVu draws names such as Curaçao; Pillow's own font lacks some letters
             return ImageFont.truetype("DejaVuSans.ttf", size)
         except OSError:
-            return ImageFont.load_default(size=size)
+            try:
+                return ImageFont.load_default(size=size)
+            except TypeError:  # Pillow before 10.1: one small bitmap font
+                return ImageFont.load_default()
 
     font, big = font_of(10), font_of(13)
-    thumb, cell_w, row_h, head_h = 64, 84, 100, 26
+    thumb, cell_w, row_h, head_h = 64, 84, 106, 26
     block_w = cell_w * 4 + 24
     tasks_shown = list(dict.fromkeys(s["task"] for s in shown))
     rows = {t: [s for s in shown if s["task"] == t] for t in tasks_shown}
@@ -287,8 +293,10 @@ def grid(shown: list[dict], names: dict[str, str], out: Path, per_row: int = 3) 
     canvas = Image.new("RGB", (block_w * per_row + 8, height), "white")
     draw = ImageDraw.Draw(canvas)
 
-    def label(x: int, y: int, text: str, colour=(60, 60, 60)) -> None:
-        draw.text((x, y), text if len(text) <= 12 else text[:11] + "…", fill=colour, font=font)
+    def label(x: int, y: int, text: str, colour=(60, 60, 60), width: int = 13) -> None:
+        """`text` in at most two lines of `width` characters under a picture."""
+        lines = textwrap.wrap(text, width, break_long_words=True, max_lines=2, placeholder="…")
+        draw.multiline_text((x, y), "\n".join(lines), fill=colour, font=font, spacing=1)
 
     y = 4
     for task, items in rows.items():
@@ -418,12 +426,13 @@ def markdown(report: dict) -> str:
                   "flags/strict counts only the query's own label."]
     lines += ["", "emoji_cross_vendor/trained (and so /all) queries are other distortions of renderings the embedder "
               "trained on: only /held-out meets the issue's condition (queries from renderings not used in training)."]
-    lines += ["", "Targets: " + "; ".join(f"{k}: {'met' if v else 'NOT met'}" for k, v in report["targets_met"].items()),
-              "", f"What {methods[0]} found for {SHOWN} evenly spaced queries of each task (held-out entities where "
-              f"the task has them), \"{report['distortions'][-1]}\" distortion: the query with its entity's name, then "
-              "the first three entities, each by its best-scoring index image (green: right, red: wrong).", "",
-              "![queries and the entities found](entity_recognition.png)",
-              "", f"## {methods[0]}: recall@1 / @5 / @20 per distortion", "",
+    lines += ["", "Targets: " + "; ".join(f"{k}: {'met' if v else 'NOT met'}" for k, v in report["targets_met"].items())]
+    if report.get("shown_queries"):
+        lines += ["", f"What {methods[0]} found for {SHOWN} evenly spaced queries of each task (held-out entities "
+                  f"where the task has them), \"{report['distortions'][-1]}\" distortion: the query with its entity's "
+                  "name, then the first three entities, each by its best-scoring index image (green: right, red: wrong).",
+                  "", "![queries and the entities found](entity_recognition.png)"]
+    lines += ["", f"## {methods[0]}: recall@1 / @5 / @20 per distortion", "",
               "| task | subset | " + " | ".join(report["distortions"]) + " |",
               "|---|---|" + "---|" * len(report["distortions"])]
     rows: dict[tuple[str, str], dict[str, str]] = {}
@@ -520,14 +529,13 @@ def main(argv: list[str] | None = None) -> dict:
                    **methods}
     methods |= {f"{name} untrained": untrained_clip(name).encode_images, "pixels 32×32": pixels,
                 "colour histogram": histograms}
-    shown: list[dict] = []
-    results = run_tasks(methods, tasks(entities, args.quick), distortions, args.seed, shown)
+    results, shown = run_tasks(methods, tasks(entities, args.quick), distortions, args.seed)
     report = {
         "model": args.model, "trained": trained.trained, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}",
         "command": "python benchmarks/entity_recognition.py " + " ".join(map(shlex.quote, argv or sys.argv[1:])),
         "distortions": distortions, "methods": list(methods), "targets": TARGETS,
-        "summary": summarise(results, list(methods)), "results": results,
+        "summary": summarise(results, list(methods)), "results": results, "shown_queries": len(shown),
         "text_to_entity": {args.model: text_to_entity(trained, entities),
                            f"{name} untrained": text_to_entity(untrained_clip(name), entities)},
         "image_size": trained.model.visual.image_size,
@@ -541,7 +549,8 @@ def main(argv: list[str] | None = None) -> dict:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "entity_recognition.json").write_text(json.dumps(report, indent=1) + "\n")
     (args.out / "entity_recognition.md").write_text(markdown(report))
-    grid(shown, {e.key: e.name for e in entities}, args.out / "entity_recognition.png")
+    if shown:
+        grid(shown, {e.key: e.name for e in entities}, args.out / "entity_recognition.png")
     print(markdown(report))
     print(f"wrote {args.out / 'entity_recognition.json'}, {args.out / 'entity_recognition.md'} and "
           f"{args.out / 'entity_recognition.png'}")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import html
 import json
+import os
 import re
 import statistics
 import time
@@ -90,12 +91,12 @@ def check_inputs(examples: list[KBVQAExample], images_dir: Path, predictions: Pa
     or ValueError that names the question and what to fix, before any question runs."""
     if not examples:
         raise ValueError("no questions to evaluate")
-    if predictions is not None and Path(predictions).is_dir():
-        raise ValueError(f"the predictions path {predictions} is a folder: give a file, e.g. {Path(predictions) / 'predictions.jsonl'}")
-    if page is not None and predictions is not None and Path(page).resolve() == Path(predictions).resolve():
-        raise ValueError(f"the page and the predictions are both {page}: give the page another path")
-    if page is not None and Path(page).is_dir():
-        raise ValueError(f"the page path {page} is a folder: give a file, e.g. {Path(page) / 'kbvqa.html'}")
+    if predictions is not None:
+        check_writable(predictions, "predictions", "predictions.jsonl")
+    if page is not None:
+        if predictions is not None and Path(page).resolve() == Path(predictions).resolve():
+            raise ValueError(f"the page and the predictions are both {page}: give the page another path")
+        check_writable(page, "page", "kbvqa.html")
     paths = []
     for ex in examples:
         path = image_path(images_dir, ex.image_id)
@@ -103,6 +104,19 @@ def check_inputs(examples: list[KBVQAExample], images_dir: Path, predictions: Pa
             raise ValueError(f"question {ex.data_id}: {why}")
         paths.append(path)
     return paths
+
+
+def check_writable(path: Path, what: str, example: str) -> None:
+    """A ValueError unless a file can be written at `path` (its folders made as needed): not a folder
+    itself, and its nearest existing folder is a writable folder, not a file."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"the {what} path {path} is a folder: give a file, e.g. {path / example}")
+    nearest = next(p for p in path.absolute().parents if p.exists())
+    if not nearest.is_dir():
+        raise ValueError(f"the {what} path {path} cannot be made: {nearest} is a file, not a folder")
+    if not os.access(nearest, os.W_OK | os.X_OK):
+        raise ValueError(f"the {what} path {path} cannot be written: {nearest} is not writable")
 
 
 NO_RETRIEVAL = "answered without retrieval"
@@ -130,6 +144,27 @@ def error_sources(records: list[dict], examples: list[KBVQAExample]) -> dict[str
             kind, cause = found
             out.setdefault(kind, dict.fromkeys(ERROR_CAUSES, 0))[cause] += 1
     return out
+
+
+def metric_rows(summary: dict, metric: str = "infoseek") -> list[tuple[str, float | None, int | None]]:
+    """(label, accuracy, count) rows of `evaluate`'s metric table, as `mmkb eval kbvqa` prints it and
+    its page shows it: per split (InfoSeek) or question type (E-VQA, exact match), overall, and
+    InfoSeek's "All"."""
+    scores = summary["scores"]
+    groups = ({**scores["question_types"], "single-hop (all but 2_hop)": scores["single_hop"]} if metric == "evqa"
+              else scores["splits"])
+    rows = [(name or "(none given)", v.get("accuracy"), v.get("count")) for name, v in groups.items()]
+    rows.append(("overall", summary["overall"], summary["count"]))
+    if metric != "evqa":
+        rows.append(("All (HM of unseen Q/E)", summary["all"], None))
+    return rows
+
+
+def cause_rows(errors: dict[str, dict[str, int]]) -> tuple[list[str], list[tuple[str, list[int]]]]:
+    """The entity kinds of `error_sources`'s counts and one row per cause that occurs, then the total."""
+    kinds = sorted(errors)
+    rows = [(cause, [errors[k][cause] for k in kinds]) for cause in ERROR_CAUSES if any(errors[k][cause] for k in kinds)]
+    return kinds, rows + [("wrong answers", [sum(errors[k].values()) for k in kinds])]
 
 
 def error_cause(record: dict, example: KBVQAExample) -> tuple[str, str] | None:
@@ -168,74 +203,83 @@ def evaluation_page(summary: dict, records: list[dict], examples: list[KBVQAExam
                     entity_image: Callable[[Sequence[str]], dict[str, Path]] | None = None,
                     metric: str = "infoseek", limit: int = 300, shown_entities: int = 5) -> Path:
     """A self-contained page of an evaluation (`evaluate`'s summary and records, in the examples' order):
-    the metric table and where the wrong answers come from, then each question (wrong answers first, at
-    most `limit`) with its image, answer and accepted answers, what RET decided, the VLM's tags, the
-    retrieved entities (their first picture through `entity_image`, the question's own entity outlined)
-    and the citations."""
-    def esc(x) -> str:
-        return html.escape(str(x))
-
-    def num(x: float | None, fmt: str = ".3f") -> str:
-        return "–" if x is None else format(x, fmt)
-
-    scores = summary["scores"]
-    groups = ({**scores.get("question_types", {}), "single-hop": scores.get("single_hop", {})} if metric == "evqa"
-              else scores.get("splits", {}))
-    rows = "".join(f"<tr><td>{esc(name or '(none given)')}</td><td>{num(v.get('accuracy'))}</td><td>{v.get('count')}</td></tr>"
-                   for name, v in groups.items())
-    rows += f"<tr><td><b>overall</b></td><td><b>{num(summary['overall'])}</b></td><td>{summary['count']}</td></tr>"
-    if summary.get("all") is not None:
-        rows += f"<tr><td>All (harmonic mean of Unseen-Q and Unseen-E)</td><td>{num(summary['all'])}</td><td></td></tr>"
-    table = f"<table><tr><th>{'question type' if metric == 'evqa' else 'split'}</th><th>accuracy</th><th>count</th></tr>{rows}</table>"
-    kinds = sorted(summary.get("errors", {}))
-    causes = ""
-    if kinds:
-        causes = ("<h2>Where the wrong answers come from</h2><table><tr><th>cause</th>"
-                  + "".join(f"<th>{esc(k)}</th>" for k in kinds) + "</tr>"
-                  + "".join(f"<tr><td>{esc(c)}</td>" + "".join(f"<td>{summary['errors'][k][c]}</td>" for k in kinds) + "</tr>"
-                            for c in ERROR_CAUSES if any(summary["errors"][k][c] for k in kinds)) + "</table>")
+    the metric table and where the wrong answers come from, then the questions, wrong answers first (at
+    most `limit`), each with its image, answer and accepted answers, what RET decided, the VLM's tags,
+    the first `shown_entities` retrieved entities (a picture of each through `entity_image`, the
+    question's own entity outlined) and the citations."""
     order = sorted(range(len(records)), key=lambda i: bool(records[i]["correct"]))[:limit]
     keys = list(dict.fromkeys(k for i in order for k in records[i]["retrieved_entities"][:shown_entities]))
     pictures = entity_image(keys) if entity_image and keys else {}
     thumbs = {k: thumbnail_url(p, 40) for k, p in pictures.items()}
-    items = []
-    for i in order:
-        r, ex = records[i], examples[i]
-        verdict = "right" if r["correct"] else "wrong"
-        cause = error_cause(r, ex)
-        if not r["retrieved"]:
-            how = "answered without retrieval" + (f" (P([Ret]) {r['p_ret']:.2f})" if r.get("p_ret") is not None else "")
-        else:
-            how = "retrieved" + (f" (P([Ret]) {r['p_ret']:.2f})" if r.get("p_ret") is not None else "")
-            if r.get("ret_reason"):
-                how += f" because {esc(r['ret_reason'])}"
-            if r.get("confirmed"):
-                how += "; the VLM's own answer, confirmed by the first document read"
-        tags = r.get("semantic_tags") or {}
-        tag_text = " / ".join(esc(t) for t in (tags.get("entity"), tags.get("category")) if t)
-        found = []
-        for k in r["retrieved_entities"][:shown_entities]:
-            own = ' class="right"' if k == ex.entity_key else ""
-            picture = f'<img src="{thumbs[k]}"{own} title="{esc(k)}" alt="">' if thumbs.get(k) else ""
-            found.append(f"{picture}<code{own}>{esc(k)}</code>")
-        cites = "; ".join(f"<code>{esc(c['entity'])}</code> § {c['document_id']}"
-                          + (f" rel {c['relevance']:.2f}" if c.get("relevance") is not None else "")
-                          for c in r.get("citations", []))
-        items.append(
-            f'<tr><td><img src="{thumbnail_url(paths[i], 96)}" alt=""></td>'
-            f"<td>{esc(ex.question)}<br><span class='p'>{esc(ex.data_id)} · {esc(r.get('split') or ex.split)}"
-            f"{f' · entity <code>{esc(ex.entity_key)}</code>' if ex.entity_key else ''}</span></td>"
-            f"<td><b class='{verdict}'>{esc(r['prediction'])}</b><br><span class='p'>accepted: "
-            f"{esc('; '.join(ex.answers[:4]))}{' …' if len(ex.answers) > 4 else ''}</span>"
-            f"{f'<br><span class=wrong>{esc(cause[1])}</span>' if cause else ''}</td>"
-            f"<td>{how}<br><span class='p'>tags: {tag_text or '–'}</span></td>"
-            f"<td>{'<br>'.join(found) or '–'}</td><td class='p'>{cites or '–'}</td></tr>")
+    rows = "".join(_question_row(records[i], examples[i], paths[i], thumbs, shown_entities) for i in order)
     wrong = sum(1 for r in records if not r["correct"])
-    intro = (f"{summary['count']} questions, {wrong} answered wrong; retrieval recall {num(summary.get('retrieval_recall'))}, "
-             f"skipped retrieval {num(summary.get('skipped_retrieval'), '.2f')}, p50 {num(summary.get('latency_p50_ms'), '.0f')} ms. "
-             f"Wrong answers first{f'; the first {limit} questions shown' if len(records) > limit else ''}."
+    intro = (f"{summary['count']} questions, {wrong} answered wrong; retrieval recall {_num(summary.get('retrieval_recall'))}, "
+             f"skipped retrieval {_num(summary.get('skipped_retrieval'), '.2f')}, "
+             f"p50 {_num(summary.get('latency_p50_ms'), '.0f')} ms. Wrong answers first"
+             f"{f'; the first {limit} of {len(records)} questions shown' if len(records) > limit else ''}."
              + (" E-VQA accuracy is exact match, not BEM." if metric == "evqa" else ""))
-    body = (table + causes + "<h2>Questions</h2><table><tr><th>image</th><th>question</th><th>answer</th>"
-            "<th>RET and tags</th><th>entities retrieved (the question's own outlined)</th><th>citations</th></tr>"
-            + "".join(items) + "</table>")
+    body = (_metric_table(summary, metric) + _cause_table(summary.get("errors") or {})
+            + "<h2>Questions</h2><table><tr><th>image</th><th>question</th><th>answer</th><th>RET and tags</th>"
+            f"<th>first {shown_entities} entities retrieved (the question's own outlined)</th><th>citations</th></tr>"
+            + rows + "</table>")
     return atomic_write_text(out, html_page("KB-VQA evaluation", intro, body))
+
+
+def _num(x: float | None, fmt: str = ".3f") -> str:
+    return "–" if x is None else format(x, fmt)
+
+
+def _metric_table(summary: dict, metric: str) -> str:
+    head = "question type" if metric == "evqa" else "split"
+    rows = "".join(f"<tr><td>{html.escape(label)}</td><td>{_num(acc)}</td><td>{'' if n is None else n}</td></tr>"
+                   for label, acc, n in metric_rows(summary, metric))
+    return f"<table><tr><th>{head}</th><th>accuracy</th><th>count</th></tr>{rows}</table>"
+
+
+def _cause_table(errors: dict[str, dict[str, int]]) -> str:
+    if not errors:
+        return ""
+    kinds, rows = cause_rows(errors)
+    head = "".join(f"<th>{html.escape(k)}</th>" for k in kinds)
+    body = "".join(f"<tr><td>{html.escape(cause)}</td>" + "".join(f"<td>{n}</td>" for n in counts) + "</tr>"
+                   for cause, counts in rows)
+    return f"<h2>Where the wrong answers come from</h2><table><tr><th>cause</th>{head}</tr>{body}</table>"
+
+
+def _accepted(ex: KBVQAExample, shown: int = 4) -> str:
+    """The accepted answers as people read them, with InfoSeek's numeric ranges."""
+    answers = "; ".join(ex.answers[:shown]) + (" …" if len(ex.answers) > shown else "")
+    ranges = [f"{lo:g}–{hi:g}" for e in ex.answer_eval if isinstance(e, dict) and (r := e.get("range"))
+              for lo, hi in [r]]
+    return html.escape(answers + (f" (range {', '.join(ranges)})" if ranges else ""))
+
+
+def _question_row(r: dict, ex: KBVQAExample, image: Path, thumbs: dict[str, str], shown_entities: int) -> str:
+    """One question of the page: image, question, answer against the accepted ones, RET, entities, citations."""
+    esc = html.escape
+    where = " · ".join(x for x in (esc(ex.data_id), esc(r.get("split") or ex.split or ""),
+                                   f"entity <code>{esc(ex.entity_key)}</code>" if ex.entity_key else "") if x)
+    cause = error_cause(r, ex)
+    verdict = f"<br><span class='wrong'>{esc(cause[1])}</span>" if cause else ""
+    p_ret = f" (P([Ret]) {r['p_ret']:.2f})" if r.get("p_ret") is not None else ""
+    how = ("retrieved" if r["retrieved"] else "answered without retrieval") + p_ret
+    if r.get("ret_reason"):
+        how += f" because {esc(r['ret_reason'])}"
+    if r.get("confirmed"):
+        how += "; the VLM's own answer, confirmed by the first document read"
+    tags = r.get("semantic_tags") or {}
+    tag_text = " / ".join(esc(str(t)) for t in (tags.get("entity"), tags.get("category")) if t) or "–"
+    found = []
+    for k in r["retrieved_entities"][:shown_entities]:
+        own = ' class="right"' if k == ex.entity_key else ""
+        picture = f'<img src="{thumbs[k]}"{own} title="{esc(k)}" alt="">' if thumbs.get(k) else ""
+        found.append(f"{picture}<code{own}>{esc(k)}</code>")
+    cites = "; ".join(f"<code>{esc(c['entity'])}</code> § {c['document_id']}"
+                      + (f" P([Rel]) {c['relevance']:.2f}" if c.get("relevance") is not None else "")
+                      for c in r.get("citations", []))
+    return (f'<tr><td><img src="{thumbnail_url(image, 96)}" alt=""></td>'
+            f"<td>{esc(ex.question)}<br><span class='p'>{where}</span></td>"
+            f"<td><b class='{'right' if r['correct'] else 'wrong'}'>{esc(str(r['prediction']))}</b><br>"
+            f"<span class='p'>accepted: {_accepted(ex)}</span>{verdict}</td>"
+            f"<td>{how}<br><span class='p'>tags: {tag_text}</span></td>"
+            f"<td>{'<br>'.join(found) or '–'}</td><td class='p'>{cites or '–'}</td></tr>")

@@ -99,3 +99,15 @@ def test_the_command_line_turns_off_transformers_loading_bars(home, monkeypatch)
     monkeypatch.delenv("HF_HUB_DISABLE_PROGRESS_BARS", raising=False)
     runner.invoke(app, ["index", "stats", "--json"])
     assert os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1"
+
+
+def test_image_search_page_shows_the_query_and_each_hit_s_picture(home, tiny_kb):
+    assert runner.invoke(app, ["index", "ingest", str(tiny_kb)]).exit_code == 0
+    built = runner.invoke(app, ["index", "build", "--modality", "image"])
+    assert built.exit_code == 0, built.output
+    query = tiny_kb / "images" / "btn.png"
+    result = runner.invoke(app, ["index", "search", "--image", str(query), "-k", "1", "--page", str(home / "p.html")])
+    assert result.exit_code == 0, result.output
+    page = (home / "p.html").read_text()
+    assert "1 entity for <img" in page and f"<code>{query}</code>" in page and "<code>country:BTN</code>" in page
+    assert page.count("data:image/png") == 2  # the query and the hit's best-matching picture

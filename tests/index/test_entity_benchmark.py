@@ -59,4 +59,32 @@ def test_shown_queries_take_held_out_ones_with_their_best_images(tmp_path):
     assert [(h["key"], h["right"]) for h in shown[0]["hits"]] == [("B", True), ("A", False)]
     assert shown[1]["hits"][0]["image"] is blue  # A shown by its best-scoring image, not its first
     er.grid(shown, {"A": "Entity A"}, tmp_path / "grid.png")
-    assert Image.open(tmp_path / "grid.png").size[0] > 100
+    picture = np.asarray(Image.open(tmp_path / "grid.png").convert("RGB"))
+    assert picture.shape[0] > 64 and picture.shape[1] > 3 * 64
+    assert (np.abs(picture.astype(int) - (0, 140, 0)).sum(-1) == 0).any()  # a right hit's green frame
+    assert (np.abs(picture.astype(int) - (200, 0, 0)).sum(-1) == 0).any()  # a wrong hit's red frame
+    no_held_out = {**task, "subsets": {"held-out": np.zeros(3, bool)}}
+    assert er.shown_queries(no_held_out, "clean", [red, green, blue], queries, images) == []
+    every = {**task, "subsets": None}  # flags: no held-out subset, every query is a candidate
+    picks = [s["truth"] for s in er.shown_queries(every, "clean", [red, green, blue], queries, images, n=2)]
+    assert picks == ["A", "A"]  # the first and the last query, evenly spaced
+
+
+def test_run_tasks_shows_the_first_method_at_the_last_distortion():
+    er = _bench()
+    blank = Image.new("RGB", (4, 4))
+    index = er.EntityIndex(["A", "B"], [blank, blank], ["A", "B"])
+    task = {"name": "t", "domain": "d", "index": index, "queries": [blank, blank], "truth": ["A", "B"],
+            "subsets": None}
+    calls = []
+
+    def method(tag):
+        def encode(images):
+            calls.append(tag)
+            return np.eye(2, dtype=np.float32)[: len(images)]
+        return encode
+
+    results, shown = er.run_tasks({"first": method("first"), "second": method("second")}, [task],
+                                  ["clean", "blur"], seed=0)
+    assert len(results) == 2 * 2 and len(shown) == 2  # two queries of the one task, once
+    assert {s["distortion"] for s in shown} == {"blur"} and all(s["hits"][0]["right"] for s in shown)

@@ -161,6 +161,9 @@ def test_eval_command_checks_every_input_before_the_first_question(tiny_kb, tiny
     assert same.exit_code == 2 and "both" in same.output and not (tmp_path / "p.jsonl").exists()
     page_folder = run([good], tmp_path / "p.jsonl", "--page", str(images))
     assert page_folder.exit_code == 2 and "page path" in page_folder.output
+    under_a_file = run([good], tmp_path / "p.jsonl", "--page", str(images / "btn.png" / "page.html"))
+    assert under_a_file.exit_code == 2 and "is a file, not a folder" in under_a_file.output
+    assert not (tmp_path / "p.jsonl").exists()  # refused before any question ran
     csv_file = tmp_path / "q.csv"
     csv_file.write_text("question,answer,dataset_image_ids\n")
     swapped = CliRunner().invoke(app, ["eval", "kbvqa", str(csv_file), str(images), str(tmp_path / "p.jsonl"),
@@ -231,6 +234,7 @@ def test_error_sources_name_the_cause_of_each_wrong_answer():
     with pytest.raises(ValueError, match="in order"):
         error_sources(records[:-1], examples)
 
+
 def test_evaluation_page_puts_wrong_answers_first_with_their_cause(tiny_kb, tmp_path):
     from rag.evaluate import error_sources, evaluation_page
     from rag.kbvqa.datasets import KBVQAExample
@@ -255,11 +259,19 @@ def test_evaluation_page_puts_wrong_answers_first_with_their_cause(tiny_kb, tmp_
     page = out.read_text()
     assert page.index("q-wrong") < page.index("q-right")  # wrong answers first
     assert "right entity not retrieved first" in page and "Capital of &lt;this&gt;?" in page  # escaped
-    assert '<code class="right">country:BTN</code>' in page and "§ 7 rel 0.81" in page
+    assert '<code class="right">country:BTN</code>' in page and "§ 7 P([Rel]) 0.81" in page
     assert "answered without retrieval (P([Ret]) 0.20)" in page and page.count("data:image/png") == 4
     assert "retrieved (P([Ret]) 0.30) because the image is nearest to country:NPL" in page
     short = evaluation_page(summary, records, examples, [image, image], tmp_path / "short.html", limit=1).read_text()
-    assert "q-wrong" in short and "q-right" not in short and "the first 1 questions shown" in short
+    assert "q-wrong" in short and "q-right" not in short and "the first 1 of 2 questions shown" in short
+    numeric = [replace(examples[0], answers=["38394"], answer_eval=[{"wikidata": 38394, "range": [34555, 42233]}])]
+    ranged = evaluation_page(summary, records[:1], numeric, [image], tmp_path / "n.html").read_text()
+    assert "accepted: 38394 (range 34555–42233)" in ranged
+    evqa = {**summary, "all": None, "scores": {"question_types": {"templated": {"accuracy": 0.5, "count": 2}},
+                                                "single_hop": {"accuracy": 0.5, "count": 2}}}
+    e_page = evaluation_page(evqa, records, examples, [image, image], tmp_path / "e.html", metric="evqa").read_text()
+    assert "question type" in e_page and "single-hop (all but 2_hop)" in e_page and "not BEM" in e_page
+    assert "All (HM" not in e_page
 
 
 def test_ask_command_json(rag, tiny_kb, tiny_reader, tmp_path):
