@@ -2,6 +2,7 @@
 checkpoints (random weights), a tiny trained reader."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import uuid
@@ -14,6 +15,18 @@ from PIL import Image, ImageDraw
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 PG_URL = os.environ.get("MMKB_TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture
+def benchmark_module():
+    """Load a benchmark script (`benchmarks/<name>.py`, not a package) as a module, to test its parts."""
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    return load
 
 
 @pytest.fixture

@@ -1,20 +1,8 @@
 """The entity-recognition benchmark's scoring: pictures shared by several entities."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 from PIL import Image
-
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "entity_recognition.py"
-
-
-def _bench():
-    spec = importlib.util.spec_from_file_location("entity_recognition", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _tricolour(colours) -> Image.Image:
@@ -24,8 +12,8 @@ def _tricolour(colours) -> Image.Image:
     return img
 
 
-def test_same_picture_groups_identical_queries_only():
-    er = _bench()
+def test_same_picture_groups_identical_queries_only(benchmark_module):
+    er = benchmark_module("entity_recognition")
     france = _tricolour([(0, 35, 149), (255, 255, 255), (237, 41, 57)])
     italy = _tricolour([(0, 146, 70), (255, 255, 255), (206, 43, 55)])
     groups = er.same_picture([france, italy, france.copy()], ["country:FRA", "country:ITA", "country:BLM"])
@@ -33,8 +21,8 @@ def test_same_picture_groups_identical_queries_only():
     assert groups[1] == {"country:ITA"}
 
 
-def test_ranks_accept_any_entity_of_the_group():
-    er = _bench()
+def test_ranks_accept_any_entity_of_the_group(benchmark_module):
+    er = benchmark_module("entity_recognition")
     blank = Image.new("RGB", (4, 4))
     index = er.EntityIndex(["A", "B", "C"], [blank] * 3, ["A", "B", "C"])
     images = np.eye(3, dtype=np.float32)
@@ -45,8 +33,8 @@ def test_ranks_accept_any_entity_of_the_group():
     assert index.ranks(query, images, ["B"], [frozenset()]).tolist() == [0]  # the label always counts
 
 
-def test_shown_queries_take_held_out_ones_with_their_best_images(tmp_path):
-    er = _bench()
+def test_shown_queries_take_held_out_ones_with_their_best_images(benchmark_module, tmp_path):
+    er = benchmark_module("entity_recognition")
     red, blue, green = (Image.new("RGB", (8, 8), c) for c in ("red", "blue", "green"))
     # entity A has two images (red, blue), B one (green)
     index = er.EntityIndex(["A", "B"], [red, blue, green], ["A", "A", "B"])
@@ -70,8 +58,8 @@ def test_shown_queries_take_held_out_ones_with_their_best_images(tmp_path):
     assert picks == ["A", "A"]  # the first and the last query, evenly spaced
 
 
-def test_run_tasks_shows_the_first_method_at_the_last_distortion():
-    er = _bench()
+def test_run_tasks_shows_the_first_method_at_the_last_distortion(benchmark_module):
+    er = benchmark_module("entity_recognition")
     blank = Image.new("RGB", (4, 4))
     index = er.EntityIndex(["A", "B"], [blank, blank], ["A", "B"])
     task = {"name": "t", "domain": "d", "index": index, "queries": [blank, blank], "truth": ["A", "B"],

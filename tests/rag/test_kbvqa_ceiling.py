@@ -1,21 +1,9 @@
 """The KB-VQA ceiling analysis: which of naive RAG's wrong answers a better choice could fix."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "kbvqa_ceiling.py"
-
-
-def _bench():
-    spec = importlib.util.spec_from_file_location("kbvqa_ceiling", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_ceilings_count_what_a_perfect_ret_and_a_perfect_choice_fix():
-    cb = _bench()
+def test_ceilings_count_what_a_perfect_ret_and_a_perfect_choice_fix(benchmark_module):
+    cb = benchmark_module("kbvqa_ceiling")
     questions = {f"q{i}": {"entity_key": key, "data_split": "seen"} for i, key in
                  enumerate(["country:A", "country:B", "emoji:C", "emoji:D", "emoji:E", "emoji:F"])}
 
