@@ -281,7 +281,7 @@ def grid(shown: list[dict], names: dict[str, str], out: Path, per_row: int = 3) 
         except OSError:
             try:
                 return ImageFont.load_default(size=size)
-            except TypeError:  # Pillow before 10.1: one small bitmap font
+            except (TypeError, ImportError, OSError):  # Pillow before 10.1, or without FreeType: a bitmap font
                 return ImageFont.load_default()
 
     font, big = font_of(10), font_of(13)

@@ -88,7 +88,8 @@ def markdown(report: dict, names: dict[str, str]) -> str:
               "| question | split | right entity | entity tag (confidence) |", "|---|---|---|---|"]
     for r in report["second_to_kth"]:
         conf = f"{r['confidence']:.2f}" if r["confidence"] is not None else "–"
-        lines.append(f"| {r['data_id']} | {r['split']} | {names.get(r['entity'], r['entity'])} | {r['tag']} ({conf}) |")
+        cells = [r["data_id"], r["split"], names.get(r["entity"], r["entity"]), f"{r['tag']} ({conf})"]
+        lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines) + "\n"
 
 

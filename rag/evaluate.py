@@ -213,7 +213,8 @@ def evaluation_page(summary: dict, records: list[dict], examples: list[KBVQAExam
     thumbs = {k: thumbnail_url(p, 40) for k, p in pictures.items()}
     rows = "".join(_question_row(records[i], examples[i], paths[i], thumbs, shown_entities) for i in order)
     wrong = sum(1 for r in records if not r["correct"])
-    intro = (f"{summary['count']} questions, {wrong} answered wrong; retrieval recall {_num(summary.get('retrieval_recall'))}, "
+    questions = f"{summary['count']} question{'' if summary['count'] == 1 else 's'}"
+    intro = (f"{questions}, {wrong} answered wrong; retrieval recall {_num(summary.get('retrieval_recall'))}, "
              f"skipped retrieval {_num(summary.get('skipped_retrieval'), '.2f')}, "
              f"p50 {_num(summary.get('latency_p50_ms'), '.0f')} ms. Wrong answers first"
              f"{f'; the first {limit} of {len(records)} questions shown' if len(records) > limit else ''}."
@@ -249,7 +250,10 @@ def _cause_table(errors: dict[str, dict[str, int]]) -> str:
 def _accepted(ex: KBVQAExample, shown: int = 4) -> str:
     """The accepted answers as people read them, with InfoSeek's numeric ranges."""
     answers = "; ".join(ex.answers[:shown]) + (" …" if len(ex.answers) > shown else "")
-    ranges = [f"{lo:g}–{hi:g}" for e in ex.answer_eval if isinstance(e, dict) and (r := e.get("range"))
+    def number(x: float) -> str:
+        return f"{x:.0f}" if float(x).is_integer() else format(x, ".15g")
+
+    ranges = [f"{number(lo)}–{number(hi)}" for e in ex.answer_eval if isinstance(e, dict) and (r := e.get("range"))
               for lo, hi in [r]]
     return html.escape(answers + (f" (range {', '.join(ranges)})" if ranges else ""))
 
@@ -274,7 +278,7 @@ def _question_row(r: dict, ex: KBVQAExample, image: Path, thumbs: dict[str, str]
         own = ' class="right"' if k == ex.entity_key else ""
         picture = f'<img src="{thumbs[k]}"{own} title="{esc(k)}" alt="">' if thumbs.get(k) else ""
         found.append(f"{picture}<code{own}>{esc(k)}</code>")
-    cites = "; ".join(f"<code>{esc(c['entity'])}</code> § {c['document_id']}"
+    cites = "; ".join(f"<code>{esc(c['entity'])}</code> § {esc(str(c['document_id']))}"
                       + (f" P([Rel]) {c['relevance']:.2f}" if c.get("relevance") is not None else "")
                       for c in r.get("citations", []))
     return (f'<tr><td><img src="{thumbnail_url(image, 96)}" alt=""></td>'
