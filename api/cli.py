@@ -334,7 +334,7 @@ def eval_kbvqa(questions_path: Annotated[Optional[Path], typer.Argument(metavar=
     The three paths go as arguments (QUESTIONS IMAGES PREDICTIONS) or as --questions, --images and
     --predictions (arguments fill the paths no option names, in that order); images are
     IMAGES/<image_id>.png or .jpg."""
-    from rag.evaluate import cause_rows, evaluate, metric_rows
+    from rag.evaluate import cause_rows, evaluate, metric_rows, number_text
     from rag.kbvqa.datasets import read_evqa, read_infoseek
 
     questions, images, predictions = _paths_given(
@@ -361,14 +361,11 @@ def eval_kbvqa(questions_path: Annotated[Optional[Path], typer.Argument(metavar=
     except (FileNotFoundError, ValueError) as err:
         _fail(str(err))
 
-    def num(x: float | None, fmt: str = ".3f") -> str:
-        return "–" if x is None else format(x, fmt)
-
     # E-VQA's BERT answer-equivalence model cannot be had offline: its exact match stands in
     table = (Table("question type", "accuracy (exact match, not BEM)", "count") if evqa
              else Table("split", "accuracy", "count"))
     for label, accuracy, count in metric_rows(summary, "evqa" if evqa else "infoseek"):
-        table.add_row(escape(label), num(accuracy), "" if count is None else str(count))
+        table.add_row(escape(label), number_text(accuracy), "" if count is None else str(count))
     stdout().print(table)
     if summary["errors"]:
         kinds, rows = cause_rows(summary["errors"])
@@ -376,8 +373,9 @@ def eval_kbvqa(questions_path: Annotated[Optional[Path], typer.Argument(metavar=
         for cause, counts in rows:
             causes.add_row(cause, *map(str, counts))
         stdout().print(causes)
-    console.print(f"retrieval recall {num(summary['retrieval_recall'])}, skipped retrieval "
-                  f"{num(summary['skipped_retrieval'], '.2f')}, p50 {num(summary['latency_p50_ms'], '.0f')} ms; "
+    console.print(f"retrieval recall {number_text(summary['retrieval_recall'])}, skipped retrieval "
+                  f"{number_text(summary['skipped_retrieval'], '.2f')}, "
+                  f"p50 {number_text(summary['latency_p50_ms'], '.0f')} ms; "
                   f"predictions written to {predictions}, the page to {page}")
 
 

@@ -214,9 +214,10 @@ def evaluation_page(summary: dict, records: list[dict], examples: list[KBVQAExam
     rows = "".join(_question_row(records[i], examples[i], paths[i], thumbs, shown_entities) for i in order)
     wrong = sum(1 for r in records if not r["correct"])
     questions = f"{summary['count']} question{'' if summary['count'] == 1 else 's'}"
-    intro = (f"{questions}, {wrong} answered wrong; retrieval recall {_num(summary.get('retrieval_recall'))}, "
-             f"skipped retrieval {_num(summary.get('skipped_retrieval'), '.2f')}, "
-             f"p50 {_num(summary.get('latency_p50_ms'), '.0f')} ms. Wrong answers first"
+    intro = (f"{questions}, {wrong} answered wrong; "
+             f"retrieval recall {number_text(summary.get('retrieval_recall'))}, "
+             f"skipped retrieval {number_text(summary.get('skipped_retrieval'), '.2f')}, "
+             f"p50 {number_text(summary.get('latency_p50_ms'), '.0f')} ms. Wrong answers first"
              f"{f'; the first {limit} of {len(records)} questions shown' if len(records) > limit else ''}."
              + (" E-VQA accuracy is exact match, not BEM." if metric == "evqa" else ""))
     body = (_metric_table(summary, metric) + _cause_table(summary.get("errors") or {})
@@ -226,13 +227,19 @@ def evaluation_page(summary: dict, records: list[dict], examples: list[KBVQAExam
     return atomic_write_text(out, html_page("KB-VQA evaluation", intro, body))
 
 
-def _num(x: float | None, fmt: str = ".3f") -> str:
+def number_text(x: float | None, fmt: str = ".3f") -> str:
+    """A metric as the table and the page show it: "–" where there is none."""
     return "–" if x is None else format(x, fmt)
+
+
+def _whole_or_exact(x: float) -> str:
+    return f"{x:.0f}" if float(x).is_integer() else format(x, ".15g")
 
 
 def _metric_table(summary: dict, metric: str) -> str:
     head = "question type" if metric == "evqa" else "split"
-    rows = "".join(f"<tr><td>{html.escape(label)}</td><td>{_num(acc)}</td><td>{'' if n is None else n}</td></tr>"
+    rows = "".join(f"<tr><td>{html.escape(label)}</td><td>{number_text(acc)}</td>"
+                   f"<td>{'' if n is None else n}</td></tr>"
                    for label, acc, n in metric_rows(summary, metric))
     return f"<table><tr><th>{head}</th><th>accuracy</th><th>count</th></tr>{rows}</table>"
 
@@ -250,10 +257,7 @@ def _cause_table(errors: dict[str, dict[str, int]]) -> str:
 def _accepted(ex: KBVQAExample, shown: int = 4) -> str:
     """The accepted answers as people read them, with InfoSeek's numeric ranges."""
     answers = "; ".join(ex.answers[:shown]) + (" …" if len(ex.answers) > shown else "")
-    def number(x: float) -> str:
-        return f"{x:.0f}" if float(x).is_integer() else format(x, ".15g")
-
-    ranges = [f"{number(lo)}–{number(hi)}" for e in ex.answer_eval if isinstance(e, dict) and (r := e.get("range"))
+    ranges = [f"{_whole_or_exact(lo)}–{_whole_or_exact(hi)}" for e in ex.answer_eval if isinstance(e, dict) and (r := e.get("range"))
               for lo, hi in [r]]
     return html.escape(answers + (f" (range {', '.join(ranges)})" if ranges else ""))
 
