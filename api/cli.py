@@ -213,10 +213,12 @@ def train_clip(minutes: float = 45.0, steps: Optional[int] = None, config: str =
 @train_app.command("vlm")
 def train_vlm(read_steps: int = 900, tag_steps: int = 300, out: Optional[Path] = None,
               threads: Optional[int] = None, resume: bool = True, init_from: Optional[Path] = None,
-              trim_common: int = 8000, seed: int = 0, drawn_fraction: float = 0.25) -> None:
+              trim_common: int = 1996, seed: int = 0, drawn_fraction: float = 0.25) -> None:
     """Fine-tune mmkb-reader on worldkb, self-label RET/SRT/MCT from its own answers, train the tags.
     --init-from continues from an export (e.g. the shipped one after the image embedder changed);
-    --trim-common 0 keeps the text encoder's whole vocabulary (see rag/vlm/trim.py);
+    --trim-common N: the export's text encoder keeps the KB's word pieces and those below id N (the
+    default keeps no other common words; mmkb reads the rest from the installed text model, rag/vlm/trim.py),
+    0 its whole vocabulary;
     --drawn-fraction: share of image views redrawn as flat outlined icons, as the embedder trains."""
     from rag.vlm.train import CHECKPOINT, train_vlm as train
 

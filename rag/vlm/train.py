@@ -35,6 +35,7 @@ from rag.kbvqa.datasets import answer_parts
 from rag.kbvqa.questions import QUESTION_TYPES, TYPES, Question, answer_sentence, iter_questions, load_records
 from rag.vlm.inputs import best_span, make_batch, span_targets
 from rag.vlm.reader import DIMG, DOC, IMG, ReaderConfig, build_reader, save_reader
+from rag.vlm.trim import FIRST_WORD
 
 ROOT = Path(__file__).resolve().parents[2]
 CHECKPOINT = Path(__file__).parent / "checkpoints" / "mmkb-reader"
@@ -67,7 +68,7 @@ class TrainConfig:
     threads: int | None = None
     save_every_s: float = 240.0
     init_from: str | None = None  # warm start: an mmkb-reader export whose weights fit this data
-    trim_common: int = 8000  # export: keep these common word pieces + the KB's (rag.vlm.trim); 0 keeps all
+    trim_common: int = FIRST_WORD  # export: the KB's pieces + those below this id (rag.vlm.trim); 0 keeps all
     notes: dict = field(default_factory=dict)
 
 
@@ -542,7 +543,7 @@ def export_setup(export: Path) -> tuple[dict, TrainConfig]:
 
 def train_vlm(read_steps: int = 900, tag_steps: int = 300, out: str = str(CHECKPOINT),
               run_dir: str = str(ROOT / "runs" / "vlm"), entity_limit: int | None = None, threads: int | None = None,
-              resume: bool = True, seed: int = 0, init_from: str | None = None, trim_common: int = 8000,
+              resume: bool = True, seed: int = 0, init_from: str | None = None, trim_common: int = FIRST_WORD,
               drawn_fraction: float = 0.25) -> Path:
     cfg = TrainConfig(out=out, run_dir=run_dir, read_steps=read_steps, tag_steps=tag_steps,
                       entity_limit=entity_limit, threads=threads, seed=seed, init_from=init_from,

@@ -59,3 +59,42 @@ def test_expand_restores_the_full_vocabulary_with_the_fine_tuned_rows():
     base, _ = load_text_encoder("all-MiniLM-L6-v2")
     z = full.convert_tokens_to_ids("zeppelin")
     assert torch.equal(table[z], base.get_input_embeddings().weight[z])
+
+
+def test_a_trimmed_export_trims_again_and_reads_as_before(tiny_reader, tmp_path):
+    """Re-trimming keeps fewer common words; mmkb reads the rows it dropped from the pretrained model."""
+    import json
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from rag.vlm.trim import trim_checkpoint
+
+    export = tmp_path / "reader"
+    shutil.copytree(tiny_reader, export)
+    first = len(AutoTokenizer.from_pretrained(str(export / "encoder")))
+    before, after = trim_checkpoint(export, common=3000)  # more common words than the fixture kept
+    assert before == first and after > first
+    before, after = trim_checkpoint(export, common=0)  # none: characters and the KB's pieces only, as exported
+    assert after == first
+    assert json.loads((export / "encoder" / "config.json").read_text())["mmkb_trimmed"]["common"] == 0
+    model, tok = load_reader(export)
+    ref, ref_tok = load_reader(tiny_reader)
+    assert tok.get_vocab() == ref_tok.get_vocab()
+    kept = tok.convert_tokens_to_ids(["capital", "currency"])  # pieces of the KB: their fine-tuned rows
+    assert torch.equal(model.encoder.get_input_embeddings().weight[kept],
+                       ref.encoder.get_input_embeddings().weight[kept])
+
+
+def test_trimming_needs_the_text_model_to_put_dropped_rows_back(tiny_reader, tmp_path):
+    import shutil
+
+    import pytest
+
+    from rag.vlm.trim import trim_checkpoint
+
+    export = tmp_path / "reader"
+    shutil.copytree(tiny_reader, export)
+    (export / "config.json").unlink()
+    with pytest.raises(ValueError, match="does not name the text model"):
+        trim_checkpoint(export)
