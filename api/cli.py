@@ -18,7 +18,7 @@ from index.clip import DEFAULT_CONFIG
 if TYPE_CHECKING:
     from index.search import EntityHit
 
-app = typer.Typer(help="mmkb: multimodal knowledge-based retrieval-augmented generation.",
+app = typer.Typer(help="mmkb: multimodal knowledge-based retrieval-augmented generation.", rich_markup_mode="markdown",
                   no_args_is_help=True, pretty_exceptions_enable=False)
 data_app = typer.Typer(help="Build the starter KB from registry packages.", no_args_is_help=True)
 index_app = typer.Typer(help="Ingest, build, search and inspect the reference index.", no_args_is_help=True)
@@ -49,7 +49,18 @@ def build_worldkb(out: Path = Path("index/worldkb/data"),
 
 @index_app.command("ingest")
 def index_ingest(folder: Path, manifest: Optional[Path] = None) -> None:
-    """Ingest a KB folder with manifest.jsonl or manifest.csv (see index/ingest.py for the format)."""
+    """Ingest a KB folder with manifest.jsonl or manifest.csv; image paths are relative to FOLDER.
+
+    manifest.jsonl, one entity a line: {"key": "country:BTN", "name": "Bhutan", "kind": "country",
+    "aliases": ["Kingdom of Bhutan"], "sections": [{"heading": "capital", "text": "The capital of Bhutan
+    is Thimphu."}], "images": [{"path": "images/BTN.png", "source": "...", "license": "..."}],
+    "tags": ["asia"]}; other fields are kept as attributes.
+
+    manifest.csv, one section or image a row, rows with the same key merge: columns key, name, kind,
+    aliases (joined with |), heading, text, image.
+
+    Re-ingesting is idempotent; a bad line is reported with its file and line and left out, the rest is
+    stored. Then run `mmkb index build` so searches see the new entities."""
     from index.ingest import IngestError, ingest_folder
     from index.store import EntityStore
 
@@ -59,7 +70,7 @@ def index_ingest(folder: Path, manifest: Optional[Path] = None) -> None:
     except IngestError as err:
         _fail(str(err))
     for problem in report.problems:
-        console.print(f"[yellow]skipped[/] {escape(str(problem))}")
+        console.print(f"[yellow]skipped {problem.skipped}[/] {escape(str(problem))}")
     console.print(f"entities added {report.added}, updated {report.updated}, unchanged {report.unchanged}; "
                   f"images added {report.images_added}; problems {len(report.problems)}; "
                   f"database {store.url}")
@@ -113,6 +124,8 @@ def index_search(text: Optional[str] = None, image: Optional[Path] = None,
         hits = ref.search(text=text, image=image, k=k, kinds=kind, keys=keys, text_to_image=clip_text)
     except IndexNotBuiltError as err:
         _fail(str(err))
+    for note in ref.stale():
+        console.print(f"[yellow]note:[/] {escape(note)}")
     if page is not None:
         _search_page(page, hits, ref.store.home, text, image)
     if as_json:
@@ -121,7 +134,8 @@ def index_search(text: Optional[str] = None, image: Optional[Path] = None,
     table = Table("rank", "entity", "name", "score", "best match")
     for rank, h in enumerate(hits, 1):
         m = h.matches[0]
-        table.add_row(str(rank), escape(h.key), escape(h.name), f"{h.score:.3f}", escape(m.text or m.path or ""))
+        best = m.text or (f"{m.style or 'an'} image, {ref.store.home / m.path}" if m.path else "")
+        table.add_row(str(rank), escape(h.key), escape(h.name), f"{h.score:.3f}", escape(best))
     stdout().print(table)
 
 
@@ -160,7 +174,20 @@ def index_stats(as_json: Annotated[bool, typer.Option("--json")] = False) -> Non
     if as_json:
         print(json.dumps(stats, indent=2, default=str))
         return
-    stdout().print_json(json.dumps(stats, default=str))
+    out = stdout()
+    out.print(f"database {escape(store.url)}")
+    out.print("  ".join(f"{name} {n}" for name, n in stats["counts"].items()))
+    out.print("kinds: " + (", ".join(f"{escape(k)} {n}" for k, n in sorted(stats["kinds"].items()))
+                           or "none yet (mmkb demo, or mmkb index ingest FOLDER)"))
+    table = Table("index", "vectors", "type", "dim", "embedder", "built")
+    for modality, v in stats["indexes"].items():
+        table.add_row(modality, *(("–",) * 5 if v is None else
+                                  (str(v["count"]), v["kind"], str(v["dim"]), escape(v["embedder"]), str(v["created_at"])[:19])))
+    out.print(table)
+    from index.search import ReferenceIndex
+
+    for note in ReferenceIndex(store).stale():
+        console.print(f"[yellow]note:[/] {escape(note)}")
 
 
 def _version_json(v) -> dict | None:
@@ -192,9 +219,9 @@ def train_clip(minutes: float = 45.0, steps: Optional[int] = None, config: str =
                    help="also train on the icon concepts in this folder (built by `python -m index.clip.icons DIR`)")] = None,
                icon_share: float = 0.4) -> None:
     """Train the shipped open_clip embedder on worldkb (contrastive, image↔text and image↔image).
-    On a GPU: --device cuda --workers <spare CPU cores> (augmentation runs in the data-loading processes).
+    On a GPU: --device cuda --workers N, N the spare CPU cores (augmentation runs in the data-loading processes).
     Fine-tune the shipped weights: --init-from mmkb-clip-tiny-64 --lr 5e-4. Weights of another input size
-    warm-start a model too (--config mmkb-clip-tiny-64 --init-from <32 px mmkb-clip-tiny weights>: the
+    warm-start a model too (--config mmkb-clip-tiny-64 --init-from WEIGHTS of the 32 px mmkb-clip-tiny: the
     convolutions carry over; only the attention pool's positions are resized).
     --resize-mode squash (default) fits the whole image into the square input; shortest is open_clip's
     centre crop. --icons DIR adds everyday icon concepts drawn by several icon sets as extra classes."""
@@ -249,7 +276,7 @@ def _rag(mode: str, ret: bool, srt: bool, mct: bool, vlm: Optional[str], familia
 
 
 @app.command("ask")
-def ask(image_arg: Annotated[Optional[Path], typer.Argument(metavar="[IMAGE]", show_default=False)] = None,
+def ask(image_arg: Annotated[Optional[str], typer.Argument(metavar="[IMAGE]", show_default=False)] = None,
         question_arg: Annotated[Optional[str], typer.Argument(metavar="[QUESTION]", show_default=False)] = None,
         image: Annotated[Optional[Path], typer.Option("--image", help="the image (or give it first)")] = None,
         question: Annotated[Optional[str], typer.Option("--question", help="the question (or give it second)")] = None,
@@ -267,15 +294,29 @@ def ask(image_arg: Annotated[Optional[Path], typer.Argument(metavar="[IMAGE]", s
     mmkb ask --image P --question Q, or mmkb ask P Q."""
     from index.search import IndexNotBuiltError
 
-    image, question = image or image_arg, question or question_arg
-    if image is None or not question:
-        _fail("give an image and a question: mmkb ask --image P --question \"What is the capital of this country?\"")
+    how = "mmkb ask --image P --question \"What is the capital of this country?\", or mmkb ask P \"…\""
+    given = [a for a in (image_arg, question_arg) if a is not None]  # arguments fill what no option names
+    if image is None and given:
+        image = Path(given.pop(0))
+    if question is None and given:
+        question = given.pop(0)
+    if given:
+        _fail(f"the image and the question were each given already, so {given[0]!r} is one too many: {how}")
+    if image is None or question is None:
+        _fail(f"give an image and a question: {how}")
+    if not question.strip():
+        _fail(f"the question is empty: ask something about the image, as in {how}")
     readable_image(image)
     rag = _rag(mode, ret, srt, mct, vlm, familiarity_gate, confirm, ret_closed_book, gamma)
     try:
         out = rag(image, question)
     except (IndexNotBuiltError, ValueError) as err:
         _fail(str(err))
+    if not rag.reference.store.stats()["entities"]:
+        console.print("[yellow]note:[/] the store holds no entities, so this answer comes from the VLM's memory "
+                      "alone: run `mmkb demo` (the starter KB) or `mmkb index ingest FOLDER` and `mmkb index build`")
+    for note in rag.reference.stale():
+        console.print(f"[yellow]note:[/] {escape(note)}")
     if as_json:
         print(json.dumps(out.to_dict(), ensure_ascii=False, indent=2, default=str))
         return
@@ -335,13 +376,21 @@ def eval_kbvqa(questions_path: Annotated[Optional[Path], typer.Argument(metavar=
 
     The three paths go as arguments (QUESTIONS IMAGES PREDICTIONS) or as --questions, --images and
     --predictions (arguments fill the paths no option names, in that order); images are
-    IMAGES/<image_id>.png or .jpg."""
+    IMAGES/IMAGE_ID.png, .jpg or .jpeg."""
     from rag.evaluate import cause_rows, evaluate, metric_rows, number_text
     from rag.kbvqa.datasets import read_evqa, read_infoseek
 
     questions, images, predictions = _paths_given(
         [questions_path, images_dir, predictions_path],
         {"questions": questions, "images": images, "predictions": predictions})
+    if questions.is_dir():
+        _fail(f"the questions path {questions} is a folder: give the {'E-VQA CSV' if evqa else 'InfoSeek JSONL'} file")
+    page = page or (predictions.with_suffix(".html") if predictions.suffix != ".html"
+                    else predictions.with_name(predictions.name + ".page.html"))
+    for path, what in ((predictions, "predictions"), (page, "page")):
+        if path.resolve() == questions.resolve():
+            _fail(f"the {what} path is the questions file {questions}, which writing it would overwrite: "
+                  f"give the {what} another path")
     try:
         examples = read_evqa(questions) if evqa else read_infoseek(questions)
     except FileNotFoundError as err:
@@ -354,11 +403,10 @@ def eval_kbvqa(questions_path: Annotated[Optional[Path], typer.Argument(metavar=
     if not examples:
         _fail(f"no questions in {questions}")
     if not images.is_dir():
-        _fail(f"images folder not found: {images} (images are DIR/<image_id>.png or .jpg)")
+        what = f"the images path {images} is a file, not a folder" if images.exists() else f"images folder not found: {images}"
+        _fail(f"{what} (images are DIR/<image_id>.png, .jpg or .jpeg)")
     rag = _rag(mode, ret, srt, mct, vlm, familiarity_gate, confirm, ret_closed_book, gamma)
     try:
-        page = page or (predictions.with_suffix(".html") if predictions.suffix != ".html"
-                        else predictions.with_name(predictions.name + ".page.html"))
         summary = evaluate(rag, examples, images, predictions, metric="evqa" if evqa else "infoseek", page=page)
     except (FileNotFoundError, ValueError) as err:
         _fail(str(err))
@@ -431,10 +479,26 @@ _mount_curation()
 
 
 def main() -> None:
+    from pydantic import ValidationError
+    from sqlalchemy.exc import OperationalError
+
     try:
         app()
     except KeyboardInterrupt:
         sys.exit(130)
+    except ValidationError as err:  # a setting read from the environment (index/config.py)
+        for e in err.errors():
+            name = "MMKB_" + "_".join(map(str, e["loc"])).upper()
+            console.print(f"[bold red]error:[/] {escape(name)}={escape(repr(e.get('input')))}: "
+                          f"{escape(e['msg'].removeprefix('Value error, '))} (README, \"Settings\")")
+        sys.exit(2)
+    except OperationalError as err:  # the database named by MMKB_DATABASE_URL does not answer
+        from index.config import get_settings
+
+        console.print(f"[bold red]error:[/] cannot use the database {escape(get_settings().db_url)}: "
+                      f"{escape(str(err.orig).strip().splitlines()[0])}; check MMKB_DATABASE_URL and that the "
+                      "server is running")
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@ way to fail, and the check of an image file a command is given. Neither console 
 emoji: user data (an entity key such as `thing:B`, followed by a colon) would otherwise print as 🅱."""
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 import typer
@@ -13,8 +15,12 @@ console = Console(stderr=True, soft_wrap=True, emoji=False)
 
 
 def stdout() -> Console:
-    """A console for results on stdout, made when printing so it takes the terminal's width then."""
-    return Console(emoji=False)
+    """A console for results on stdout, made when printing so it takes the terminal's width then. Piped
+    or redirected, lines are not wrapped and tables get 200 columns (`COLUMNS` sets another width), so
+    a file or `grep` sees whole sentences and paths."""
+    if sys.stdout.isatty():
+        return Console(emoji=False)
+    return Console(emoji=False, soft_wrap=True, width=None if os.environ.get("COLUMNS") else 200)
 
 
 def fail(message: str) -> None:

@@ -69,7 +69,7 @@ def curate_tag(kind: Annotated[Optional[list[str]], typer.Option(help="only enti
                as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Suggest tags for entities from their images; stored as pending tags, shown on a page."""
     from index.curate import knn_unavailable, suggest_tags, tag_page
-    from index.search import ReferenceIndex
+    from index.search import ReferenceIndex, unknown_kinds
 
     if not 0.0 <= threshold <= 1.0:
         _fail(f"--threshold is a probability between 0 and 1, not {threshold}")
@@ -80,6 +80,10 @@ def curate_tag(kind: Annotated[Optional[list[str]], typer.Option(help="only enti
     model = _load_tagger(tagger_path)
     reference = ReferenceIndex.from_settings()
     store = reference.store
+    if why := unknown_kinds(kind, list(store.kinds())):
+        _fail(why)
+    if key and (missing := store.missing_keys(key)):
+        _fail(f"no entity has the key {', '.join(map(repr, missing))}: see `mmkb index search --text NAME` for keys")
     if knn_weight and (why := knn_unavailable(reference, model)):
         console.print(f"[yellow]{why}: suggesting from the tagger alone[/]")
     try:
@@ -132,7 +136,10 @@ def curate_tags(key: Optional[str] = None,
 
     if state not in (None, "pending", "accepted", "rejected"):
         _fail(f"--state is pending, accepted or rejected, not {state!r}")
-    rows = list_tags(EntityStore.from_settings(), state, key)
+    store = EntityStore.from_settings()
+    if key is not None and store.missing_keys([key]):
+        _fail(f"no entity has the key {key!r}: see `mmkb index search --text NAME` for keys")
+    rows = list_tags(store, state, key)
     if as_json:
         print(json.dumps(rows, ensure_ascii=False, indent=2))
         return

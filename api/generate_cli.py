@@ -8,18 +8,22 @@ from typing import Annotated, Optional
 import typer
 
 from api.console import console
-from api.console import fail as _fail
+from api.console import fail as _fail, readable_image
 
 app = typer.Typer(help="Generate and edit images with mmkb's DiT.", no_args_is_help=True)
 train_app = typer.Typer(help="Train the generator: VAE, DiT, few-step distillation.", no_args_is_help=True)
 
 
 def write_outputs(result, out: Path, stem: str = "sample") -> list[Path]:
-    """One PNG per image and a JSON sidecar beside each (the call's provenance + that image's seed)."""
+    """One PNG per image and a JSON sidecar beside each (the call's provenance + that image's seed).
+    Earlier outputs in `out` are kept: a name already taken gets the next free number (sample-0-2.png)."""
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for img, seed in zip(result.images, result.provenance["seeds"]):
-        png = out / f"{stem}-{seed}.png"
+        png, copy = out / f"{stem}-{seed}.png", 1
+        while png.exists() or png.with_suffix(".json").exists():
+            copy += 1
+            png = out / f"{stem}-{seed}-{copy}.png"
         img.save(png)
         sidecar = {**result.provenance, "seed": seed, "file": png.name}
         png.with_suffix(".json").write_text(json.dumps(sidecar, indent=2))
@@ -33,10 +37,14 @@ def _run(prompt: str, refs: list[Path], image: Optional[Path], n: int, steps: Op
     from generator.pipeline import GenerationPipeline
 
     for p in refs + ([image] if image is not None else []):
-        if not p.is_file():
-            _fail(f"image not found: {p}")
+        readable_image(p)
     if n < 1:
         _fail(f"--n must be at least 1, got {n}")
+    if out.exists() and not out.is_dir():
+        _fail(f"--out {out} is a file: give a folder for the images (it is made if missing)")
+    if not prompt.strip():
+        _fail("the instruction is empty: say what to change, e.g. --instruction 'change the background to green'"
+              if image is not None else "the prompt is empty: say what to draw, e.g. --prompt 'the flag of Tuvalu'")
     try:
         pipe = GenerationPipeline.from_pretrained(model, fast=fast, int8=int8)
         options = dict(n=n, steps=steps, seed=seed, text_scale=text_scale, ref_scale=ref_scale)
@@ -119,7 +127,7 @@ def vae(preset: str = "f8c16", minutes: float = 20.0, batch: int = 32, lr: float
             help="with --decoder-only: also decode latents this DiT generates for training scenes")] = None,
         generated_fraction: float = 0.5, generated_count: int = 20480,
         name: Optional[str] = None, out: Optional[Path] = None) -> None:
-    """Train the VAE on composed worldkb scenes; resumes from runs/vae-<preset>/last.pt.
+    """Train the VAE on composed worldkb scenes; resumes from runs/vae-PRESET/last.pt.
     Better decoder for the shipped VAE, DiTs unchanged: --decoder-only --init-from vae-f8c16 --decoder-blocks 2 --lr 1e-3
     (--generated-from dit-medium-fast: half of each batch are the DiT's own latents, made first under runs/)."""
     from generator.pipeline import resolve
@@ -146,7 +154,7 @@ def vae(preset: str = "f8c16", minutes: float = 20.0, batch: int = 32, lr: float
 def dit(preset: str = "medium", minutes: float = 35.0, batch: int = 32, lr: float = 1e-3, threads: int = 1,
         resume: bool = True, device: str = "cpu", workers: int = 0, ema_decay: float = 0.995,
         init_from: Optional[str] = None, name: Optional[str] = None, out: Optional[Path] = None) -> None:
-    """Train the DiT with rectified flow on all tasks; resumes from runs/<name>/last.pt.
+    """Train the DiT with rectified flow on all tasks; resumes from runs/NAME/last.pt.
     On a GPU: --device cuda --workers 8 (scenes are rendered by the data-loading processes).
     Fine-tune the shipped model: --init-from dit-medium --name dit-medium-ft --lr 3e-4."""
     from generator.train_dit import train_dit

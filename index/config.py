@@ -1,6 +1,7 @@
 """One settings object for all of mmkb, read from the environment (`MMKB_...`)."""
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
 
@@ -53,6 +54,13 @@ class Settings(BaseSettings):
         if not 0 <= v <= 10:
             raise ValueError("MMKB_IMAGE_LAYOUT_WEIGHT is between 0 (embedding alone) and 10")
         return v
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v.strip()):
+            raise ValueError(f"MMKB_DEVICE is auto, cpu, cuda, cuda:N (a GPU's number) or mps, not {v!r}")
+        return v.strip()
 
     @field_validator("image_centre")
     @classmethod

@@ -4,10 +4,21 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
 import shutil
 from pathlib import Path
 
 from PIL import Image
+
+
+def json_line(line: str):
+    """One JSON Lines record, or a ValueError saying what is wrong and where in the line (columns count
+    from 1; a line cut short is reported at its end, not at the start of the next)."""
+    text = line.rstrip("\r\n")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"not valid JSON ({err.msg} at column {err.pos + 1})") from None
 
 
 def replace_dir(tmp: Path, out: Path) -> Path:

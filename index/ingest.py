@@ -28,6 +28,7 @@ from PIL import Image as PILImage
 from sqlalchemy import select
 from tqdm import tqdm
 
+from index.files import json_line
 from index.store import Alias, Document, Entity, EntityStore, Image, Section, Tag
 
 KNOWN_FIELDS = {"key", "name", "kind", "aliases", "sections", "images", "tags", "source", "license"}
@@ -43,6 +44,7 @@ class Problem:
     file: str
     line: int | None
     message: str
+    skipped: str = "the line"  # what was left out: the whole line, or one image of an entity stored without it
 
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}" if self.line else self.file
@@ -78,9 +80,9 @@ def read_manifest(path: Path, problems: list[Problem]) -> Iterator[tuple[int, di
                 if not line.strip():
                     continue
                 try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as err:
-                    problems.append(Problem(str(path), n, f"not valid JSON ({err.msg} at column {err.colno})"))
+                    rec = json_line(line)
+                except ValueError as err:
+                    problems.append(Problem(str(path), n, str(err)))
                     continue
                 if not isinstance(rec, dict):
                     problems.append(Problem(str(path), n, "expected a JSON object per line"))
@@ -151,6 +153,8 @@ def read_image(path: Path) -> tuple[bytes, int, int, str]:
 def image_problem(path: Path) -> str | None:
     """What keeps an image file from being used, in a sentence that says what to give instead, or None
     when Pillow decodes it whole (a truncated file opens but does not decode)."""
+    if Path(path).is_dir():
+        return f"{path} is a folder: give an image file (PNG, JPEG or WebP)"
     try:
         with PILImage.open(path) as img:
             img.load()
@@ -192,8 +196,10 @@ def ingest_folder(store: EntityStore, folder: Path | str, manifest: Path | str |
                   show_progress: bool = True) -> IngestReport:
     """Ingest every entity of a folder's manifest into the store; returns what changed and what failed."""
     folder = Path(folder)
+    if not folder.exists():
+        raise IngestError(f"{folder} not found: give the folder that holds manifest.jsonl or manifest.csv")
     if not folder.is_dir():
-        raise IngestError(f"{folder} is not a folder")
+        raise IngestError(f"{folder} is a file, not a folder: give the folder that holds it (or --manifest FILE)")
     path = Path(manifest) if manifest else find_manifest(folder)
     report = IngestReport()
     records = list(read_manifest(path, report.problems))
@@ -209,7 +215,8 @@ def ingest_folder(store: EntityStore, folder: Path | str, manifest: Path | str |
                 try:
                     images.append((im, *read_image(img_path)))
                 except ValueError as err:
-                    report.problems.append(Problem(str(path), line, f"{rec['key']}: {err}"))
+                    report.problems.append(Problem(str(path), line, f"{rec['key']}: {err}; the entity is stored "
+                                                   "without this image", skipped="an image"))
             try:
                 with session.begin_nested():
                     _upsert(session, store.home, rec, images, report)

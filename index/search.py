@@ -177,9 +177,24 @@ class ReferenceIndex:
 
     # --- searching -----------------------------------------------------------------------------
 
+    def stale(self) -> list[str]:
+        """A sentence for each active index that holds another number of vectors than the store holds
+        sections or images: entities were ingested or removed since `mmkb index build`."""
+        stored = self.store.stats()
+        out = []
+        for modality, rows in (("text", "sections"), ("image", "images")):
+            version = self.store.active_index(modality)
+            if version is not None and version.count != stored[rows]:
+                out.append(f"the {modality} index holds {version.count} {rows} but the store {stored[rows]}: "
+                           "run `mmkb index build` to search what was ingested since")
+        return out
+
     def vector_index(self, modality: str) -> VectorIndex:
         version = self.store.active_index(modality)
         if version is None:
+            if not self.store.stats()["entities"]:
+                raise IndexNotBuiltError("the store holds no entities yet: run `mmkb demo` (the starter KB) or "
+                                         "`mmkb index ingest FOLDER`, then `mmkb index build`")
             raise IndexNotBuiltError(f"no {modality} index yet: run `mmkb index build`")
         cached = self._loaded.get(modality)
         if cached and cached[0] == version.id:

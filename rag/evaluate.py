@@ -255,8 +255,10 @@ def _cause_table(errors: dict[str, dict[str, int]]) -> str:
 
 
 def _accepted(ex: KBVQAExample, shown: int = 4) -> str:
-    """The accepted answers as people read them, with InfoSeek's numeric ranges."""
-    answers = "; ".join(ex.answers[:shown]) + (" …" if len(ex.answers) > shown else "")
+    """The accepted answers as people read them: the answers and answer_eval's aliases, with InfoSeek's
+    numeric ranges."""
+    texts = list(dict.fromkeys([*ex.answers, *(e for e in ex.answer_eval if isinstance(e, str))]))
+    answers = "; ".join(texts[:shown]) + (" …" if len(texts) > shown else "")
     ranges = [f"{_whole_or_exact(lo)}–{_whole_or_exact(hi)}" for e in ex.answer_eval if isinstance(e, dict) and (r := e.get("range"))
               for lo, hi in [r]]
     return html.escape(answers + (f" (range {', '.join(ranges)})" if ranges else ""))

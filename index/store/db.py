@@ -70,6 +70,12 @@ class EntityStore:
         with self._sessions() as s:
             return s.scalar(select(Entity).where(Entity.key == key))
 
+    def missing_keys(self, keys: Sequence[str]) -> list[str]:
+        """The keys among `keys` that no stored entity has, in the order given."""
+        with self._sessions() as s:
+            held = set(s.scalars(select(Entity.key).where(Entity.key.in_(list(keys)))))
+        return [k for k in keys if k not in held]
+
     def stats(self) -> dict[str, int]:
         with self._sessions() as s:
             return {name: s.scalar(select(func.count()).select_from(model)) or 0
@@ -212,6 +218,8 @@ class EntityStore:
 
     def rollback_index(self, modality: str) -> IndexVersion:
         """Make the previous version of a modality active again."""
+        if modality not in ("text", "image"):
+            raise ValueError(f"the index modalities are text and image, not {modality!r}")
         with self.session() as s:
             versions = list(s.scalars(select(IndexVersion).where(IndexVersion.modality == modality)
                                       .order_by(IndexVersion.id.desc())))

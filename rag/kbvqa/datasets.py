@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Union
 
+from index.files import json_line
+
 AnswerEval = Union[str, float, dict[str, Any]]
 PART_SEPARATOR = "&&"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -85,8 +87,10 @@ def _as_number(value: Any, where: str, key: str) -> float:
 
 def _answer_strings(raw: Any, where: str) -> tuple[list[str], bool]:
     """`answer` as strings; a list entry is a multi-answer reference whose parts are joined by &&."""
+    if isinstance(raw, str) and raw.strip():  # one answer, not in a list
+        raw = [raw]
     if not isinstance(raw, list) or not raw:
-        raise ValueError(f"{where}: 'answer' must be a non-empty list, got {raw!r}")
+        raise ValueError(f"{where}: 'answer' must be a non-empty string or list of strings, got {raw!r}")
     answers, has_parts = [], False
     for item in raw:
         if isinstance(item, list) and item and all(isinstance(p, str) for p in item):
@@ -110,6 +114,9 @@ def _infoseek_example(record: Any, where: str) -> KBVQAExample:
         raise ValueError(f"{where}: 'question' must be a non-empty string")
     answers, has_parts = _answer_strings(record["answer"], where)
     raw_eval = record.get("answer_eval", answers)
+    if (isinstance(raw_eval, str) and raw_eval.strip()) or isinstance(raw_eval, dict) or \
+            (isinstance(raw_eval, (int, float)) and not isinstance(raw_eval, bool)):  # one, not in a list
+        raw_eval = [raw_eval]
     if not isinstance(raw_eval, list) or not raw_eval:
         raise ValueError(f"{where}: 'answer_eval' must be a non-empty list, got {raw_eval!r}")
     answer_eval: list[AnswerEval] = []
@@ -145,9 +152,9 @@ def read_infoseek(path: str | Path) -> list[KBVQAExample]:
                 continue
             where = f"{path}:{number}"
             try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{where}: not valid JSON ({err.msg} at column {err.colno})") from None
+                record = json_line(line)
+            except ValueError as err:
+                raise ValueError(f"{where}: {err}") from None
             examples.append(_infoseek_example(record, where))
     return examples
 

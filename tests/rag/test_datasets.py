@@ -88,8 +88,8 @@ def test_answer_eval_defaults_to_answers(tmp_path):
     [
         ('{"data_id": "x", "question": ', "not valid JSON"),
         ({k: v for k, v in STRING_LINE.items() if k != "image_id"}, "missing key.*image_id"),
-        ({**STRING_LINE, "answer": "France"}, "'answer' must be a non-empty list"),
-        ({**STRING_LINE, "answer": []}, "'answer' must be a non-empty list"),
+        ({**STRING_LINE, "answer": 5}, "'answer' must be a non-empty string or list"),
+        ({**STRING_LINE, "answer": []}, "'answer' must be a non-empty string or list"),
         ({**NUMERIC_LINE, "answer_eval": [{"range": [1.0]}]}, r"range \[1.0\] must be \[low, high\]"),
         ({**NUMERIC_LINE, "answer_eval": [{"unit": "km"}]}, "needs 'wikidata' or 'range'"),
         ({**NUMERIC_LINE, "answer_eval": [{"wikidata": "many"}]}, "wikidata 'many' is not a number"),
