@@ -72,7 +72,7 @@ def index_ingest(folder: Path, manifest: Optional[Path] = None) -> None:
     for problem in report.problems:
         console.print(f"[yellow]skipped {problem.skipped}[/] {escape(str(problem))}")
     console.print(f"entities added {report.added}, updated {report.updated}, unchanged {report.unchanged}; "
-                  f"images added {report.images_added}; problems {len(report.problems)}; "
+                  f"images added {report.images_added}, removed {report.images_removed}; problems {len(report.problems)}; "
                   f"database {store.url}")
     if report.problems:
         raise typer.Exit(1)

@@ -7,7 +7,8 @@ JSONL, one entity a line:
    "tags": ["asia"], ...other fields are kept as attributes}
 CSV, one section or image a row (rows with the same key merge):
   key,name,kind,aliases,heading,text,image      (aliases joined with "|")
-Re-ingesting is idempotent (content hashes). A bad line or file is reported with file and line
+Re-ingesting is idempotent (content hashes); a line's sections and images replace the entity's (an
+image that fails to read keeps the ones stored). A bad line or file is reported with file and line
 and skipped; good items are kept; each entity is written in its own savepoint, so nothing
 already stored is lost.
 """
@@ -57,6 +58,7 @@ class IngestReport:
     updated: int = 0
     unchanged: int = 0
     images_added: int = 0
+    images_removed: int = 0
     problems: list[Problem] = field(default_factory=list)
 
     @property
@@ -217,15 +219,19 @@ def ingest_folder(store: EntityStore, folder: Path | str, manifest: Path | str |
                 except ValueError as err:
                     report.problems.append(Problem(str(path), line, f"{rec['key']}: {err}; the entity is stored "
                                                    "without this image", skipped="an image"))
+            complete = len(images) == len(rec.get("images", []))  # an image that failed to read removes nothing
             try:
                 with session.begin_nested():
-                    _upsert(session, store.home, rec, images, report)
+                    _upsert(session, store.home, rec, images, report, replace_images="images" in rec and complete)
             except Exception as err:  # one bad entity must not lose the others
                 report.problems.append(Problem(str(path), line, f"{rec['key']}: {err}"))
     return report
 
 
-def _upsert(session, home: Path, rec: dict[str, Any], images: list, report: IngestReport) -> None:
+def _upsert(session, home: Path, rec: dict[str, Any], images: list, report: IngestReport,
+            replace_images: bool = False) -> None:
+    """Add or update one entity. With `replace_images` the line's images are all the entity has: images
+    stored before and no longer listed are removed (a rebuilt starter KB that dropped a wrong drawing)."""
     entity = session.scalar(select(Entity).where(Entity.key == rec["key"]))
     attributes = {k: v for k, v in rec.items() if k not in KNOWN_FIELDS}
     kind = rec.get("kind") or rec["key"].split(":", 1)[0]
@@ -271,6 +277,12 @@ def _upsert(session, home: Path, rec: dict[str, Any], images: list, report: Inge
                                    source=meta.get("source"), license=meta.get("license"), style=meta.get("style")))
         report.images_added += 1
         changed = True
+    if replace_images:
+        listed = {hashlib.sha256(data).hexdigest() for _, data, *_ in images}
+        for im in [im for im in entity.images if im.content_hash not in listed]:
+            entity.images.remove(im)
+            report.images_removed += 1
+            changed = True
     have_tags = {(t.label, t.source) for t in entity.tags}
     for label in rec.get("tags", []):
         if isinstance(label, str) and (label, "manifest") not in have_tags:

@@ -29,6 +29,7 @@ import subprocess
 import tarfile
 import tempfile
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +75,7 @@ FLUENT_STYLES = ("flat", "modern")
 ICONIFY_STYLES = {"emojione": "@iconify-json/emojione", "noto-v1": "@iconify-json/noto-v1",
                   "emojione-v1": "@iconify-json/emojione-v1", "fxemoji": "@iconify-json/fxemoji",
                   "streamline": "@iconify-json/streamline-emojis"}
+UNICODE_NAMED_STYLES = {"fxemoji"}  # sets that name icons by Unicode names ("constructionsign"), not CLDR ones
 NUMBERED_STYLES = {"streamline"}  # sets that draw some emoji in numbered variants only ("baby-1", "baby-2")
 FLAG_WIDTH = 96
 EMOJI_SIZE = 64
@@ -149,12 +151,16 @@ class IconifySet:
         self.width, self.height = data.get("width", 16), data.get("height", 16)
         self.names = set(self.icons) | set(self.aliases)
 
-    def svg(self, name: str) -> str:
+    def drawing(self, name: str) -> str:
+        """The icon an icon name draws: itself, or the parent an alias names (no transforms here)."""
         seen = set()
-        while name in self.aliases and name not in seen:  # an alias names its parent (no transforms here)
+        while name in self.aliases and name not in seen:
             seen.add(name)
             name = self.aliases[name]["parent"]
-        icon = self.icons[name]
+        return name
+
+    def svg(self, name: str) -> str:
+        icon = self.icons[self.drawing(name)]
         w, h = icon.get("width", self.width), icon.get("height", self.height)
         left, top = icon.get("left", 0), icon.get("top", 0)
         return (f'<svg xmlns="http://www.w3.org/2000/svg" xmlns:xlink="http://www.w3.org/1999/xlink" '
@@ -167,18 +173,51 @@ def slug_of(text: str) -> str:
     return "-".join("".join(c if c.isalnum() else " " for c in text).split())
 
 
-def icon_stem(names: list[str], stems: set[str], numbered: bool = False) -> str | None:
-    """The icon drawing the emoji with one of `names` (its Unicode name first, then its aliases and short
-    names), by the slugs fluentui-emoji file stems and Iconify icon names share, or the slug without its
-    hyphens (fxemoji's "alarmclock"); people and hands are drawn in their default skin tone
+def icon_match(names: list[str], stems: set[str], numbered: bool = False) -> tuple[str, int] | None:
+    """The icon drawing the emoji with one of `names` (in the order the set's own naming makes most
+    likely: CLDR names first for most sets, Unicode names first for fxemoji) and the place in `names`
+    of the name that matched, by the slugs fluentui-emoji file stems and Iconify icon names share, or the slug without
+    its hyphens (fxemoji's "alarmclock"); people and hands are drawn in their default skin tone
     (fluentui-emoji's "-default"). `numbered` also takes a set's first numbered variant (Streamline's
     "baby-1"), for sets whose names are never numbers themselves ("keycap-1" is another set's keycap 1)."""
-    for name in names:
+    for rank, name in enumerate(names):
         slug = slug_of(name)
         for stem in (slug, f"{slug}-default", slug.replace("-", ""), *([f"{slug}-1"] if numbered else [])):
             if slug and stem in stems:
-                return stem
+                return stem, rank
     return None
+
+
+def icon_stem(names: list[str], stems: set[str], numbered: bool = False) -> str | None:
+    """`icon_match`'s icon alone."""
+    match = icon_match(names, stems, numbered)
+    return match[0] if match else None
+
+
+def assign_icons(names: dict[str, list[str]], stems: set[str], numbered: bool = False,
+                 drawing: Callable[[str], str] = lambda stem: stem) -> dict[str, str]:
+    """Each emoji's icon in one set (emoji key → stem), a drawing going only to the emoji that names it
+    best. One string can name two emoji: "grinning face with smiling eyes" is U+1F601's Unicode name
+    and U+1F604's CLDR name, "camel" U+1F42A's CLDR name and U+1F42B's short name; and a set's aliases
+    can send two names to one drawing (`drawing`: the icon a stem draws; noto-v1's "cricket", the
+    insect, is an alias of "cricket-game"). A drawing matched by several emoji goes to those whose
+    matching name comes earliest in their list (for a set named like CLDR, the CLDR name before the
+    Unicode name before a short name); of several equally good, to the one whose name is the drawing's
+    own rather than an alias, and to none when that does not single one out ("Keycap: #" and "Keycap:
+    *" both slug to "keycap"). The others get no drawing from this set rather than another emoji's."""
+    matches = {key: m for key, ns in names.items() if (m := icon_match(ns, stems, numbered))}
+    claims: dict[str, list[tuple[int, str, str]]] = {}
+    for key, (stem, rank) in matches.items():
+        claims.setdefault(drawing(stem), []).append((rank, key, stem))
+    out = {}
+    for icon, claimed in claims.items():
+        best = min(rank for rank, _, _ in claimed)
+        top = [(key, stem) for rank, key, stem in claimed if rank == best]
+        if len(top) > 1:
+            top = [(key, stem) for key, stem in top if stem == icon]
+        if len(top) == 1:
+            out[top[0][0]] = top[0][1]
+    return out
 
 
 def _title(name: str) -> str:
@@ -233,12 +272,33 @@ def build_emoji(src: dict[str, Path], out: Path, countries: list[dict[str, Any]]
     fluent = src["fluentui-emoji"] / "icons"
     fluent_stems = {p.stem for p in (fluent / FLUENT_STYLES[0]).glob("*.svg")}
     iconify = {style: IconifySet(src[package]) for style, package in ICONIFY_STYLES.items()}
-    records = []
-    for e in tqdm(sorted(emoji, key=lambda x: x["sort_order"]), desc="emoji"):
-        if e.get("obsoleted_by") or e["category"] == "Component":
-            continue
+    emoji = [e for e in sorted(emoji, key=lambda x: x["sort_order"])
+             if not e.get("obsoleted_by") and e["category"] != "Component"]
+
+    def openmoji_row(e: dict) -> dict | None:
         unified = e["unified"].upper()
-        om = openmoji.get(unified) or openmoji.get(unified.replace("-FE0F", ""))
+        return openmoji.get(unified) or openmoji.get(unified.replace("-FE0F", ""))
+
+    def country_flag(e: dict) -> bool:  # drawn as its country's image, not an emoji entity
+        return e["subcategory"] == "country-flag" and _regional_to_cca2(e["unified"].upper()) in key_by_cca2
+
+    # the names each emoji's drawings are looked up by: the CLDR name (OpenMoji's annotation) first for
+    # the sets named like CLDR, the Unicode name first for those named like Unicode
+    def names_of(e: dict, cldr_first: bool) -> list[str]:
+        cldr = (openmoji_row(e) or {}).get("annotation", "")
+        unicode = [_title(e["name"]), *(s.replace("_", " ") for s in e["short_names"])]
+        return [cldr, *unicode] if cldr_first else [*unicode, cldr]
+
+    entities = [e for e in emoji if not country_flag(e)]
+    fluent_icons = assign_icons({e["unified"].upper(): names_of(e, True) for e in entities}, fluent_stems)
+    iconify_icons = {style: assign_icons({e["unified"].upper(): names_of(e, style not in UNICODE_NAMED_STYLES)
+                                          for e in entities}, icons.names, numbered=style in NUMBERED_STYLES,
+                                         drawing=icons.drawing)
+                     for style, icons in iconify.items()}
+    records = []
+    for e in tqdm(emoji, desc="emoji"):
+        unified = e["unified"].upper()
+        om = openmoji_row(e)
         name = _title(e["name"])
         images = []
         for vendor in ("google", "twitter"):
@@ -247,9 +307,8 @@ def build_emoji(src: dict[str, Path], out: Path, countries: list[dict[str, Any]]
             f = src[f"emoji-datasource-{vendor}"] / "img" / vendor / "64" / e["image"]
             if f.exists():
                 images.append((vendor, f))
-        cca2 = _regional_to_cca2(unified)
-        if e["subcategory"] == "country-flag" and cca2 in key_by_cca2:
-            country = by_key[key_by_cca2[cca2]]
+        if country_flag(e):
+            country = by_key[key_by_cca2[_regional_to_cca2(unified)]]
             for vendor, f in images:
                 rel = f"images/flags/{country['key'].split(':')[1]}-{vendor}.png"
                 save_png(_emoji_image(f), out / rel)
@@ -266,8 +325,7 @@ def build_emoji(src: dict[str, Path], out: Path, countries: list[dict[str, Any]]
             stored.append({"path": rel, "source": f"emoji-datasource-{vendor}",
                            "license": LICENSES[f"emoji-datasource-{vendor}"], "style": f"emoji-{vendor}"})
         aliases = [s.replace("_", " ") for s in e["short_names"]]
-        names = [name, *aliases, om.get("annotation", "") if om else ""]
-        stem = icon_stem(names, fluent_stems)
+        stem = fluent_icons.get(unified)
         for style in FLUENT_STYLES if stem else ():
             svg = fluent / style / f"{stem}.svg"
             if svg.exists():
@@ -276,8 +334,7 @@ def build_emoji(src: dict[str, Path], out: Path, countries: list[dict[str, Any]]
                 stored.append({"path": rel, "source": f"fluentui-emoji:icons/{style}/{svg.name}",
                                "license": LICENSES["fluentui-emoji"], "style": f"emoji-fluent-{style}"})
         for style, icons in iconify.items():
-            stem = icon_stem(names, icons.names, numbered=style in NUMBERED_STYLES)
-            if stem:
+            if stem := iconify_icons[style].get(unified):
                 rel = f"images/emoji/{unified}-{style}.png"
                 save_png(render_svg(icons.svg(stem), EMOJI_SIZE, EMOJI_SIZE), out / rel)
                 package = ICONIFY_STYLES[style]

@@ -117,3 +117,28 @@ def test_filters_and_index_versions(store, tiny_kb):
     assert store.active_index("text").path == "a"
     with pytest.raises(ValueError, match="no earlier"):
         store.rollback_index("image")
+
+
+def test_a_line_s_images_replace_the_entity_s_unless_one_fails_to_read(store, tiny_kb):
+    """A rebuilt KB that dropped a wrong drawing drops it from the store too; a typo in a path does not
+    cost the images already stored."""
+    import shutil
+
+    shutil.copy(tiny_kb / "images" / "npl.png", tiny_kb / "images" / "npl2.png")
+    lines = (tiny_kb / "manifest.jsonl").read_text().splitlines()
+    rec = json.loads(lines[0])
+    rec["images"].append({"path": "images/npl2.png", "source": "wrong", "style": "flag"})
+    (tiny_kb / "manifest.jsonl").write_text("\n".join([json.dumps(rec), *lines[1:]]) + "\n")
+    ingest_folder(store, tiny_kb, show_progress=False)
+    assert len(store.entity_images(["country:BTN"])["country:BTN"]) == 2
+    typo = {**rec, "images": [rec["images"][0], {"path": "images/nope.png"}]}
+    (tiny_kb / "manifest.jsonl").write_text("\n".join([json.dumps(typo), *lines[1:]]) + "\n")
+    report = ingest_folder(store, tiny_kb, show_progress=False)
+    assert report.images_removed == 0 and len(report.problems) == 1
+    assert len(store.entity_images(["country:BTN"])["country:BTN"]) == 2
+    (tiny_kb / "manifest.jsonl").write_text("\n".join(lines) + "\n")  # the drawing is gone from the KB
+    report = ingest_folder(store, tiny_kb, show_progress=False)
+    assert report.ok and (report.updated, report.images_removed) == (1, 1)
+    (kept,) = store.entity_images(["country:BTN"])["country:BTN"]
+    assert kept[1].read_bytes() == (tiny_kb / "images" / "btn.png").read_bytes()
+    assert store.stats()["images"] == 3

@@ -7,7 +7,7 @@ import re
 import pytest
 
 from index.worldkb import DATA_DIR, MANIFEST
-from index.worldkb.build import IconifySet, icon_stem, render_svg
+from index.worldkb.build import IconifySet, assign_icons, icon_stem, render_svg
 from index.worldkb.facts import country_sections
 
 
@@ -81,6 +81,40 @@ def test_icons_are_matched_by_cldr_name_alias_or_default_skin_tone():
     assert icon_stem(["Baby"], {"baby-1", "baby-2"}, numbered=True) == "baby-1"
     assert icon_stem(["Baby"], {"baby-1"}) is None
     assert icon_stem(["Keycap"], {"keycap-1"}) is None
+
+
+def test_an_icon_goes_only_to_the_emoji_that_names_it_best():
+    # names as the builder lists them: CLDR name, Unicode name, short names
+    names = {"1F604": ["grinning face with smiling eyes", "Smiling face with open mouth and smiling eyes", "smile"],
+             "1F601": ["beaming face with smiling eyes", "Grinning face with smiling eyes", "grin"],
+             "1F42A": ["camel", "Dromedary camel", "dromedary camel"],
+             "1F42B": ["two-hump camel", "Bactrian camel", "camel"],
+             "1F431": ["cat face", "Cat face", "cat"], "1F408": ["cat", "Cat", "cat2"]}
+    cldr_set = {"grinning-face-with-smiling-eyes", "beaming-face-with-smiling-eyes", "camel", "two-hump-camel",
+                "cat-face", "cat"}
+    assert assign_icons(names, cldr_set) == {"1F604": "grinning-face-with-smiling-eyes",
+                                             "1F601": "beaming-face-with-smiling-eyes", "1F42A": "camel",
+                                             "1F42B": "two-hump-camel", "1F431": "cat-face", "1F408": "cat"}
+    # a set without the two-hump camel or a cat face: the camel and the cat stay their CLDR owners' alone
+    assert assign_icons(names, {"camel", "cat", "grinning-face-with-smiling-eyes"}) == {
+        "1F42A": "camel", "1F408": "cat", "1F604": "grinning-face-with-smiling-eyes"}
+    # equally good names: the drawing's own name wins over an alias of it; two emoji named alike get none
+    aliases = {"cricket": "cricket-game"}
+    assert assign_icons({"1F3CF": ["cricket game"], "1F997": ["cricket"]}, {"cricket-game", "cricket"},
+                        drawing=lambda stem: aliases.get(stem, stem)) == {"1F3CF": "cricket-game"}
+    assert assign_icons({"0023": ["keycap: #"], "002A": ["keycap: *"]}, {"keycap"}) == {}
+
+
+def test_no_two_emoji_share_an_icon_drawing_by_a_weaker_name(records):
+    by_source = {}
+    for r in records.values():
+        for im in r["images"]:
+            if ":" in im["source"] and not im["source"].startswith("emoji-datasource"):
+                by_source.setdefault(im["source"], []).append(r["key"])
+    shared = {source: keys for source, keys in by_source.items() if len(keys) > 1}
+    # the camels, cats and grinning faces drawn once for two emoji before 2026-12-07
+    assert not any(("1F42A" in " ".join(k) and "1F42B" in " ".join(k)) or
+                   ("1F604" in " ".join(k) and "1F601" in " ".join(k)) for k in shared.values()), shared
 
 
 def test_most_emoji_have_fluent_renderings(records):
