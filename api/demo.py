@@ -35,11 +35,7 @@ def sample_image_queries(limit: int = 4) -> list[tuple[str, Path]]:
 
 def ensure_index(ref: ReferenceIndex, rebuild: bool = False) -> None:
     """Build each modality whose active index is missing, stale or made by another embedder."""
-    counts = ref.store.stats()
-    wanted = {"text": (counts["sections"], ref.text_embedder().fingerprint),
-              "image": (counts["images"], ref.image_fingerprint)}
-    stale = [m for m, (n, emb) in wanted.items()
-             if rebuild or (v := ref.store.active_index(m)) is None or v.count != n or v.embedder != emb]
+    stale = ["text", "image"] if rebuild else list(ref.outdated(embedders=True))
     if stale:
         console.print(f"building the {' and '.join(stale)} index …")
         ref.build(stale)

@@ -177,17 +177,30 @@ class ReferenceIndex:
 
     # --- searching -----------------------------------------------------------------------------
 
-    def stale(self) -> list[str]:
-        """A sentence for each active index that holds another number of vectors than the store holds
-        sections or images: entities were ingested or removed since `mmkb index build`."""
+    def outdated(self, embedders: bool = False, missing: bool = True) -> dict[str, str]:
+        """Modality → why its active index does not match the store: none built yet (unless not
+        `missing`), or another number of vectors than the store has sections or images (entities
+        ingested or removed since), or, with `embedders` (which loads them), built by another embedder
+        than the configured one."""
         stored = self.store.stats()
-        out = []
+        out = {}
         for modality, rows in (("text", "sections"), ("image", "images")):
             version = self.store.active_index(modality)
-            if version is not None and version.count != stored[rows]:
-                out.append(f"the {modality} index holds {version.count} {rows} but the store {stored[rows]}: "
-                           "run `mmkb index build` to search what was ingested since")
+            if version is None:
+                if missing:
+                    out[modality] = f"no {modality} index yet"
+            elif version.count != stored[rows]:
+                out[modality] = f"the {modality} index holds {version.count} {rows} but the store {stored[rows]}"
+            elif embedders and version.embedder != (self.text_embedder().fingerprint if modality == "text"
+                                                    else self.image_fingerprint):
+                out[modality] = f"the {modality} index was built with another embedder than the configured one"
         return out
+
+    def stale(self) -> list[str]:
+        """What `outdated` says of the indexes built, as notes that say what to run (the embedders are
+        not loaded for it; a search that needs a missing index fails saying so)."""
+        return [f"{why}: run `mmkb index build` to search what the store holds"
+                for why in self.outdated(missing=False).values()]
 
     def vector_index(self, modality: str) -> VectorIndex:
         version = self.store.active_index(modality)
