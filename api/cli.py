@@ -47,8 +47,13 @@ def build_worldkb(out: Path = Path("index/worldkb/data"),
     console.print(f"worldkb written to [bold]{path}[/]")
 
 
+ReplaceImages = Annotated[bool, typer.Option(
+    help="a line's images become all the entity's images: others, and their tags, are removed (a rebuilt KB "
+         "that dropped a wrong picture); by default images are only added")]
+
+
 @index_app.command("ingest")
-def index_ingest(folder: Path, manifest: Optional[Path] = None) -> None:
+def index_ingest(folder: Path, manifest: Optional[Path] = None, replace_images: ReplaceImages = False) -> None:
     """Ingest a KB folder with manifest.jsonl or manifest.csv; image paths are relative to FOLDER.
 
     manifest.jsonl, one entity a line: {"key": "country:BTN", "name": "Bhutan", "kind": "country",
@@ -59,21 +64,24 @@ def index_ingest(folder: Path, manifest: Optional[Path] = None) -> None:
     manifest.csv, one section or image a row, rows with the same key merge: columns key, name, kind,
     aliases (joined with |), heading, text, image.
 
-    Re-ingesting is idempotent; a bad line is reported with its file and line and left out, the rest is
-    stored. Then run `mmkb index build` so searches see the new entities."""
+    Re-ingesting is idempotent: a line's sections replace the entity's document from the same source, its
+    images are added (--replace-images: they replace the entity's). A bad line is reported with its file
+    and line and left out, the rest is stored. Then run `mmkb index build` so searches see the changes."""
     from index.ingest import IngestError, ingest_folder
     from index.store import EntityStore
 
     store = EntityStore.from_settings()
     try:
-        report = ingest_folder(store, folder, manifest)
+        report = ingest_folder(store, folder, manifest, replace_images=replace_images)
     except IngestError as err:
         _fail(str(err))
     for problem in report.problems:
         console.print(f"[yellow]skipped {problem.skipped}[/] {escape(str(problem))}")
     console.print(f"entities added {report.added}, updated {report.updated}, unchanged {report.unchanged}; "
-                  f"images added {report.images_added}, removed {report.images_removed}; problems {len(report.problems)}; "
-                  f"database {store.url}")
+                  f"images added {report.images_added}, removed {report.images_removed}; "
+                  f"problems {len(report.problems)}; database {escape(store.shown_url)}")
+    if report.added or report.updated:
+        console.print("run `mmkb index build` so searches see these changes")
     if report.problems:
         raise typer.Exit(1)
 
@@ -166,23 +174,24 @@ def _hit_json(hit) -> dict:
 @index_app.command("stats")
 def index_stats(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Counts in the store and the active index versions."""
-    from index.store import EntityStore
+    from index.store import MODALITIES, EntityStore
 
     store = EntityStore.from_settings()
-    stats = {"database": store.url, "counts": store.stats(), "kinds": store.kinds(),
-             "indexes": {m: _version_json(store.active_index(m)) for m in ("text", "image")}}
+    stats = {"database": store.shown_url, "counts": store.stats(), "kinds": store.kinds(),
+             "indexes": {m: _version_json(store.active_index(m)) for m in MODALITIES}}
     if as_json:
         print(json.dumps(stats, indent=2, default=str))
         return
     out = stdout()
-    out.print(f"database {escape(store.url)}")
+    out.print(f"database {escape(store.shown_url)}")
     out.print("  ".join(f"{name} {n}" for name, n in stats["counts"].items()))
     out.print("kinds: " + (", ".join(f"{escape(k)} {n}" for k, n in sorted(stats["kinds"].items()))
                            or "none yet (mmkb demo, or mmkb index ingest FOLDER)"))
     table = Table("index", "vectors", "type", "dim", "embedder", "built")
     for modality, v in stats["indexes"].items():
-        table.add_row(modality, *(("–",) * 5 if v is None else
-                                  (str(v["count"]), v["kind"], str(v["dim"]), escape(v["embedder"]), str(v["created_at"])[:19])))
+        built = (str(v["count"]), v["kind"], str(v["dim"]), escape(v["embedder"]), str(v["created_at"])[:19]) \
+            if v else ("–",) * 5
+        table.add_row(modality, *built)
     out.print(table)
     from index.search import ReferenceIndex
 
@@ -292,7 +301,7 @@ def ask(image_arg: Annotated[Optional[str], typer.Argument(metavar="[IMAGE]", sh
         vlm: Optional[str] = None, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Answer a question about an image, with citations (KB-VQA):
     mmkb ask --image P --question Q, or mmkb ask P Q."""
-    from index.search import IndexNotBuiltError
+    from index.search import EMPTY_STORE, FILL_STORE, IndexNotBuiltError
 
     how = "mmkb ask --image P --question \"What is the capital of this country?\", or mmkb ask P \"…\""
     given = [a for a in (image_arg, question_arg) if a is not None]  # arguments fill what no option names
@@ -313,8 +322,7 @@ def ask(image_arg: Annotated[Optional[str], typer.Argument(metavar="[IMAGE]", sh
     except (IndexNotBuiltError, ValueError) as err:
         _fail(str(err))
     if not rag.reference.store.stats()["entities"]:
-        console.print("[yellow]note:[/] the store holds no entities, so this answer comes from the VLM's memory "
-                      "alone: run `mmkb demo` (the starter KB) or `mmkb index ingest FOLDER` and `mmkb index build`")
+        console.print(f"[yellow]note:[/] {EMPTY_STORE}, so this answer is the VLM's memory alone: run {FILL_STORE}")
     for note in rag.reference.stale():
         console.print(f"[yellow]note:[/] {escape(note)}")
     if as_json:
@@ -388,7 +396,7 @@ def eval_kbvqa(questions_path: Annotated[Optional[Path], typer.Argument(metavar=
     page = page or (predictions.with_suffix(".html") if predictions.suffix != ".html"
                     else predictions.with_name(predictions.name + ".page.html"))
     for path, what in ((predictions, "predictions"), (page, "page")):
-        if path.resolve() == questions.resolve():
+        if path.resolve() == questions.resolve() or (path.exists() and questions.exists() and path.samefile(questions)):
             _fail(f"the {what} path is the questions file {questions}, which writing it would overwrite: "
                   f"give the {what} another path")
     try:
@@ -403,7 +411,8 @@ def eval_kbvqa(questions_path: Annotated[Optional[Path], typer.Argument(metavar=
     if not examples:
         _fail(f"no questions in {questions}")
     if not images.is_dir():
-        what = f"the images path {images} is a file, not a folder" if images.exists() else f"images folder not found: {images}"
+        what = (f"the images path {images} is a file, not a folder" if images.exists()
+                else f"images folder not found: {images}")
         _fail(f"{what} (images are DIR/<image_id>.png, .jpg or .jpeg)")
     rag = _rag(mode, ret, srt, mct, vlm, familiarity_gate, confirm, ret_closed_book, gamma)
     try:
@@ -482,7 +491,11 @@ def main() -> None:
     from pydantic import ValidationError
     from sqlalchemy.exc import OperationalError
 
+    from index.config import get_settings
+    from index.store.db import shown_url
+
     try:
+        get_settings()  # bad MMKB_* settings are reported here, before any command reads them
         app()
     except KeyboardInterrupt:
         sys.exit(130)
@@ -492,12 +505,13 @@ def main() -> None:
             console.print(f"[bold red]error:[/] {escape(name)}={escape(repr(e.get('input')))}: "
                           f"{escape(e['msg'].removeprefix('Value error, '))} (README, \"Settings\")")
         sys.exit(2)
-    except OperationalError as err:  # the database named by MMKB_DATABASE_URL does not answer
-        from index.config import get_settings
-
-        console.print(f"[bold red]error:[/] cannot use the database {escape(get_settings().db_url)}: "
-                      f"{escape(str(err.orig).strip().splitlines()[0])}; check MMKB_DATABASE_URL and that the "
-                      "server is running")
+    except OperationalError as err:  # the database named by MMKB_DATABASE_URL cannot be used
+        url = get_settings().db_url
+        lines = str(err.orig).strip().splitlines()
+        what = ("check MMKB_DATABASE_URL and that the server is running" if not url.startswith("sqlite")
+                else "check that MMKB_HOME is a writable folder and no other program holds the database")
+        console.print(f"[bold red]error:[/] cannot use the database {escape(shown_url(url))}: "
+                      f"{escape(lines[0] if lines else type(err.orig).__name__)}; {what}")
         sys.exit(2)
 
 

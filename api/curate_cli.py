@@ -48,6 +48,12 @@ def tagger(out: Optional[Path] = None, embedder: Annotated[Optional[str], typer.
     console.print(f"tagger written to [bold]{path}[/]")
 
 
+def _check_keys(store, keys: list[str]) -> None:
+    """Fail naming the keys no stored entity has."""
+    if keys and (missing := store.missing_keys(keys)):
+        _fail(f"no entity has the key {', '.join(map(repr, missing))}: see `mmkb index search --text NAME` for keys")
+
+
 def _load_tagger(path: Optional[Path]):
     from index.tagger import Tagger
 
@@ -82,8 +88,7 @@ def curate_tag(kind: Annotated[Optional[list[str]], typer.Option(help="only enti
     store = reference.store
     if why := unknown_kinds(kind, list(store.kinds())):
         _fail(why)
-    if key and (missing := store.missing_keys(key)):
-        _fail(f"no entity has the key {', '.join(map(repr, missing))}: see `mmkb index search --text NAME` for keys")
+    _check_keys(store, key or [])
     if knn_weight and (why := knn_unavailable(reference, model)):
         console.print(f"[yellow]{why}: suggesting from the tagger alone[/]")
     try:
@@ -137,8 +142,7 @@ def curate_tags(key: Optional[str] = None,
     if state not in (None, "pending", "accepted", "rejected"):
         _fail(f"--state is pending, accepted or rejected, not {state!r}")
     store = EntityStore.from_settings()
-    if key is not None and store.missing_keys([key]):
-        _fail(f"no entity has the key {key!r}: see `mmkb index search --text NAME` for keys")
+    _check_keys(store, [key] if key is not None else [])
     rows = list_tags(store, state, key)
     if as_json:
         print(json.dumps(rows, ensure_ascii=False, indent=2))

@@ -235,7 +235,7 @@ def run_demo(out: Path | None = None, rebuild: bool = False, k: int = 5) -> Path
     answers = answer_questions()
     generations = grounded_generations(ref)
     curated = curation(ref)
-    meta = {"database": settings.db_url, "entities": ref.store.stats()["entities"],
+    meta = {"database": ref.store.shown_url, "entities": ref.store.stats()["entities"],
             "text embedder": settings.text_embedder, "image embedder": settings.image_embedder,
             "image embedder trained": ref.image_embedder().trained}
     out = Path(out) if out else settings.home_dir / "demo"

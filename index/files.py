@@ -7,11 +7,12 @@ import io
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 
 
-def json_line(line: str):
+def json_line(line: str) -> Any:
     """One JSON Lines record, or a ValueError saying what is wrong and where in the line (columns count
     from 1; a line cut short is reported at its end, not at the start of the next)."""
     text = line.rstrip("\r\n")

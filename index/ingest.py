@@ -7,10 +7,11 @@ JSONL, one entity a line:
    "tags": ["asia"], ...other fields are kept as attributes}
 CSV, one section or image a row (rows with the same key merge):
   key,name,kind,aliases,heading,text,image      (aliases joined with "|")
-Re-ingesting is idempotent (content hashes); a line's sections and images replace the entity's (an
-image that fails to read keeps the ones stored). A bad line or file is reported with file and line
-and skipped; good items are kept; each entity is written in its own savepoint, so nothing
-already stored is lost.
+Re-ingesting is idempotent (content hashes); a line's sections replace the entity's document from the
+same source, and its images are added to the entity's (with `replace_images`, `mmkb index ingest
+--replace-images`, they replace them, unless one fails to read). A bad line or file is reported with
+file and line and skipped; good items are kept; each entity is written in its own savepoint, so
+nothing already stored is lost.
 """
 from __future__ import annotations
 
@@ -195,8 +196,10 @@ def _document_hash(rec: dict[str, Any]) -> str:
 
 
 def ingest_folder(store: EntityStore, folder: Path | str, manifest: Path | str | None = None,
-                  show_progress: bool = True) -> IngestReport:
-    """Ingest every entity of a folder's manifest into the store; returns what changed and what failed."""
+                  show_progress: bool = True, replace_images: bool = False) -> IngestReport:
+    """Ingest every entity of a folder's manifest into the store; returns what changed and what failed.
+    `replace_images`: a line that lists images and whose images all read makes them all the entity's
+    images (others are removed, with their tags); by default images are only ever added."""
     folder = Path(folder)
     if not folder.exists():
         raise IngestError(f"{folder} not found: give the folder that holds manifest.jsonl or manifest.csv")
@@ -219,10 +222,11 @@ def ingest_folder(store: EntityStore, folder: Path | str, manifest: Path | str |
                 except ValueError as err:
                     report.problems.append(Problem(str(path), line, f"{rec['key']}: {err}; the entity is stored "
                                                    "without this image", skipped="an image"))
-            complete = len(images) == len(rec.get("images", []))  # an image that failed to read removes nothing
+            # an image that failed to read, or a line that lists none (a CSV row of text), removes nothing
+            complete = len(images) == len(rec.get("images", [])) > 0
             try:
                 with session.begin_nested():
-                    _upsert(session, store.home, rec, images, report, replace_images="images" in rec and complete)
+                    _upsert(session, store.home, rec, images, report, replace_images=replace_images and complete)
             except Exception as err:  # one bad entity must not lose the others
                 report.problems.append(Problem(str(path), line, f"{rec['key']}: {err}"))
     return report
@@ -231,7 +235,7 @@ def ingest_folder(store: EntityStore, folder: Path | str, manifest: Path | str |
 def _upsert(session, home: Path, rec: dict[str, Any], images: list, report: IngestReport,
             replace_images: bool = False) -> None:
     """Add or update one entity. With `replace_images` the line's images are all the entity has: images
-    stored before and no longer listed are removed (a rebuilt starter KB that dropped a wrong drawing)."""
+    stored before and not listed are removed, with their tags (a rebuilt KB that dropped a wrong drawing)."""
     entity = session.scalar(select(Entity).where(Entity.key == rec["key"]))
     attributes = {k: v for k, v in rec.items() if k not in KNOWN_FIELDS}
     kind = rec.get("kind") or rec["key"].split(":", 1)[0]
@@ -268,8 +272,10 @@ def _upsert(session, home: Path, rec: dict[str, Any], images: list, report: Inge
                                   source=s.get("source")) for i, s in enumerate(rec["sections"])]))
             changed = True
     known = {im.content_hash for im in entity.images}
+    listed = set()
     for meta, data, width, height, fmt in images:
         digest, rel = store_blob(home, data, fmt)
+        listed.add(digest)
         if digest in known:
             continue
         known.add(digest)
@@ -278,7 +284,6 @@ def _upsert(session, home: Path, rec: dict[str, Any], images: list, report: Inge
         report.images_added += 1
         changed = True
     if replace_images:
-        listed = {hashlib.sha256(data).hexdigest() for _, data, *_ in images}
         for im in [im for im in entity.images if im.content_hash not in listed]:
             entity.images.remove(im)
             report.images_removed += 1

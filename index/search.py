@@ -30,10 +30,9 @@ from PIL import Image as PILImage
 
 from index.config import Settings, get_settings
 from index.embedders import load_image_embedder, load_text_embedder
-from index.store import EntityStore, IndexVersion
+from index.store import MODALITIES, EntityStore, IndexVersion
 from index.vectors import VectorIndex
 
-MODALITIES = ("text", "image")
 TIE_DECIMALS = 5  # scores equal to this many decimals are a tie (float32 cosines of identical images)
 # The centre is also scaled by n / (n + CENTRE_PRIOR): an index of a few images, whose mean says
 # little about what pictures commonly look like, is barely centred.
@@ -58,6 +57,10 @@ def rescored(ids: list[int], vectors: np.ndarray, centre: np.ndarray, query: np.
     score exactly the same (ties are shared pictures)."""
     scores = (centred(vectors, centre) * np.asarray(query, np.float32)).sum(-1)
     return sorted(((float(s), i) for s, i in zip(scores, ids)), key=lambda f: -f[0])
+
+
+EMPTY_STORE = "the store holds no entities yet"
+FILL_STORE = "`mmkb demo` (the starter KB) or `mmkb index ingest FOLDER`, then `mmkb index build`"
 
 
 class IndexNotBuiltError(RuntimeError):
@@ -141,13 +144,13 @@ class ReferenceIndex:
 
     # --- building ------------------------------------------------------------------------------
 
-    def build(self, modalities: Sequence[str] = MODALITIES, show_progress: bool = True) -> list[IndexVersion]:
+    def build(self, modalities: Sequence[str] = tuple(MODALITIES), show_progress: bool = True) -> list[IndexVersion]:
         """Embed everything, write a new index version per modality, then make it active."""
         return [self._build_one(m, show_progress) for m in modalities]
 
     def _build_one(self, modality: str, show_progress: bool) -> IndexVersion:
         if modality not in MODALITIES:
-            raise ValueError(f"unknown modality {modality!r}; choose from {MODALITIES}")
+            raise ValueError(f"unknown modality {modality!r}; choose from {', '.join(MODALITIES)}")
         if modality == "text":
             embedder = self.text_embedder()
             rows = [r for batch in self.store.iter_sections() for r in batch]
@@ -184,7 +187,7 @@ class ReferenceIndex:
         than the configured one."""
         stored = self.store.stats()
         out = {}
-        for modality, rows in (("text", "sections"), ("image", "images")):
+        for modality, rows in MODALITIES.items():
             version = self.store.active_index(modality)
             if version is None:
                 if missing:
@@ -206,8 +209,7 @@ class ReferenceIndex:
         version = self.store.active_index(modality)
         if version is None:
             if not self.store.stats()["entities"]:
-                raise IndexNotBuiltError("the store holds no entities yet: run `mmkb demo` (the starter KB) or "
-                                         "`mmkb index ingest FOLDER`, then `mmkb index build`")
+                raise IndexNotBuiltError(f"{EMPTY_STORE}: run {FILL_STORE}")
             raise IndexNotBuiltError(f"no {modality} index yet: run `mmkb index build`")
         cached = self._loaded.get(modality)
         if cached and cached[0] == version.id:

@@ -40,6 +40,19 @@ def migrate(engine: Engine) -> None:
         command.upgrade(cfg, "head")
 
 
+MODALITIES = {"text": "sections", "image": "images"}  # an index per modality, of these rows of the store
+
+
+def shown_url(url: str) -> str:
+    """A database URL as printed for people: its password, if any, masked."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL SQLAlchemy parses: say it as given, it has no password field to hide
+        return url
+
+
 class EntityStore:
     """Entities, their documents, images and tags, and the index versions built from them."""
 
@@ -50,6 +63,11 @@ class EntityStore:
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         if auto_migrate:
             migrate(self.engine)
+
+    @property
+    def shown_url(self) -> str:
+        """The database URL to print: a password in it is masked."""
+        return shown_url(self.url)
 
     @classmethod
     def from_settings(cls, settings=None) -> EntityStore:
@@ -218,8 +236,8 @@ class EntityStore:
 
     def rollback_index(self, modality: str) -> IndexVersion:
         """Make the previous version of a modality active again."""
-        if modality not in ("text", "image"):
-            raise ValueError(f"the index modalities are text and image, not {modality!r}")
+        if modality not in MODALITIES:
+            raise ValueError(f"the index modalities are {' and '.join(MODALITIES)}, not {modality!r}")
         with self.session() as s:
             versions = list(s.scalars(select(IndexVersion).where(IndexVersion.modality == modality)
                                       .order_by(IndexVersion.id.desc())))

@@ -118,7 +118,8 @@ def _infoseek_example(record: Any, where: str) -> KBVQAExample:
             (isinstance(raw_eval, (int, float)) and not isinstance(raw_eval, bool)):  # one, not in a list
         raw_eval = [raw_eval]
     if not isinstance(raw_eval, list) or not raw_eval:
-        raise ValueError(f"{where}: 'answer_eval' must be a non-empty list, got {raw_eval!r}")
+        raise ValueError(f"{where}: 'answer_eval' must be a non-empty string, number, dict or list of them, "
+                         f"got {raw_eval!r}")
     answer_eval: list[AnswerEval] = []
     for item in raw_eval:
         if isinstance(item, str):

@@ -22,9 +22,10 @@ it had dropped get their pretrained rows, the rows mmkb reads for them anyway) a
 
 The default keeps no common words beyond the KB's (`common` = FIRST_WORD: every id below it is a
 special token or a character, kept anyway): within mmkb the dropped rows come back from the installed
-all-MiniLM-L6-v2, so more common words would only serve a user who loads the encoder folder on its
-own, at 0.77 MB per thousand words (the shipped reader kept 8,000 until 2026-12-07: 11,390 pieces
-against 7,796).
+all-MiniLM-L6-v2, so more common words would serve only a user who loads the encoder folder on its
+own, or `load_reader` when all-MiniLM-L6-v2 is not installed (it then reads the trimmed vocabulary, and
+a question's words outside the KB split into smaller pieces), at 0.77 MB per thousand words (the
+shipped reader kept the pieces below id 8,000 until 2026-12-07: 11,390 pieces against 7,796).
 """
 from __future__ import annotations
 
@@ -164,12 +165,11 @@ def trim_checkpoint(path: Path, common: int = FIRST_WORD) -> tuple[int, int]:
     model = AutoModel.from_pretrained(str(encoder_dir), dtype=torch.float16)
     before = len(tokenizer)
     if getattr(model.config, "mmkb_trimmed", None):
-        reader_config = Path(path) / "config.json"
-        text_model = json.loads(reader_config.read_text()).get("text_model") if reader_config.is_file() else None
-        if not text_model:
-            raise ValueError(f"{encoder_dir} is trimmed and {reader_config} does not name the text model it was "
-                             "fine-tuned from, so the dropped rows cannot be put back; trim the untrimmed export")
-        model, tokenizer = expand(model, tokenizer, text_model)
+        from rag.vlm.reader import ReaderConfig
+
+        reader_config = Path(path) / "config.json"  # the text model it was fine-tuned from, as load_reader reads it
+        saved = json.loads(reader_config.read_text()) if reader_config.is_file() else {}
+        model, tokenizer = expand(model, tokenizer, saved.get("text_model") or ReaderConfig().text_model)
     model, tokenizer = trim(model, tokenizer, corpus_texts(), common)
     tmp = encoder_dir.with_name("encoder.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -185,6 +185,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--common", type=int, default=FIRST_WORD,
                     help=f"also keep every piece below this id (BERT's common English words; {FIRST_WORD}: none)")
     args = ap.parse_args(argv)
+    if args.common < FIRST_WORD:
+        ap.error(f"--common below {FIRST_WORD} keeps no common words, as {FIRST_WORD} does; give {FIRST_WORD} or "
+                 "more (to keep the whole vocabulary, do not trim: `mmkb train vlm --trim-common 0`)")
     before, after = trim_checkpoint(args.checkpoint, args.common)
     print(json.dumps({"checkpoint": str(args.checkpoint), "vocabulary_before": before, "vocabulary_after": after}))
 

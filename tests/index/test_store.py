@@ -119,7 +119,7 @@ def test_filters_and_index_versions(store, tiny_kb):
         store.rollback_index("image")
 
 
-def test_a_line_s_images_replace_the_entity_s_unless_one_fails_to_read(store, tiny_kb):
+def test_replace_images_makes_a_line_s_images_the_entity_s_unless_one_fails_to_read(store, tiny_kb):
     """A rebuilt KB that dropped a wrong drawing drops it from the store too; a typo in a path does not
     cost the images already stored."""
     import shutil
@@ -131,13 +131,16 @@ def test_a_line_s_images_replace_the_entity_s_unless_one_fails_to_read(store, ti
     (tiny_kb / "manifest.jsonl").write_text("\n".join([json.dumps(rec), *lines[1:]]) + "\n")
     ingest_folder(store, tiny_kb, show_progress=False)
     assert len(store.entity_images(["country:BTN"])["country:BTN"]) == 2
+    (tiny_kb / "manifest.jsonl").write_text("\n".join(lines) + "\n")  # by default images are only added
+    assert ingest_folder(store, tiny_kb, show_progress=False).images_removed == 0
+    assert len(store.entity_images(["country:BTN"])["country:BTN"]) == 2
     typo = {**rec, "images": [rec["images"][0], {"path": "images/nope.png"}]}
     (tiny_kb / "manifest.jsonl").write_text("\n".join([json.dumps(typo), *lines[1:]]) + "\n")
-    report = ingest_folder(store, tiny_kb, show_progress=False)
+    report = ingest_folder(store, tiny_kb, show_progress=False, replace_images=True)
     assert report.images_removed == 0 and len(report.problems) == 1
     assert len(store.entity_images(["country:BTN"])["country:BTN"]) == 2
     (tiny_kb / "manifest.jsonl").write_text("\n".join(lines) + "\n")  # the drawing is gone from the KB
-    report = ingest_folder(store, tiny_kb, show_progress=False)
+    report = ingest_folder(store, tiny_kb, show_progress=False, replace_images=True)
     assert report.ok and (report.updated, report.images_removed) == (1, 1)
     (kept,) = store.entity_images(["country:BTN"])["country:BTN"]
     assert kept[1].read_bytes() == (tiny_kb / "images" / "btn.png").read_bytes()

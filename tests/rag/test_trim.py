@@ -68,16 +68,16 @@ def test_a_trimmed_export_trims_again_and_reads_as_before(tiny_reader, tmp_path)
 
     from transformers import AutoTokenizer
 
-    from rag.vlm.trim import trim_checkpoint
+    from rag.vlm.trim import FIRST_WORD, trim_checkpoint
 
     export = tmp_path / "reader"
     shutil.copytree(tiny_reader, export)
     first = len(AutoTokenizer.from_pretrained(str(export / "encoder")))
     before, after = trim_checkpoint(export, common=3000)  # more common words than the fixture kept
     assert before == first and after > first
-    before, after = trim_checkpoint(export, common=0)  # none: characters and the KB's pieces only, as exported
+    before, after = trim_checkpoint(export)  # the default: characters and the KB's pieces only, as exported
     assert after == first
-    assert json.loads((export / "encoder" / "config.json").read_text())["mmkb_trimmed"]["common"] == 0
+    assert json.loads((export / "encoder" / "config.json").read_text())["mmkb_trimmed"]["common"] == FIRST_WORD
     model, tok = load_reader(export)
     ref, ref_tok = load_reader(tiny_reader)
     assert tok.get_vocab() == ref_tok.get_vocab()
@@ -86,15 +86,11 @@ def test_a_trimmed_export_trims_again_and_reads_as_before(tiny_reader, tmp_path)
                        ref.encoder.get_input_embeddings().weight[kept])
 
 
-def test_trimming_needs_the_text_model_to_put_dropped_rows_back(tiny_reader, tmp_path):
-    import shutil
-
+def test_the_trim_command_refuses_a_common_that_keeps_nothing(capsys):
     import pytest
 
-    from rag.vlm.trim import trim_checkpoint
+    from rag.vlm.trim import main
 
-    export = tmp_path / "reader"
-    shutil.copytree(tiny_reader, export)
-    (export / "config.json").unlink()
-    with pytest.raises(ValueError, match="does not name the text model"):
-        trim_checkpoint(export)
+    with pytest.raises(SystemExit):
+        main(["nowhere", "--common", "0"])
+    assert "--trim-common 0" in capsys.readouterr().err
