@@ -140,8 +140,9 @@ def test_mmkb_generate_grounds_a_prompt_in_the_index(grounder, tiny_checkpoints,
     assert side["grounding"]["mentions"][0]["how"] == "name"
     r = CliRunner().invoke(app, args + ["--no-ground"])
     assert r.exit_code == 0, r.output
-    side = json.loads((out / "sample-0.json").read_text())
+    side = json.loads((out / "sample-0-2.json").read_text())  # beside the first run's, which stays
     assert side["references"] == [] and side["prompt"] == "the flag of Bhutan on a blue background"
+    assert json.loads((out / "sample-0.json").read_text())["references"]
 
 
 def test_an_edit_names_what_to_swap_in(grounder, tiny_checkpoints, tmp_path):
