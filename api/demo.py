@@ -11,6 +11,7 @@ from index.config import get_settings
 from index.files import png_data_url, thumbnail_url
 from index.ingest import ingest_folder
 from index.search import EntityHit, ReferenceIndex
+from index.store import MODALITIES
 from index.worldkb import DATA_DIR
 from rag.kbvqa.worldkb_bench import query_images
 
@@ -35,7 +36,7 @@ def sample_image_queries(limit: int = 4) -> list[tuple[str, Path]]:
 
 def ensure_index(ref: ReferenceIndex, rebuild: bool = False) -> None:
     """Build each modality whose active index is missing, stale or made by another embedder."""
-    stale = ["text", "image"] if rebuild else list(ref.outdated(embedders=True))
+    stale = list(MODALITIES) if rebuild else list(ref.outdated(embedders=True))
     if stale:
         console.print(f"building the {' and '.join(stale)} index …")
         ref.build(stale)

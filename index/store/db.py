@@ -46,10 +46,11 @@ MODALITIES = {"text": "sections", "image": "images"}  # an index per modality, o
 def shown_url(url: str) -> str:
     """A database URL as printed for people: its password, if any, masked."""
     from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
 
     try:
         return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # not a URL SQLAlchemy parses: say it as given, it has no password field to hide
+    except ArgumentError:  # not a URL SQLAlchemy parses: say it as given, it has no password field to hide
         return url
 
 

@@ -114,9 +114,8 @@ def _infoseek_example(record: Any, where: str) -> KBVQAExample:
         raise ValueError(f"{where}: 'question' must be a non-empty string")
     answers, has_parts = _answer_strings(record["answer"], where)
     raw_eval = record.get("answer_eval", answers)
-    if (isinstance(raw_eval, str) and raw_eval.strip()) or isinstance(raw_eval, dict) or \
-            (isinstance(raw_eval, (int, float)) and not isinstance(raw_eval, bool)):  # one, not in a list
-        raw_eval = [raw_eval]
+    if not isinstance(raw_eval, list):  # one accepted answer, not in a list; the loop checks its type
+        raw_eval = [raw_eval] if str(raw_eval).strip() else []
     if not isinstance(raw_eval, list) or not raw_eval:
         raise ValueError(f"{where}: 'answer_eval' must be a non-empty string, number, dict or list of them, "
                          f"got {raw_eval!r}")
