@@ -4,7 +4,7 @@
     POST /v1/generate  prompt [+ reference images] → PNGs + provenance     (mmkb generate)
     POST /v1/search    image and/or text → entities                        (mmkb index search)
     POST /v1/tags      image → suggested labels (curation tagger)          (mmkb curate tag)
-    GET  /health       what the index holds and which models are loaded
+    GET  /health       what the index holds, whether it is stale, and which models are loaded
     GET  /             a page to try all three
     GET  /docs         the API reference, from the OpenAPI schema (/openapi.json), with no script or
                        stylesheet from the internet: FastAPI's own Swagger page loads both from a CDN
@@ -19,6 +19,7 @@ from fastapi.responses import HTMLResponse
 from api.deps import Services, ServicesDep
 from api.reference import reference_page
 from api.routes import generate, search, tags, vqa
+from index.store import MODALITIES
 
 PAGE = Path(__file__).with_name("static") / "index.html"
 
@@ -34,9 +35,9 @@ def create_app(services: Services | None = None) -> FastAPI:
     @app.get("/health")
     def health(services: ServicesDep) -> dict:
         store = services.reference.store
-        active = {m: (v.count if v else None) for m in ("text", "image") for v in [store.active_index(m)]}
+        active = {m: (v.count if v else None) for m in MODALITIES for v in [store.active_index(m)]}
         return {"status": "ok", "entities": store.stats()["entities"], "kinds": store.kinds(),
-                "indexed": active, "loaded": services.loaded()}
+                "indexed": active, "stale": services.reference.stale(), "loaded": services.loaded()}
 
     @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
     def docs() -> str:

@@ -31,7 +31,7 @@ from PIL import Image as PILImage
 from index.config import Settings, get_settings
 from index.embedders import load_image_embedder, load_text_embedder
 from index.store import MODALITIES, EntityStore, IndexVersion
-from index.vectors import VectorIndex
+from index.vectors import MANIFEST_FILE, VectorIndex
 
 TIE_DECIMALS = 5  # scores equal to this many decimals are a tie (float32 cosines of identical images)
 # The centre is also scaled by n / (n + CENTRE_PRIOR): an index of a few images, whose mean says
@@ -151,6 +151,7 @@ class ReferenceIndex:
     def _build_one(self, modality: str, show_progress: bool) -> IndexVersion:
         if modality not in MODALITIES:
             raise ValueError(f"unknown modality {modality!r}; choose from {', '.join(MODALITIES)}")
+        digest = self.store.rows_digest(modality)  # before reading: a change meanwhile shows as stale
         if modality == "text":
             embedder = self.text_embedder()
             rows = [r for batch in self.store.iter_sections() for r in batch]
@@ -171,7 +172,7 @@ class ReferenceIndex:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         rel = Path("indexes") / modality / f"{stamp}-{len(ids)}"
         fingerprint = self.text_embedder().fingerprint if modality == "text" else self.image_fingerprint
-        saved = index.save(self.store.home / rel, embedder=fingerprint)
+        saved = index.save(self.store.home / rel, embedder=fingerprint, rows=digest)
         checksum = json.loads((saved / "manifest.json").read_text())["sha256"]
         version = IndexVersion(modality=modality, embedder=fingerprint, kind=index.kind, count=len(ids),
                                dim=index.dim, path=str(rel), checksum=checksum)
@@ -183,8 +184,9 @@ class ReferenceIndex:
     def outdated(self, embedders: bool = False, missing: bool = True) -> dict[str, str]:
         """Modality → why its active index does not match the store: none built yet (unless not
         `missing`), or another number of vectors than the store has sections or images (entities
-        ingested or removed since), or, with `embedders` (which loads them), built by another embedder
-        than the configured one."""
+        ingested or removed since), or as many but not the same rows (replaced since; indexes built
+        before their manifests recorded rows are checked by count alone), or, with `embedders` (which
+        loads them), built by another embedder than the configured one."""
         stored = self.store.stats()
         out = {}
         for modality, rows in MODALITIES.items():
@@ -194,10 +196,20 @@ class ReferenceIndex:
                     out[modality] = f"no {modality} index yet"
             elif version.count != stored[rows]:
                 out[modality] = f"the {modality} index holds {version.count} {rows} but the store {stored[rows]}"
+            elif self._built_from(version) not in (None, self.store.rows_digest(modality)):
+                out[modality] = f"the {modality} index was built from other {rows} than the store holds now"
             elif embedders and version.embedder != (self.text_embedder().fingerprint if modality == "text"
                                                     else self.image_fingerprint):
                 out[modality] = f"the {modality} index was built with another embedder than the configured one"
         return out
+
+    def _built_from(self, version: IndexVersion) -> str | None:
+        """The rows digest an index version's manifest records (None: not recorded, or unreadable,
+        which loading it reports)."""
+        try:
+            return json.loads((self.store.home / version.path / MANIFEST_FILE).read_text()).get("rows")
+        except (OSError, ValueError, AttributeError):
+            return None
 
     def stale(self) -> list[str]:
         """What `outdated` says of the indexes built, as notes that say what to run (the embedders are

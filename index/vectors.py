@@ -354,8 +354,9 @@ class VectorIndex:
                       "a larger memory budget gives a more accurate index")
         return reached
 
-    def save(self, directory: Path, embedder: str) -> Path:
-        """Write `index.faiss` and `manifest.json` so that `directory` always holds a complete index.
+    def save(self, directory: Path, embedder: str, rows: str | None = None) -> Path:
+        """Write `index.faiss` and `manifest.json` so that `directory` always holds a complete index;
+        `rows`, when given, is recorded as what the vectors were made from (`EntityStore.rows_digest`).
 
         Both files are written and fsynced in a sibling staging directory, which then replaces
         `directory` by two renames; `load` restores the previous index if a crash fell between them.
@@ -375,6 +376,8 @@ class VectorIndex:
                 "sha256": _sha256(index_path), "faiss_version": faiss.__version__,
                 "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             }
+            if rows is not None:
+                manifest["rows"] = rows
             (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
             _fsync(staging / MANIFEST_FILE)
             _fsync(staging)

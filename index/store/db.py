@@ -1,6 +1,7 @@
 """EntityStore: the engine, schema migrations and the queries the rest of mmkb needs."""
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -104,6 +105,20 @@ class EntityStore:
     def kinds(self) -> dict[str, int]:
         with self._sessions() as s:
             return dict(s.execute(select(Entity.kind, func.count()).group_by(Entity.kind)).all())
+
+    def rows_digest(self, modality: str) -> str:
+        """SHA-256 over the rows one modality's index embeds, in id order, each as its id and what it
+        holds (a section's text, an image's content hash): a row added, removed or replaced, even under
+        an id the database reused, changes it."""
+        if modality not in MODALITIES:
+            raise ValueError(f"the index modalities are {' and '.join(MODALITIES)}, not {modality!r}")
+        row_id, content = (Section.id, Section.text) if modality == "text" else (Image.id, Image.content_hash)
+        digest = hashlib.sha256()
+        with self._sessions() as s:
+            rows = s.execute(select(row_id, content).order_by(row_id).execution_options(yield_per=5000))
+            for number, held in rows:
+                digest.update(f"{number}\t{held}\n".encode())
+        return digest.hexdigest()
 
     def iter_sections(self, batch: int = 2000) -> Iterator[list[tuple[int, str]]]:
         """(section id, text to embed) in id order."""

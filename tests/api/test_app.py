@@ -142,6 +142,7 @@ def test_search_health_and_page(services, tiny_kb):
     assert planet.status_code == 400 and "'planet'" in planet.json()["detail"] and "country" in planet.json()["detail"]
     health = client.get("/health").json()
     assert health["entities"] == 3 and health["indexed"]["text"] > 0 and health["indexed"]["image"] is None
+    assert health["stale"] == []
     page = client.get("/")
     assert page.status_code == 200 and all(route in page.text for route in ("/v1/vqa", "/v1/generate", "/v1/tags"))
 

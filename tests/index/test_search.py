@@ -54,6 +54,45 @@ def test_rebuild_keeps_the_old_version_for_rollback(ref):
     assert ref.search(text="Thimphu", k=1)[0].key == "country:BTN"
 
 
+def test_rows_replaced_one_for_one_make_the_index_stale(ref, tiny_kb):
+    """Same counts, other rows: a redrawn picture and a reworded passage (SQLite may even reuse the
+    ids) are noticed from the digest each manifest records."""
+    import json
+
+    from PIL import Image, ImageDraw
+
+    from tests.conftest import TINY_KB
+
+    ref.build(["text", "image"], show_progress=False)
+    assert ref.outdated() == {}
+    img = Image.new("RGBA", (40, 40), (0, 0, 0, 0))
+    ImageDraw.Draw(img).rectangle([5, 5, 35, 35], fill=(0, 150, 0, 255))
+    img.save(tiny_kb / "images" / "apple.png")
+    records = [dict(r) for r in TINY_KB]
+    records[1] = {**records[1], "sections": [{"heading": "capital", "text": "Nepal's capital is Kathmandu.",
+                                              "source": "test"}]}
+    (tiny_kb / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    before = ref.store.stats()
+    ingest_folder(ref.store, tiny_kb, show_progress=False, replace_images=True)
+    assert ref.store.stats() == before  # one for one
+    assert ref.outdated() == {"text": "the text index was built from other sections than the store holds now",
+                              "image": "the image index was built from other images than the store holds now"}
+    assert all("mmkb index build" in note for note in ref.stale())
+    ref.build(["image"], show_progress=False)
+    assert set(ref.outdated()) == {"text"}
+
+
+def test_an_index_whose_manifest_records_no_rows_is_checked_by_count(ref):
+    import json
+
+    version = ref.build(["text"], show_progress=False)[0]
+    manifest = ref.store.home / version.path / "manifest.json"
+    held = json.loads(manifest.read_text())
+    del held["rows"]
+    manifest.write_text(json.dumps(held))
+    assert ref.outdated(missing=False) == {}
+
+
 def test_index_built_with_other_weights_is_refused(ref, monkeypatch):
     """Retrained weights under the same model name still make the old index stale."""
     ref.build(["text", "image"], show_progress=False)
