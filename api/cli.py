@@ -87,18 +87,25 @@ def index_ingest(folder: Path, manifest: Optional[Path] = None, replace_images: 
 
 
 @index_app.command("build")
-def index_build(modality: Annotated[list[str], typer.Option(help="text and/or image")] = ["text", "image"]) -> None:
-    """Embed the store and build a new FAISS index version per modality (the old one stays for rollback)."""
+def index_build(modality: Annotated[list[str], typer.Option(help="text and/or image")] = ["text", "image"],
+                full: Annotated[bool, typer.Option(help="embed every row anew, not only those changed since the "
+                                                        "active version")] = False) -> None:
+    """Bring the index up to the store: a new FAISS index version per modality, made active once complete
+    (the old one stays for rollback). Only rows added, removed or changed since the active version are
+    embedded, unless --full or the index must be built anew (another embedder, index type or many changes)."""
     from index.search import ReferenceIndex
 
     ref = ReferenceIndex.from_settings()
     try:
-        versions = ref.build(modality)
+        builds = ref.build(modality, full=full)
     except ValueError as err:
         _fail(str(err))
-    for v in versions:
-        console.print(f"{v.modality}: {v.count} vectors, {v.kind}, embedder {v.embedder} → "
-                      f"{ref.store.home / v.path}")
+    for b in builds:
+        v = b.version
+        what = {"full": "built anew", "up to date": "already up to date, kept",
+                "patched": f"{b.added} added, {b.removed} removed since the version before"}[b.how]
+        console.print(f"{v.modality}: {v.count} vectors ({what}), {v.kind}, embedder {v.embedder} → "
+                      f"{ref.store.home / v.path}", markup=False)
 
 
 @index_app.command("search")

@@ -39,7 +39,7 @@ def ensure_index(ref: ReferenceIndex, rebuild: bool = False) -> None:
     stale = list(MODALITIES) if rebuild else list(ref.outdated(embedders=True))
     if stale:
         console.print(f"building the {' and '.join(stale)} index …")
-        ref.build(stale)
+        ref.build(stale, full=rebuild)
 
 
 def hit_table(hits: list[EntityHit], home: Path, expected: str | None = None) -> str:

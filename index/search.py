@@ -31,7 +31,8 @@ from PIL import Image as PILImage
 from index.config import Settings, get_settings
 from index.embedders import load_image_embedder, load_text_embedder
 from index.store import MODALITIES, EntityStore, IndexVersion
-from index.vectors import MANIFEST_FILE, VectorIndex
+from index.store.db import rows_digest
+from index.vectors import MANIFEST_FILE, VectorIndex, choose_index
 
 TIE_DECIMALS = 5  # scores equal to this many decimals are a tie (float32 cosines of identical images)
 # The centre is also scaled by n / (n + CENTRE_PRIOR): an index of a few images, whose mean says
@@ -65,6 +66,20 @@ FILL_STORE = "`mmkb demo` (the starter KB) or `mmkb index ingest FOLDER`, then `
 
 class IndexNotBuiltError(RuntimeError):
     """Search was asked of a modality that has no active index."""
+
+
+ROWS_ARRAY = "rows"  # beside an index version's manifest: the (id, hash) of each row it was built from
+
+
+@dataclass
+class IndexBuild:
+    """What `ReferenceIndex.build` did to one modality: the active version, and whether it was built
+    anew ("full"), brought up to the store from the one before ("patched") or already matched it."""
+
+    version: IndexVersion
+    how: str
+    added: int = 0
+    removed: int = 0
 
 
 @dataclass
@@ -144,40 +159,95 @@ class ReferenceIndex:
 
     # --- building ------------------------------------------------------------------------------
 
-    def build(self, modalities: Sequence[str] = tuple(MODALITIES), show_progress: bool = True) -> list[IndexVersion]:
-        """Embed everything, write a new index version per modality, then make it active."""
-        return [self._build_one(m, show_progress) for m in modalities]
+    def build(self, modalities: Sequence[str] = tuple(MODALITIES), show_progress: bool = True,
+              full: bool = False) -> list[IndexBuild]:
+        """Bring each modality's index up to the store as a new version, made active once complete (the
+        old one stays for rollback). Only the rows added, removed or changed since the active version
+        are embedded and patched into a copy of it; everything is embedded anew with `full`, or when a
+        patch would not do (`_patch_plan`). An index that already matches the store is kept."""
+        for modality in modalities:
+            if modality not in MODALITIES:
+                raise ValueError(f"unknown modality {modality!r}; choose from {', '.join(MODALITIES)}")
+        return [self._build_one(m, show_progress, full) for m in modalities]
 
-    def _build_one(self, modality: str, show_progress: bool) -> IndexVersion:
-        if modality not in MODALITIES:
-            raise ValueError(f"unknown modality {modality!r}; choose from {', '.join(MODALITIES)}")
-        digest = self.store.rows_digest(modality)  # before reading: a change meanwhile shows as stale
-        if modality == "text":
-            embedder = self.text_embedder()
-            rows = [r for batch in self.store.iter_sections() for r in batch]
-            ids = [r[0] for r in rows]
-            vectors = embedder.encode([r[1] for r in rows], batch_size=self.settings.batch_size,
-                                      show_progress=show_progress)
-        else:
-            rows = [r for batch in self.store.iter_images() for r in batch]
-            ids = [r[0] for r in rows]
-            vectors = self.embed_images([r[1] for r in rows], show_progress=show_progress)
-        if not ids:
+    def _build_one(self, modality: str, show_progress: bool, full: bool) -> IndexBuild:
+        ids, hashes = self.store.row_hashes(modality)  # read first: a change meanwhile shows as stale
+        if not len(ids):
             raise ValueError(f"nothing to index for {modality}: ingest a KB first (`mmkb index ingest`)")
-        index = VectorIndex.build(vectors, np.asarray(ids, dtype=np.int64),
-                                  memory_budget_bytes=self.settings.memory_budget_mb << 20,
-                                  show_progress=show_progress)
+        fingerprint = self.text_embedder().fingerprint if modality == "text" else self.image_fingerprint
+        plan = None if full else self._patch_plan(modality, fingerprint, ids, hashes)
+        if plan is not None:
+            index, gone, fresh = plan
+            if not len(gone) and not len(fresh):
+                return IndexBuild(self.store.active_index(modality), "up to date")
+            if len(gone):
+                index.remove(gone)
+            rows = self.store.rows_of(modality, fresh)
+            if rows:
+                index.add(self._embed_rows(modality, rows, show_progress), np.asarray([r[0] for r in rows], np.int64))
+            how = "patched"
+        else:
+            rows = [r for batch in (self.store.iter_sections() if modality == "text" else self.store.iter_images())
+                    for r in batch]
+            index = VectorIndex.build(self._embed_rows(modality, rows, show_progress),
+                                      np.asarray([r[0] for r in rows], dtype=np.int64),
+                                      memory_budget_bytes=self.settings.memory_budget_mb << 20,
+                                      show_progress=show_progress)
+            gone, fresh, how = (), rows, "full"
         if index.kind != "flat":
             index.tune(self.settings.target_recall)
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        rel = Path("indexes") / modality / f"{stamp}-{len(ids)}"
-        fingerprint = self.text_embedder().fingerprint if modality == "text" else self.image_fingerprint
-        saved = index.save(self.store.home / rel, embedder=fingerprint, rows=digest)
-        checksum = json.loads((saved / "manifest.json").read_text())["sha256"]
-        version = IndexVersion(modality=modality, embedder=fingerprint, kind=index.kind, count=len(ids),
+        rel = Path("indexes") / modality / f"{stamp}-{index.count}"
+        saved = index.save(self.store.home / rel, embedder=fingerprint, notes={"rows": rows_digest(ids, hashes)},
+                           arrays={ROWS_ARRAY: np.stack([ids, hashes], axis=1)})
+        checksum = json.loads((saved / MANIFEST_FILE).read_text())["sha256"]
+        version = IndexVersion(modality=modality, embedder=fingerprint, kind=index.kind, count=index.count,
                                dim=index.dim, path=str(rel), checksum=checksum)
         self._loaded.pop(modality, None)
-        return self.store.activate_index(version)
+        return IndexBuild(self.store.activate_index(version), how, added=len(fresh), removed=len(gone))
+
+    def _embed_rows(self, modality: str, rows: list, show_progress: bool) -> np.ndarray:
+        if modality == "text":
+            return self.text_embedder().encode([r[1] for r in rows], batch_size=self.settings.batch_size,
+                                               show_progress=show_progress)
+        return self.embed_images([r[1] for r in rows], show_progress=show_progress)
+
+    def _patch_plan(self, modality: str, fingerprint: str, ids: np.ndarray,
+                    hashes: np.ndarray) -> tuple[VectorIndex, np.ndarray, np.ndarray] | None:
+        """(a copy of the active index, ids to remove from it, ids to embed and add) to bring it to the
+        store's rows, or None when it must be built anew: none active, another embedder, no rows
+        recorded (indexes built before 2026-12-08), the count calls for another index type, or a graph
+        or list index would hide more than a fifth of its nodes (removed vectors stay as hidden nodes
+        until a rebuild)."""
+        version = self.store.active_index(modality)
+        if version is None or version.embedder != fingerprint:
+            return None
+        held = self._built_rows(version)
+        if held is None:
+            return None
+        old = dict(zip(held[0].tolist(), held[1].tolist()))
+        new = dict(zip(ids.tolist(), hashes.tolist()))
+        gone = np.asarray([i for i, h in old.items() if new.get(i) != h], dtype=np.int64)
+        fresh = np.asarray([i for i, h in new.items() if old.get(i) != h], dtype=np.int64)
+        index = VectorIndex.load(self.store.home / version.path)
+        wanted = choose_index(len(ids), index.dim, self.settings.memory_budget_mb << 20).kind
+        hidden = index.hidden + (len(gone) if index.kind != "flat" else 0)
+        if wanted != index.kind or hidden > len(ids) / 5:
+            return None
+        return index, gone, fresh
+
+    def _built_rows(self, version: IndexVersion) -> tuple[np.ndarray, np.ndarray] | None:
+        """(ids, hashes) of the rows an index version was built from, when its manifest records them
+        and the record is intact."""
+        folder = self.store.home / version.path
+        try:
+            digest = json.loads((folder / MANIFEST_FILE).read_text()).get("rows")
+            rows = np.load(folder / f"{ROWS_ARRAY}.npy", allow_pickle=False)
+        except (OSError, ValueError, AttributeError):
+            return None
+        if rows.ndim != 2 or rows.shape[1] != 2 or digest != rows_digest(rows[:, 0], rows[:, 1]):
+            return None
+        return rows[:, 0], rows[:, 1]
 
     # --- searching -----------------------------------------------------------------------------
 
@@ -196,7 +266,7 @@ class ReferenceIndex:
                     out[modality] = f"no {modality} index yet"
             elif version.count != stored[rows]:
                 out[modality] = f"the {modality} index holds {version.count} {rows} but the store {stored[rows]}"
-            elif self._built_from(version) not in (None, self.store.rows_digest(modality)):
+            elif self._built_from(version) not in (None, rows_digest(*self.store.row_hashes(modality))):
                 out[modality] = f"the {modality} index was built from other {rows} than the store holds now"
             elif embedders and version.embedder != (self.text_embedder().fingerprint if modality == "text"
                                                     else self.image_fingerprint):

@@ -220,6 +220,11 @@ class VectorIndex:
         return self._index.ntotal - self._hidden
 
     @property
+    def hidden(self) -> int:
+        """Removed vectors a graph or list index still keeps as hidden nodes (until it is rebuilt)."""
+        return self._hidden
+
+    @property
     def dim(self) -> int:
         return self._index.d
 
@@ -354,9 +359,10 @@ class VectorIndex:
                       "a larger memory budget gives a more accurate index")
         return reached
 
-    def save(self, directory: Path, embedder: str, rows: str | None = None) -> Path:
+    def save(self, directory: Path, embedder: str, notes: dict | None = None,
+             arrays: dict[str, np.ndarray] | None = None) -> Path:
         """Write `index.faiss` and `manifest.json` so that `directory` always holds a complete index;
-        `rows`, when given, is recorded as what the vectors were made from (`EntityStore.rows_digest`).
+        `notes` go into the manifest as they are, each of `arrays` into `<name>.npy` beside it.
 
         Both files are written and fsynced in a sibling staging directory, which then replaces
         `directory` by two renames; `load` restores the previous index if a crash fell between them.
@@ -376,8 +382,10 @@ class VectorIndex:
                 "sha256": _sha256(index_path), "faiss_version": faiss.__version__,
                 "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             }
-            if rows is not None:
-                manifest["rows"] = rows
+            manifest.update(notes or {})
+            for name, array in (arrays or {}).items():
+                np.save(staging / f"{name}.npy", array, allow_pickle=False)
+                _fsync(staging / f"{name}.npy")
             (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
             _fsync(staging / MANIFEST_FILE)
             _fsync(staging)

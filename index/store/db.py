@@ -6,6 +6,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 from sqlalchemy import Engine, create_engine, event, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -42,6 +43,12 @@ def migrate(engine: Engine) -> None:
 
 
 MODALITIES = {"text": "sections", "image": "images"}  # an index per modality, of these rows of the store
+
+
+def rows_digest(ids: np.ndarray, hashes: np.ndarray) -> str:
+    """One SHA-256 for a modality's rows (`EntityStore.row_hashes`): what an index manifest records."""
+    return hashlib.sha256(np.ascontiguousarray(ids, np.int64).tobytes()
+                          + np.ascontiguousarray(hashes, np.int64).tobytes()).hexdigest()
 
 
 def shown_url(url: str) -> str:
@@ -106,19 +113,31 @@ class EntityStore:
         with self._sessions() as s:
             return dict(s.execute(select(Entity.kind, func.count()).group_by(Entity.kind)).all())
 
-    def rows_digest(self, modality: str) -> str:
-        """SHA-256 over the rows one modality's index embeds, in id order, each as its id and what it
-        holds (a section's text, an image's content hash): a row added, removed or replaced, even under
-        an id the database reused, changes it."""
+    def row_hashes(self, modality: str) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, a 64-bit hash of what each holds: a section's text, an image's content hash) of the rows
+        one modality's index embeds, in id order: a row added, removed or replaced, even under an id the
+        database reused, changes them."""
         if modality not in MODALITIES:
             raise ValueError(f"the index modalities are {' and '.join(MODALITIES)}, not {modality!r}")
         row_id, content = (Section.id, Section.text) if modality == "text" else (Image.id, Image.content_hash)
-        digest = hashlib.sha256()
+        ids, hashes = [], []
         with self._sessions() as s:
-            rows = s.execute(select(row_id, content).order_by(row_id).execution_options(yield_per=5000))
-            for number, held in rows:
-                digest.update(f"{number}\t{held}\n".encode())
-        return digest.hexdigest()
+            for number, held in s.execute(select(row_id, content).order_by(row_id).execution_options(yield_per=5000)):
+                ids.append(number)
+                hashes.append(int.from_bytes(hashlib.blake2b(held.encode(), digest_size=8).digest(), "little",
+                                             signed=True))
+        return np.asarray(ids, dtype=np.int64), np.asarray(hashes, dtype=np.int64)
+
+    def rows_of(self, modality: str, ids: Sequence[int]) -> list[tuple[int, str | Path]]:
+        """(id, section text or absolute image path) of the given rows of one modality, in id order."""
+        row_id, content = (Section.id, Section.text) if modality == "text" else (Image.id, Image.path)
+        ids = [int(i) for i in ids]
+        out = []
+        with self._sessions() as s:
+            for start in range(0, len(ids), 1000):  # IN lists stay short
+                rows = s.execute(select(row_id, content).where(row_id.in_(ids[start:start + 1000])))
+                out += [(r[0], r[1] if modality == "text" else self.home / r[1]) for r in rows]
+        return sorted(out)
 
     def iter_sections(self, batch: int = 2000) -> Iterator[list[tuple[int, str]]]:
         """(section id, text to embed) in id order."""

@@ -46,9 +46,9 @@ def test_image_search_returns_entities_and_kind_filter_applies(ref, tiny_kb):
 
 
 def test_rebuild_keeps_the_old_version_for_rollback(ref):
-    first = ref.build(["text"], show_progress=False)[0]
-    second = ref.build(["text"], show_progress=False)[0]
-    assert ref.store.active_index("text").id == second.id
+    first = ref.build(["text"], show_progress=False)[0].version
+    second = ref.build(["text"], show_progress=False, full=True)[0].version
+    assert ref.store.active_index("text").id == second.id != first.id
     ref.store.rollback_index("text")
     assert ref.store.active_index("text").id == first.id
     assert ref.search(text="Thimphu", k=1)[0].key == "country:BTN"
@@ -85,12 +85,62 @@ def test_rows_replaced_one_for_one_make_the_index_stale(ref, tiny_kb):
 def test_an_index_whose_manifest_records_no_rows_is_checked_by_count(ref):
     import json
 
-    version = ref.build(["text"], show_progress=False)[0]
+    version = ref.build(["text"], show_progress=False)[0].version
     manifest = ref.store.home / version.path / "manifest.json"
     held = json.loads(manifest.read_text())
     del held["rows"]
     manifest.write_text(json.dumps(held))
     assert ref.outdated(missing=False) == {}
+    assert ref.build(["text"], show_progress=False)[0].how == "full"  # nothing to patch from
+
+
+def test_build_patches_in_only_what_changed_and_matches_a_full_build(ref, tiny_kb):
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from index.vectors import VectorIndex
+    from tests.conftest import TINY_KB, _flag
+
+    first = {b.version.modality: b for b in ref.build(show_progress=False)}
+    assert {b.how for b in first.values()} == {"full"}
+    again = {b.version.modality: b for b in ref.build(show_progress=False)}
+    assert all(again[m].how == "up to date" and again[m].version.id == first[m].version.id for m in again)
+
+    _flag([(0, 106, 78), (244, 42, 65)], tiny_kb / "images" / "bgd.png")
+    Image.new("RGB", (40, 40), (0, 120, 0)).save(tiny_kb / "images" / "apple.png")  # redrawn in place
+    records = [*TINY_KB, {"key": "country:BGD", "kind": "country", "name": "Bangladesh",
+                          "sections": [{"heading": "capital", "text": "The capital of Bangladesh is Dhaka.",
+                                        "source": "test"}],
+                          "images": [{"path": "images/bgd.png", "source": "test", "style": "flag"}]}]
+    (tiny_kb / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    ingest_folder(ref.store, tiny_kb, show_progress=False, replace_images=True)
+    assert set(ref.outdated()) == {"text", "image"}
+
+    patched = {b.version.modality: b for b in ref.build(show_progress=False)}
+    assert patched["text"].how == "patched" and (patched["text"].added, patched["text"].removed) == (1, 0)
+    assert patched["image"].how == "patched" and (patched["image"].added, patched["image"].removed) == (2, 1)
+    assert ref.outdated() == {}
+    assert ref.search(text="Dhaka", k=1)[0].key == "country:BGD"
+    assert ref.search(image=tiny_kb / "images" / "bgd.png", k=1)[0].key == "country:BGD"
+
+    full = {b.version.modality: b for b in ref.build(show_progress=False, full=True)}
+    for modality in ("text", "image"):
+        a = VectorIndex.load(ref.store.home / patched[modality].version.path)
+        b = VectorIndex.load(ref.store.home / full[modality].version.path)
+        ids, _ = ref.store.row_hashes(modality)
+        assert a.count == b.count == len(ids)
+        assert np.allclose(a.reconstruct(ids), b.reconstruct(ids), atol=1e-5)
+
+
+def test_build_starts_anew_when_the_count_calls_for_another_index_type(ref, monkeypatch):
+    import index.search
+    from index.vectors import IndexSpec
+
+    ref.build(["text"], show_progress=False)
+    monkeypatch.setattr(index.search, "choose_index", lambda count, dim, budget: IndexSpec("hnsw", {}))
+    assert ref.build(["text"], show_progress=False)[0].how == "full"
 
 
 def test_index_built_with_other_weights_is_refused(ref, monkeypatch):
