@@ -499,7 +499,7 @@ def main() -> None:
     from sqlalchemy.exc import OperationalError
 
     from index.config import get_settings
-    from index.store.db import shown_url
+    from index.store.db import MissingDriverError, shown_url
 
     try:
         get_settings()  # bad MMKB_* settings are reported here, before any command reads them
@@ -511,6 +511,9 @@ def main() -> None:
             name = "MMKB_" + "_".join(map(str, e["loc"])).upper()
             console.print(f"[bold red]error:[/] {escape(name)}={escape(repr(e.get('input')))}: "
                           f"{escape(e['msg'].removeprefix('Value error, '))} (README, \"Settings\")")
+        sys.exit(2)
+    except MissingDriverError as err:
+        console.print(f"[bold red]error:[/] {escape(str(err))}")
         sys.exit(2)
     except OperationalError as err:  # the database named by MMKB_DATABASE_URL cannot be used
         url = get_settings().db_url

@@ -15,11 +15,31 @@ from index.store.models import Alias, Document, Entity, Image, IndexVersion, Sec
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
+class MissingDriverError(RuntimeError):
+    """The database URL names a dialect whose Python driver is not installed."""
+
+
+def with_driver(url: str) -> str:
+    """A `postgresql://` URL names no driver, and SQLAlchemy 2.1 then wants psycopg 3; mmkb installs
+    psycopg2, so such a URL gets whichever of the two is installed (psycopg 3 first)."""
+    import importlib.util
+
+    if not url.startswith("postgresql://"):
+        return url
+    driver = next((d for d in ("psycopg", "psycopg2") if importlib.util.find_spec(d)), None)
+    return url.replace("postgresql://", f"postgresql+{driver}://", 1) if driver else url
+
+
 def make_engine(url: str) -> Engine:
     """An engine; SQLite gets foreign keys on and WAL so readers don't block the writer."""
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, future=True)
+    try:
+        engine = create_engine(with_driver(url), future=True)
+    except ModuleNotFoundError as err:
+        raise MissingDriverError(f"the database URL {shown_url(url)} needs the Python module {err.name!r}, which is "
+                                 f"not installed: pip install its driver, or name an installed one in the URL "
+                                 f"(mmkb installs psycopg2: postgresql+psycopg2://user@host/db)") from None
     if engine.dialect.name == "sqlite":
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(conn, _record) -> None:

@@ -9,6 +9,13 @@ import torch
 from rag.vlm.reader import DIMG, DOC, IMG, ReaderConfig
 
 DOC_PREFIX = f"{DIMG} "
+MIN_DOCUMENT_TOKENS = 64  # a question may take the reader's window up to what a document needs
+
+
+def longest_question(cfg: ReaderConfig) -> int:
+    """The most word pieces a question may have: the window less the image tokens, the special tokens
+    ([CLS] and two [SEP]) and room for a document."""
+    return cfg.max_len - cfg.image_tokens - 3 - MIN_DOCUMENT_TOKENS
 
 
 @dataclass
@@ -31,6 +38,11 @@ def make_batch(tokenizer, cfg: ReaderConfig, questions: list[str], images: np.nd
                docs: list[list[str]] | None = None, doc_images: list[list[np.ndarray]] | None = None,
                mode: str = "single") -> ReaderBatch:
     """mode "single": one document per question (docs[i] has one item); "set": all docs in one pass."""
+    limit = longest_question(cfg)
+    for q in questions:
+        if (n := len(tokenizer.tokenize(q))) > limit:
+            raise ValueError(f"the question is {n} word pieces long; the reader takes at most {limit} (its window "
+                             f"of {cfg.max_len} also holds the image and the documents): ask it in fewer words")
     first = [" ".join([IMG] * cfg.image_tokens) + " " + q for q in questions]
     if docs is None:
         second = None

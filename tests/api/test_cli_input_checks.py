@@ -169,6 +169,24 @@ def test_bad_settings_and_an_unreachable_database_are_one_line(monkeypatch, caps
     code, err = run(MMKB_DATABASE_URL="postgresql+psycopg2://nobody:secret@127.0.0.1:1/none")
     assert code == 2 and "cannot use the database" in err and "MMKB_DATABASE_URL" in err
     assert "secret" not in err and len(err.strip().splitlines()) == 1
+    code, err = run(MMKB_DATABASE_URL="mysql://nobody:secret@127.0.0.1:1/none")  # its driver is not installed
+    assert code == 2 and "'MySQLdb'" in err and "postgresql+psycopg2://" in err and "secret" not in err
+    code, err = run(MMKB_DATABASE_URL="postgresql://nobody:secret@127.0.0.1:1/none")  # no driver named
+    assert code == 2 and "cannot use the database" in err and "secret" not in err
+
+
+def test_a_postgresql_url_without_a_driver_gets_an_installed_one(monkeypatch):
+    import importlib.util
+
+    from index.store.db import with_driver
+
+    installed = {"psycopg2"}
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: object() if name in installed else None)
+    assert with_driver("postgresql://u@h/db") == "postgresql+psycopg2://u@h/db"
+    installed.add("psycopg")
+    assert with_driver("postgresql://u@h/db") == "postgresql+psycopg://u@h/db"
+    assert with_driver("postgresql+psycopg2://u@h/db") == "postgresql+psycopg2://u@h/db"
+    assert with_driver("sqlite:///x.sqlite") == "sqlite:///x.sqlite"
 
 
 def test_the_api_reference_page_needs_no_internet():

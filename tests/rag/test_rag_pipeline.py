@@ -82,6 +82,16 @@ def test_ask_command_takes_rets_threshold(tiny_kb, tiny_reader):
     assert bad.exit_code == 2 and "--gamma" in bad.output
 
 
+def test_a_question_too_long_for_the_reader_is_refused_saying_so(rag, tiny_kb):
+    from rag.vlm.inputs import longest_question
+
+    limit = longest_question(rag.vlm.cfg)
+    fits = "What is the capital of this country" + " please" * (limit - 12)
+    assert rag(tiny_kb / "images" / "btn.png", fits).answer is not None
+    with pytest.raises(ValueError, match=f"at most {limit}.*fewer words"):
+        rag(tiny_kb / "images" / "btn.png", "What is the capital of this country" + " please" * 200)
+
+
 def test_mct_variants_and_bad_config(rag, tiny_kb):
     for variant in ("filter", "rerank", "merge"):
         out = rag(tiny_kb / "images" / "npl.png", "What is the capital of this country?", gamma=0.0,
