@@ -80,6 +80,10 @@ def index_ingest(folder: Path, manifest: Optional[Path] = None, replace_images: 
     console.print(f"entities added {report.added}, updated {report.updated}, unchanged {report.unchanged}; "
                   f"images added {report.images_added}, removed {report.images_removed}; "
                   f"problems {len(report.problems)}; database {escape(store.shown_url)}")
+    if report.kept_unlisted:
+        console.print(f"[yellow]note:[/] {report.kept_unlisted} entities gained a picture and keep pictures their "
+                      "line no longer lists (a redrawn picture is added beside the old one): "
+                      "`mmkb index ingest --replace-images` makes a line's pictures all its entity's")
     if report.added or report.updated:
         console.print("run `mmkb index build` so searches see these changes")
     if report.problems:

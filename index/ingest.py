@@ -60,6 +60,7 @@ class IngestReport:
     unchanged: int = 0
     images_added: int = 0
     images_removed: int = 0
+    kept_unlisted: int = 0  # entities that gained a picture and keep others their line no longer lists
     problems: list[Problem] = field(default_factory=list)
 
     @property
@@ -272,7 +273,7 @@ def _upsert(session, home: Path, rec: dict[str, Any], images: list, report: Inge
                                   source=s.get("source")) for i, s in enumerate(rec["sections"])]))
             changed = True
     known = {im.content_hash for im in entity.images}
-    listed = set()
+    listed, added = set(), False
     for meta, data, width, height, fmt in images:
         digest, rel = store_blob(home, data, fmt)
         listed.add(digest)
@@ -282,7 +283,9 @@ def _upsert(session, home: Path, rec: dict[str, Any], images: list, report: Inge
         entity.images.append(Image(content_hash=digest, path=rel, width=width, height=height,
                                    source=meta.get("source"), license=meta.get("license"), style=meta.get("style")))
         report.images_added += 1
-        changed = True
+        changed = added = True
+    if added and not is_new and not replace_images and known - listed:
+        report.kept_unlisted += 1  # likely a redrawn picture saved under the same name
     if replace_images:
         for im in [im for im in entity.images if im.content_hash not in listed]:
             entity.images.remove(im)

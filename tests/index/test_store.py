@@ -145,3 +145,23 @@ def test_replace_images_makes_a_line_s_images_the_entity_s_unless_one_fails_to_r
     (kept,) = store.entity_images(["country:BTN"])["country:BTN"]
     assert kept[1].read_bytes() == (tiny_kb / "images" / "btn.png").read_bytes()
     assert store.stats()["images"] == 3
+
+
+def test_a_picture_redrawn_under_its_name_is_added_beside_the_old_one_and_said(store, tiny_kb, monkeypatch):
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from api.cli import app
+    from index.config import get_settings
+
+    ingest_folder(store, tiny_kb, show_progress=False)
+    Image.new("RGB", (30, 20), (0, 90, 200)).save(tiny_kb / "images" / "npl.png")
+    report = ingest_folder(store, tiny_kb, show_progress=False)
+    assert (report.updated, report.images_added, report.kept_unlisted) == (1, 1, 1)
+    assert len(store.entity_images(["country:NPL"])["country:NPL"]) == 2
+    Image.new("RGB", (30, 20), (200, 90, 0)).save(tiny_kb / "images" / "npl.png")
+    monkeypatch.setenv("MMKB_DATABASE_URL", store.url)
+    get_settings.cache_clear()
+    out = CliRunner().invoke(app, ["index", "ingest", str(tiny_kb)], env={"COLUMNS": "300"})
+    assert out.exit_code == 0 and "1 entities gained a picture" in out.output and "--replace-images" in out.output
+    assert ingest_folder(store, tiny_kb, show_progress=False, replace_images=True).kept_unlisted == 0
