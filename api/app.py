@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fastapi import FastAPI
-from fastapi.responses import HTMLResponse
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse
 
-from api.deps import Services, ServicesDep
+from api.deps import FORM_TYPES, Services, ServicesDep
 from api.reference import reference_page
 from api.routes import generate, search, tags, vqa
 from index.store import MODALITIES
@@ -31,6 +31,17 @@ def create_app(services: Services | None = None) -> FastAPI:
     app.state.services = services or Services()
     for module in (vqa, generate, search, tags):
         app.include_router(module.router)
+
+    @app.middleware("http")
+    async def forms_only(request: Request, call_next):
+        """The routes read form fields: a JSON body would reach them as no fields at all and get a
+        message about what is missing, so it is refused here saying what the routes take."""
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if request.method == "POST" and request.url.path.startswith("/v1/") and kind and kind not in FORM_TYPES:
+            return JSONResponse({"detail": f"the body is {kind}: the routes take form fields, as multipart/form-data "
+                                           "(curl -F text=Thimphu …) or application/x-www-form-urlencoded"},
+                                status_code=415)
+        return await call_next(request)
 
     @app.get("/health")
     def health(services: ServicesDep) -> dict:

@@ -123,9 +123,11 @@ def curate_review(accept_above: Annotated[Optional[float], typer.Option(help="ac
 
     if accept_above is None and reject_below is None and not accept and not reject:
         _fail("say what to review: --accept-above P, --reject-below P, --accept KEY=LABEL or --reject KEY=LABEL")
+    store = EntityStore.from_settings()
     try:
-        counts = review_tags(EntityStore.from_settings(), accept_above, reject_below,
-                             parse_pairs(accept or []), parse_pairs(reject or []))
+        accepted, rejected = parse_pairs(accept or []), parse_pairs(reject or [])
+        _check_keys(store, list(dict.fromkeys(key for key, _ in accepted + rejected)))
+        counts = review_tags(store, accept_above, reject_below, accepted, rejected)
     except ValueError as err:
         _fail(str(err))
     console.print(f"accepted {counts['accepted']}, rejected {counts['rejected']}")
@@ -174,4 +176,5 @@ def curate_dedup(threshold: float = 0.97, page: Optional[Path] = None,
                            "cosine": round(p.similarity, 4), "same_entity": p.same_entity, "same_file": p.identical}
                           for p in pairs], ensure_ascii=False, indent=2))
     cross = sum(1 for p in pairs if not p.same_entity)
-    console.print(f"{len(pairs)} pairs at cosine ≥ {threshold} ({cross} between two entities); page: [bold]{page}[/]")
+    console.print(f"{len(pairs)} {'pair' if len(pairs) == 1 else 'pairs'} at cosine ≥ {threshold} ({cross} between "
+                  f"two entities); page: [bold]{page}[/]")

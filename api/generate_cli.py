@@ -80,7 +80,8 @@ def _say_grounding(grounding: dict, reference, editing: bool = False) -> None:
     if not grounding["mentions"]:
         held = reference.store.stats()["entities"]
         hint = "" if held else " (the index holds no entities: run `mmkb demo` or `mmkb index ingest` first)"
-        console.print(f"  the prompt names no indexed entity{hint}; generating from the text alone")
+        console.print(f"  the instruction names no indexed entity{hint}; editing with the instruction alone" if editing
+                      else f"  the prompt names no indexed entity{hint}; generating from the text alone")
     else:
         console.print(f"  caption for the generator: {grounding['caption']!r}", markup=False)
 
@@ -88,7 +89,7 @@ def _say_grounding(grounding: dict, reference, editing: bool = False) -> None:
 @app.command("generate")
 def generate(prompt: Annotated[str, typer.Option(help="what to draw")],
              ref: Annotated[Optional[list[Path]], typer.Option(help="reference image (repeat for up to 3)")] = None,
-             n: int = 1, steps: Optional[int] = None, seed: int = 0, out: Path = Path("outputs/generate"),
+             n: int = 1, steps: Optional[int] = None, seed: Annotated[int, typer.Option(min=0, help="the first image's seed; each next one counts up")] = 0, out: Path = Path("outputs/generate"),
              fast: Annotated[bool, typer.Option(help="few-step distilled model (default 4 steps)")] = False,
              int8: Annotated[bool, typer.Option(help="int8 dynamic quantization of the DiT")] = False,
              text_scale: Optional[float] = None, ref_scale: Optional[float] = None,
@@ -106,7 +107,7 @@ def generate(prompt: Annotated[str, typer.Option(help="what to draw")],
 def edit(image: Annotated[Path, typer.Option(help="the image to edit")],
          instruction: Annotated[str, typer.Option(help="e.g. 'change the background to green'")],
          ref: Annotated[Optional[list[Path]], typer.Option(help="a second image, e.g. to swap in")] = None,
-         n: int = 1, steps: Optional[int] = None, seed: int = 0, out: Path = Path("outputs/edit"),
+         n: int = 1, steps: Optional[int] = None, seed: Annotated[int, typer.Option(min=0, help="the first image's seed; each next one counts up")] = 0, out: Path = Path("outputs/edit"),
          fast: bool = False, int8: bool = False, text_scale: Optional[float] = None,
          ref_scale: Optional[float] = None, model: Optional[str] = None,
          ground: Annotated[bool, typer.Option(help="without --ref: the entity the instruction names comes from the "

@@ -40,7 +40,8 @@ def reference_page(spec: dict) -> str:
                 body = schemas.get(body.get("$ref", "").rsplit("/", 1)[-1], body)
                 required = set(body.get("required", []))
                 for name, field in body.get("properties", {}).items():
-                    rows.append((name, _type_text(field), name in required, field.get("default"),
+                    rows.append((name, _type_text(field), name in required or field.get("x-needed", False),
+                                 field.get("default"),
                                  field.get("description", "")))
             table = "".join(
                 f"<tr><td><code>{html.escape(n)}</code></td><td>{html.escape(t)}</td>"

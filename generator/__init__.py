@@ -2,3 +2,5 @@
 import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # why: index/__init__.py
+
+MAX_SEED = 2**32 - 1  # the largest seed of any image of a call (each counts up from the first): what numpy takes too

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from generator import MAX_SEED
 from generator.checkpoint import CHECKPOINTS, load_weights
 from generator.dit import DiT, DiTConfig, euler_sample
 from generator.metrics import to_uint8
@@ -90,6 +91,9 @@ class GenerationPipeline:
             raise ValueError("prompt must be a non-empty string")
         if n < 1:
             raise ValueError(f"n must be at least 1, got {n}")
+        if not 0 <= seed <= MAX_SEED - (n - 1):
+            raise ValueError(f"the seed must be between 0 and {MAX_SEED - (n - 1)} for {n} image(s) (each image's "
+                             f"seed counts up from it), got {seed}")
         steps = self.default_steps() if steps is None else steps
         if steps < 1:
             raise ValueError(f"steps must be at least 1, got {steps}")

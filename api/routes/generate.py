@@ -11,21 +11,23 @@ from typing import Annotated, Optional
 
 from fastapi import APIRouter, File, Form, HTTPException, UploadFile
 
-from api.deps import ServicesDep, plain, read_image, unavailable
+from api.deps import ERRORS, NEEDED, ServicesDep, plain, read_image, unavailable
+from generator import MAX_SEED
 from index.files import png_data_url
 
 router = APIRouter()
 MAX_N = 8
 
 
-@router.post("/v1/generate")
+@router.post("/v1/generate", responses=ERRORS)
 def generate(services: ServicesDep,
-             prompt: Annotated[str, Form(description="required: what to draw, e.g. the flag of Tuvalu on a green background; "
-                                                     "with `image`, the edit, e.g. replace the flag with the flag of Japan")] = "",
+             prompt: Annotated[str, Form(description="what to draw, e.g. the flag of Tuvalu on a green background; "
+                                                     "with `image`, the edit, e.g. replace the flag with the flag of Japan",
+                                         json_schema_extra=NEEDED)] = "",
              refs: Annotated[Optional[list[UploadFile]], File(description="up to 3 reference images")] = None,
              image: Annotated[Optional[UploadFile], File(description="an image to edit (a scene the DiT drew)")] = None,
              n: Annotated[int, Form(ge=1, le=MAX_N)] = 1, steps: Annotated[Optional[int], Form(ge=1, le=100)] = None,
-             seed: Annotated[int, Form()] = 0,
+             seed: Annotated[int, Form(ge=0, le=MAX_SEED, description="the first image's; each next one counts up")] = 0,
              fast: Annotated[bool, Form(description="the few-step distilled model (4 steps)")] = False,
              ground: Annotated[bool, Form(description="find the entities the prompt names in the index")] = True) -> dict:
     """Images for a prompt, or an edit of `image`: the entities it names are drawn from the index's images,
@@ -33,7 +35,9 @@ def generate(services: ServicesDep,
     from rag.grounding import generate_grounded
 
     if not prompt.strip():
-        raise HTTPException(400, "the prompt is empty: say what to draw, e.g. the flag of Tuvalu on a green background")
+        raise HTTPException(400, "the prompt is empty: say what to change, e.g. change the background to green"
+                            if image is not None else
+                            "the prompt is empty: say what to draw, e.g. the flag of Tuvalu on a green background")
     pictures = [read_image(r, "reference image") for r in refs or []]
     source = read_image(image, "image to edit") if image is not None else None
 

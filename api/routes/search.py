@@ -5,12 +5,12 @@ from typing import Annotated, Optional
 
 from fastapi import APIRouter, File, Form, HTTPException, UploadFile
 
-from api.deps import ServicesDep, index_missing, read_image
+from api.deps import ERRORS, ServicesDep, index_missing, read_image
 
 router = APIRouter()
 
 
-@router.post("/v1/search")
+@router.post("/v1/search", responses=ERRORS)
 def search(services: ServicesDep, image: Annotated[Optional[UploadFile], File()] = None,
            text: Annotated[Optional[str], Form()] = None, k: Annotated[int, Form(ge=1, le=100)] = 5,
            kind: Annotated[Optional[str], Form(description="only entities of this kind, e.g. country")] = None) -> dict:

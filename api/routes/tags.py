@@ -5,12 +5,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, UploadFile
 
-from api.deps import ServicesDep, read_image, unavailable
+from api.deps import ERRORS, ServicesDep, read_image, unavailable
 
 router = APIRouter()
 
 
-@router.post("/v1/tags")
+@router.post("/v1/tags", responses=ERRORS)
 def tags(services: ServicesDep, image: Annotated[UploadFile, File()],
          top: Annotated[int, Form(ge=1, le=50)] = 5,
          threshold: Annotated[float, Form(ge=0.0, le=1.0)] = 0.0) -> dict:

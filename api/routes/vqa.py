@@ -5,14 +5,15 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, HTTPException, UploadFile
 
-from api.deps import ServicesDep, index_missing, plain, read_image, unavailable
+from api.deps import ERRORS, NEEDED, ServicesDep, index_missing, plain, read_image, unavailable
 
 router = APIRouter()
 
 
-@router.post("/v1/vqa")
+@router.post("/v1/vqa", responses=ERRORS)
 def vqa(services: ServicesDep, image: Annotated[UploadFile, File(description="the picture asked about")],
-        question: Annotated[str, Form(description="required, e.g. What is the capital of this country?")] = "",
+        question: Annotated[str, Form(description="e.g. What is the capital of this country?",
+                                              json_schema_extra=NEEDED)] = "",
         mode: Annotated[str, Form(description="no-rag, naive-rag or mmkb-rag")] = "mmkb-rag",
         ret: Annotated[bool, Form()] = True, srt: Annotated[bool, Form()] = True,
         mct: Annotated[bool, Form()] = True,

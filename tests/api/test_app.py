@@ -101,7 +101,13 @@ def test_generate_grounds_the_prompt_and_returns_pngs(services, tiny_checkpoints
     home = str(services.reference.store.home)
     assert home not in r.text and all(u["path"].startswith("images/") for u in p["references"])  # no server paths
     empty = client.post("/v1/generate", data={"prompt": ""})
-    assert empty.status_code == 400 and "prompt is empty" in empty.json()["detail"]
+    assert empty.status_code == 400 and "say what to draw" in empty.json()["detail"]
+    scene = io.BytesIO()
+    Image.new("RGB", (64, 64), (0, 90, 200)).save(scene, format="PNG")
+    no_edit = client.post("/v1/generate", files={"image": ("scene.png", scene.getvalue(), "image/png")})
+    assert no_edit.status_code == 400 and "say what to change" in no_edit.json()["detail"]
+    huge = client.post("/v1/generate", data={"prompt": "the flag of Bhutan", "seed": str(10**20)})
+    assert huge.status_code == 422 and "4294967295" in huge.text
     plain = client.post("/v1/generate", data={"prompt": "the flag of Bhutan on a blue background", "steps": "1",
                                               "ground": "false"})
     assert plain.status_code == 200 and plain.json()["provenance"]["references"] == []
@@ -138,6 +144,9 @@ def test_search_health_and_page(services, tiny_kb):
     hits = client.post("/v1/search", data={"text": "Thimphu", "k": "2"}).json()["hits"]
     assert hits[0]["key"] == "country:BTN" and "text" in hits[0]["scores"]
     assert client.post("/v1/search", data={}).status_code == 400
+    as_json = client.post("/v1/search", json={"text": "Thimphu"})
+    assert as_json.status_code == 415 and "form fields" in as_json.json()["detail"]
+    assert client.post("/v1/search", data={"text": "Thimphu"}).status_code == 200  # url-encoded forms are forms
     planet = client.post("/v1/search", data={"text": "Thimphu", "kind": "planet"})
     assert planet.status_code == 400 and "'planet'" in planet.json()["detail"] and "country" in planet.json()["detail"]
     health = client.get("/health").json()

@@ -197,4 +197,7 @@ def test_the_api_reference_page_needs_no_internet():
     page = TestClient(create_app()).get("/docs")
     assert page.status_code == 200
     assert "POST /v1/vqa" in page.text and "<code>question</code>" in page.text and "integer 1–8" in page.text
+    question = page.text.split("<code>question</code>", 1)[1].split("</tr>", 1)[0]
+    assert "required" in question and "default" not in question  # an empty one is the route's 400, not a 422
+    assert "400 bad input" in page.text and "503 " in page.text
     assert "http" not in page.text.replace("/openapi.json", "")  # no script or stylesheet from a CDN

@@ -37,6 +37,8 @@ def test_curation_errors_are_clear(home, tiny_kb, tmp_path):
     assert result.exit_code == 2 and "say what to review" in result.output
     result = runner.invoke(app, ["curate", "review", "--accept", "country:BTN"])
     assert result.exit_code == 2 and "KEY=LABEL" in result.output
+    result = runner.invoke(app, ["curate", "review", "--accept", "emoji:NOPE=mouth"])
+    assert result.exit_code == 2 and "no entity has the key 'emoji:NOPE'" in result.output
     result = runner.invoke(app, ["curate", "tag", "--tagger", str(tmp_path / "none")])
     assert result.exit_code == 2 and "mmkb train tagger" in result.output
     result = runner.invoke(app, ["curate", "dedup"])
