@@ -198,10 +198,10 @@ def index_stats(as_json: Annotated[bool, typer.Option("--json")] = False) -> Non
     out.print("  ".join(f"{name} {n}" for name, n in stats["counts"].items()))
     out.print("kinds: " + (", ".join(f"{escape(k)} {n}" for k, n in sorted(stats["kinds"].items()))
                            or "none yet (mmkb demo, or mmkb index ingest FOLDER)"))
-    table = Table("index", "vectors", "type", "dim", "embedder", "built")
+    table = Table("index", "version", "vectors", "type", "dim", "embedder", "built")
     for modality, v in stats["indexes"].items():
-        built = (str(v["count"]), v["kind"], str(v["dim"]), escape(v["embedder"]), str(v["created_at"])[:19]) \
-            if v else ("–",) * 5
+        built = (str(v["id"]), str(v["count"]), v["kind"], str(v["dim"]), escape(v["embedder"]),
+                 str(v["created_at"])[:19]) if v else ("–",) * 6
         table.add_row(modality, *built)
     out.print(table)
     from index.search import ReferenceIndex
@@ -218,15 +218,32 @@ def _version_json(v) -> dict | None:
 
 
 @index_app.command("rollback")
-def index_rollback(modality: str) -> None:
-    """Make the previous index version of a modality active again."""
+def index_rollback(modality: str,
+                   to: Annotated[Optional[int], typer.Option(help="make this version active (older or newer; "
+                                                                  "`mmkb index versions` lists them)")] = None) -> None:
+    """Make the previous index version of a modality active again, or the version --to names."""
     from index.store import EntityStore
 
+    store = EntityStore.from_settings()
     try:
-        v = EntityStore.from_settings().rollback_index(modality)
+        v = store.rollback_index(modality) if to is None else store.activate_version(modality, to)
     except ValueError as err:
         _fail(str(err))
     console.print(f"{modality}: version {v.id} ({v.path}) is active again")
+
+
+@index_app.command("versions")
+def index_versions(modality: Annotated[Optional[str], typer.Option(help="text or image (default: both)")] = None) -> None:
+    """The index versions built, newest first, and which one of each modality is active."""
+    from index.store import MODALITIES, EntityStore
+
+    if modality is not None and modality not in MODALITIES:
+        _fail(f"unknown modality {modality!r}; choose from {', '.join(MODALITIES)}")
+    table = Table("version", "index", "vectors", "type", "embedder", "built", "active")
+    for v in EntityStore.from_settings().index_versions(modality):
+        table.add_row(str(v.id), v.modality, str(v.count), v.kind, escape(v.embedder), str(v.created_at)[:19],
+                      "yes" if v.active else "")
+    stdout().print(table)
 
 
 @train_app.command("clip")

@@ -289,6 +289,31 @@ class EntityStore:
             s.add(version)
         return version
 
+    def index_versions(self, modality: str | None = None) -> list[IndexVersion]:
+        """Every built index version (of one modality), newest first."""
+        q = select(IndexVersion).order_by(IndexVersion.id.desc())
+        if modality is not None:
+            q = q.where(IndexVersion.modality == modality)
+        with self._sessions() as s:
+            return list(s.scalars(q))
+
+    def activate_version(self, modality: str, version_id: int) -> IndexVersion:
+        """Make one built version of a modality the active one (an older or a newer one), when its files
+        are still there."""
+        with self.session() as s:
+            chosen = s.get(IndexVersion, version_id)
+            if chosen is None or chosen.modality != modality:
+                held = ", ".join(str(v.id) for v in self.index_versions(modality)) or "none"
+                raise ValueError(f"no {modality} index version {version_id} (its versions: {held}; "
+                                 "`mmkb index versions` lists them)")
+            if not (self.home / chosen.path / "manifest.json").is_file():
+                raise ValueError(f"the files of {modality} index version {version_id} are gone ({self.home / chosen.path})")
+            for old in s.scalars(select(IndexVersion).where(IndexVersion.modality == modality,
+                                                            IndexVersion.active.is_(True))):
+                old.active = False
+            chosen.active = True
+            return chosen
+
     def rollback_index(self, modality: str) -> IndexVersion:
         """Make the previous version of a modality active again."""
         if modality not in MODALITIES:

@@ -91,6 +91,26 @@ def test_an_empty_store_and_a_stale_index_say_what_to_run(home, tiny_kb):
     assert stale.exit_code == 0 and "the text index holds 4 sections but the store 5" in stale.output
     stats = runner.invoke(app, ["index", "stats"], env=WIDE)
     assert stats.exit_code == 0 and "entities 4" in stats.output and "mmkb index build" in stats.output
+    built = runner.invoke(app, ["index", "build", "--modality", "text"], env=WIDE)
+    assert built.exit_code == 0 and "1 added, 0 removed" in built.output
+    again = runner.invoke(app, ["index", "build", "--modality", "text"], env=WIDE)
+    assert again.exit_code == 0 and "already up to date" in again.output
+
+
+def test_any_index_version_can_be_made_active_again(home, tiny_kb):
+    assert runner.invoke(app, ["index", "ingest", str(tiny_kb)]).exit_code == 0
+    for _ in range(2):
+        assert runner.invoke(app, ["index", "build", "--modality", "text", "--full"]).exit_code == 0
+    listed = runner.invoke(app, ["index", "versions"], env=WIDE)
+    rows = [line.split() for line in listed.output.splitlines() if "text" in line]
+    assert listed.exit_code == 0 and [r[1] for r in rows] == ["2", "1"] and "yes" in rows[0] and "yes" not in rows[1]
+    assert "is active again" in runner.invoke(app, ["index", "rollback", "text"], env=WIDE).output  # back to 1
+    forward = runner.invoke(app, ["index", "rollback", "text", "--to", "2"], env=WIDE)
+    assert forward.exit_code == 0 and "version 2" in forward.output
+    stats = json.loads(runner.invoke(app, ["index", "stats", "--json"]).output)
+    assert stats["indexes"]["text"]["id"] == 2
+    wrong = runner.invoke(app, ["index", "rollback", "image", "--to", "2"], env=WIDE)
+    assert wrong.exit_code == 2 and "no image index version 2" in wrong.output
 
 
 def test_curation_and_rollback_refuse_names_the_store_does_not_hold(home, tiny_kb, tiny_tagger):
