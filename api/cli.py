@@ -148,7 +148,7 @@ def index_search(text: Optional[str] = None, image: Optional[Path] = None,
     if page is not None:
         _search_page(page, hits, ref.store.home, text, image)
     if as_json:
-        print(json.dumps([_hit_json(h) for h in hits], ensure_ascii=False, indent=2))
+        print(json.dumps([h.summary() for h in hits], ensure_ascii=False, indent=2))
         return
     table = Table("rank", "entity", "name", "score", "best match")
     for rank, h in enumerate(hits, 1):
@@ -169,17 +169,6 @@ def _search_page(out: Path, hits: list[EntityHit], home: Path, text: str | None,
     found = f"{len(hits)} {'entity' if len(hits) == 1 else 'entities'} for " + " and ".join(asked)
     atomic_write_text(out, html_page("mmkb search", found, hit_table(hits, home)))
     console.print(f"page written to {out}")
-
-
-def _hit_json(hit) -> dict:
-    best = max(hit.matches, key=lambda m: m.score)
-    matched = {"modality": best.modality, "score": round(best.score, 4)}
-    if best.modality == "text":
-        matched.update(section_id=best.id, heading=best.heading, text=best.text)
-    else:
-        matched.update(image_id=best.id, path=best.path, style=best.style)
-    return {"key": hit.key, "name": hit.name, "kind": hit.kind, "score": round(hit.score, 4),
-            "scores": {m: round(s, 4) for m, s in hit.scores.items()}, "matched": matched}
 
 
 @index_app.command("stats")

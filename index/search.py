@@ -107,6 +107,18 @@ class EntityHit:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def summary(self) -> dict:
+        """What `mmkb index search --json` and `POST /v1/search` give per hit: the entity, its scores and
+        its best match (a section's text, or an image's path under the data home and style)."""
+        best = max(self.matches, key=lambda m: m.score)
+        matched = {"modality": best.modality, "score": round(best.score, 4)}
+        if best.modality == "text":
+            matched.update(section_id=best.id, heading=best.heading, text=best.text)
+        else:
+            matched.update(image_id=best.id, path=best.path, style=best.style)
+        return {"key": self.key, "name": self.name, "kind": self.kind, "score": round(self.score, 4),
+                "scores": {m: round(s, 4) for m, s in self.scores.items()}, "matched": matched}
+
 
 def unknown_kinds(asked: Sequence[str] | None, known: Sequence[str]) -> str | None:
     """None when the store holds entities of every kind `asked` names; else a message naming the kinds

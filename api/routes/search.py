@@ -6,6 +6,7 @@ from typing import Annotated, Optional
 from fastapi import APIRouter, File, Form, HTTPException, UploadFile
 
 from api.deps import ERRORS, ServicesDep, index_missing, read_image
+from index.files import thumbnail_url
 
 router = APIRouter()
 
@@ -13,8 +14,10 @@ router = APIRouter()
 @router.post("/v1/search", responses=ERRORS)
 def search(services: ServicesDep, image: Annotated[Optional[UploadFile], File()] = None,
            text: Annotated[Optional[str], Form()] = None, k: Annotated[int, Form(ge=1, le=100)] = 5,
-           kind: Annotated[Optional[str], Form(description="only entities of this kind, e.g. country")] = None) -> dict:
-    """Entities best first, each with its fused and per-modality scores."""
+           kind: Annotated[Optional[str], Form(description="only entities of this kind, e.g. country")] = None,
+           pictures: Annotated[bool, Form(description="add a small PNG (data URL) of each matched picture")] = False) -> dict:
+    """Entities best first, each with its fused and per-modality scores and its best match (a section's text,
+    or a picture's path under the server's data home)."""
     from index.search import IndexNotBuiltError, unknown_kinds
 
     picture = read_image(image) if image is not None else None
@@ -28,5 +31,10 @@ def search(services: ServicesDep, image: Annotated[Optional[UploadFile], File()]
         hits = services.run(lambda: services.reference.search(text=text, image=picture, k=k, kinds=kinds))
     except IndexNotBuiltError as err:
         raise index_missing(err) from None
-    return {"hits": [{"key": h.key, "name": h.name, "kind": h.kind, "score": round(h.score, 4),
-                      "scores": {m: round(s, 4) for m, s in h.scores.items()}} for h in hits]}
+    home = services.reference.store.home
+    out = [h.summary() for h in hits]
+    if pictures:
+        for hit in out:
+            if hit["matched"]["modality"] == "image":
+                hit["matched"]["thumbnail"] = thumbnail_url(home / hit["matched"]["path"])
+    return {"hits": out}

@@ -143,6 +143,7 @@ def test_search_health_and_page(services, tiny_kb):
     client = TestClient(create_app(services))
     hits = client.post("/v1/search", data={"text": "Thimphu", "k": "2"}).json()["hits"]
     assert hits[0]["key"] == "country:BTN" and "text" in hits[0]["scores"]
+    assert hits[0]["matched"]["text"] == "The capital of Bhutan is Thimphu."
     assert client.post("/v1/search", data={}).status_code == 400
     as_json = client.post("/v1/search", json={"text": "Thimphu"})
     assert as_json.status_code == 415 and "form fields" in as_json.json()["detail"]
@@ -153,7 +154,14 @@ def test_search_health_and_page(services, tiny_kb):
     assert health["entities"] == 3 and health["indexed"]["text"] > 0 and health["indexed"]["image"] is None
     assert health["stale"] == []
     page = client.get("/")
-    assert page.status_code == 200 and all(route in page.text for route in ("/v1/vqa", "/v1/generate", "/v1/tags"))
+    assert page.status_code == 200 and all(route in page.text for route in ("/v1/vqa", "/v1/search", "/v1/generate",
+                                                                             "/v1/tags"))
+    services.reference.build(["image"], show_progress=False)
+    flag = (tiny_kb / "images" / "npl.png").read_bytes()
+    seen = client.post("/v1/search", files={"image": ("npl.png", flag, "image/png")}, data={"pictures": "true"})
+    matched = seen.json()["hits"][0]["matched"]
+    assert seen.json()["hits"][0]["key"] == "country:NPL" and matched["path"].startswith("images/")
+    assert matched["thumbnail"].startswith("data:image/png;base64,")
 
 
 def test_mmkb_serve_runs_the_app_on_the_given_port(monkeypatch):
