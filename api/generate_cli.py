@@ -12,6 +12,7 @@ from api.console import fail as _fail, readable_image
 
 app = typer.Typer(help="Generate and edit images with mmkb's DiT.", no_args_is_help=True)
 train_app = typer.Typer(help="Train the generator: VAE, DiT, few-step distillation.", no_args_is_help=True)
+Seed = Annotated[int, typer.Option(min=0, help="the first image's seed; each next one counts up")]
 
 
 def write_outputs(result, out: Path, stem: str = "sample") -> list[Path]:
@@ -89,7 +90,7 @@ def _say_grounding(grounding: dict, reference, editing: bool = False) -> None:
 @app.command("generate")
 def generate(prompt: Annotated[str, typer.Option(help="what to draw")],
              ref: Annotated[Optional[list[Path]], typer.Option(help="reference image (repeat for up to 3)")] = None,
-             n: int = 1, steps: Optional[int] = None, seed: Annotated[int, typer.Option(min=0, help="the first image's seed; each next one counts up")] = 0, out: Path = Path("outputs/generate"),
+             n: int = 1, steps: Optional[int] = None, seed: Seed = 0, out: Path = Path("outputs/generate"),
              fast: Annotated[bool, typer.Option(help="few-step distilled model (default 4 steps)")] = False,
              int8: Annotated[bool, typer.Option(help="int8 dynamic quantization of the DiT")] = False,
              text_scale: Optional[float] = None, ref_scale: Optional[float] = None,
@@ -107,7 +108,7 @@ def generate(prompt: Annotated[str, typer.Option(help="what to draw")],
 def edit(image: Annotated[Path, typer.Option(help="the image to edit")],
          instruction: Annotated[str, typer.Option(help="e.g. 'change the background to green'")],
          ref: Annotated[Optional[list[Path]], typer.Option(help="a second image, e.g. to swap in")] = None,
-         n: int = 1, steps: Optional[int] = None, seed: Annotated[int, typer.Option(min=0, help="the first image's seed; each next one counts up")] = 0, out: Path = Path("outputs/edit"),
+         n: int = 1, steps: Optional[int] = None, seed: Seed = 0, out: Path = Path("outputs/edit"),
          fast: bool = False, int8: bool = False, text_scale: Optional[float] = None,
          ref_scale: Optional[float] = None, model: Optional[str] = None,
          ground: Annotated[bool, typer.Option(help="without --ref: the entity the instruction names comes from the "

@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from PIL import Image as PILImage
@@ -77,7 +79,7 @@ class IndexBuild:
     anew ("full"), brought up to the store from the one before ("patched") or already matched it."""
 
     version: IndexVersion
-    how: str
+    how: Literal["full", "patched", "up to date"]
     added: int = 0
     removed: int = 0
 
@@ -183,40 +185,46 @@ class ReferenceIndex:
         return [self._build_one(m, show_progress, full) for m in modalities]
 
     def _build_one(self, modality: str, show_progress: bool, full: bool) -> IndexBuild:
-        ids, hashes = self.store.row_hashes(modality)  # read first: a change meanwhile shows as stale
+        # The signature first, then the rows: a change in between shows as stale, never as up to date.
+        signature = self.store.rows_signature(modality)
+        ids, hashes = self.store.row_hashes(modality)
         if not len(ids):
             raise ValueError(f"nothing to index for {modality}: ingest a KB first (`mmkb index ingest`)")
         fingerprint = self.text_embedder().fingerprint if modality == "text" else self.image_fingerprint
         plan = None if full else self._patch_plan(modality, fingerprint, ids, hashes)
         if plan is not None:
-            index, gone, fresh = plan
-            if not len(gone) and not len(fresh):
-                return IndexBuild(self.store.active_index(modality), "up to date")
+            index, held, gone, fresh = plan
+            active = self.store.active_index(modality)
+            if not len(gone) and not len(fresh) and self._manifest(active).get("signature") == signature:
+                return IndexBuild(active, "up to date")
             if len(gone):
                 index.remove(gone)
-            rows = self.store.rows_of(modality, fresh)
+            rows = self.store.rows_of(modality, fresh)  # a row removed since the read is not there
             if rows:
                 index.add(self._embed_rows(modality, rows, show_progress), np.asarray([r[0] for r in rows], np.int64))
+            kept = np.union1d(np.setdiff1d(held, gone), [r[0] for r in rows])
             how = "patched"
         else:
-            rows = [r for batch in (self.store.iter_sections() if modality == "text" else self.store.iter_images())
-                    for r in batch]
-            index = VectorIndex.build(self._embed_rows(modality, rows, show_progress),
-                                      np.asarray([r[0] for r in rows], dtype=np.int64),
+            rows, gone = self.store.rows_of(modality, ids), ()  # exactly the rows read (less any removed since)
+            kept = np.asarray([r[0] for r in rows], dtype=np.int64)
+            index = VectorIndex.build(self._embed_rows(modality, rows, show_progress), kept,
                                       memory_budget_bytes=self.settings.memory_budget_mb << 20,
                                       show_progress=show_progress)
-            gone, fresh, how = (), rows, "full"
+            how = "full"
         if index.kind != "flat":
             index.tune(self.settings.target_recall)
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        rel = Path("indexes") / modality / f"{stamp}-{index.count}"
-        saved = index.save(self.store.home / rel, embedder=fingerprint, notes={"rows": rows_digest(ids, hashes)},
+        recorded = np.isin(ids, kept)  # the rows the index holds, with the hashes they were read with
+        ids, hashes = ids[recorded], hashes[recorded]
+        # A build in the same second with the same count must not take an earlier version's folder.
+        rel = Path("indexes") / modality / f"{time.strftime('%Y%m%d-%H%M%S')}-{index.count}-{uuid.uuid4().hex[:6]}"
+        saved = index.save(self.store.home / rel, embedder=fingerprint,
+                           notes={"rows": rows_digest(ids, hashes), "signature": signature},
                            arrays={ROWS_ARRAY: np.stack([ids, hashes], axis=1)})
         checksum = json.loads((saved / MANIFEST_FILE).read_text())["sha256"]
         version = IndexVersion(modality=modality, embedder=fingerprint, kind=index.kind, count=index.count,
                                dim=index.dim, path=str(rel), checksum=checksum)
         self._loaded.pop(modality, None)
-        return IndexBuild(self.store.activate_index(version), how, added=len(fresh), removed=len(gone))
+        return IndexBuild(self.store.activate_index(version), how, added=len(rows), removed=len(gone))
 
     def _embed_rows(self, modality: str, rows: list, show_progress: bool) -> np.ndarray:
         if modality == "text":
@@ -224,13 +232,13 @@ class ReferenceIndex:
                                                show_progress=show_progress)
         return self.embed_images([r[1] for r in rows], show_progress=show_progress)
 
-    def _patch_plan(self, modality: str, fingerprint: str, ids: np.ndarray,
-                    hashes: np.ndarray) -> tuple[VectorIndex, np.ndarray, np.ndarray] | None:
-        """(a copy of the active index, ids to remove from it, ids to embed and add) to bring it to the
-        store's rows, or None when it must be built anew: none active, another embedder, no rows
-        recorded (indexes built before 2026-12-08), the count calls for another index type, or a graph
-        or list index would hide more than a fifth of its nodes (removed vectors stay as hidden nodes
-        until a rebuild)."""
+    def _patch_plan(self, modality: str, fingerprint: str, ids: np.ndarray, hashes: np.ndarray
+                    ) -> tuple[VectorIndex, np.ndarray, np.ndarray, np.ndarray] | None:
+        """(a copy of the active index, the ids it holds, ids to remove from it, ids to embed and add) to
+        bring it to the store's rows, or None when it must be built anew: none active, another embedder,
+        no intact record of its rows (indexes built before 2026-12-08), the count calls for another
+        index type, or a graph or list index would then hide more than a fifth as many vectors as it
+        holds (FAISS's HNSW cannot unlink a removed vector: it stays as a hidden node until a rebuild)."""
         version = self.store.active_index(modality)
         if version is None or version.embedder != fingerprint:
             return None
@@ -242,22 +250,31 @@ class ReferenceIndex:
         gone = np.asarray([i for i, h in old.items() if new.get(i) != h], dtype=np.int64)
         fresh = np.asarray([i for i, h in new.items() if old.get(i) != h], dtype=np.int64)
         index = VectorIndex.load(self.store.home / version.path)
+        if index.count != len(held[0]):  # the record does not describe the index: trust neither
+            return None
         wanted = choose_index(len(ids), index.dim, self.settings.memory_budget_mb << 20).kind
         hidden = index.hidden + (len(gone) if index.kind != "flat" else 0)
         if wanted != index.kind or hidden > len(ids) / 5:
             return None
-        return index, gone, fresh
+        return index, held[0], gone, fresh
+
+    def _manifest(self, version: IndexVersion) -> dict:
+        """An index version's manifest ({} when it cannot be read: loading the index reports why)."""
+        try:
+            manifest = json.loads((self.store.home / version.path / MANIFEST_FILE).read_text())
+        except (OSError, ValueError):
+            return {}
+        return manifest if isinstance(manifest, dict) else {}
 
     def _built_rows(self, version: IndexVersion) -> tuple[np.ndarray, np.ndarray] | None:
         """(ids, hashes) of the rows an index version was built from, when its manifest records them
         and the record is intact."""
-        folder = self.store.home / version.path
         try:
-            digest = json.loads((folder / MANIFEST_FILE).read_text()).get("rows")
-            rows = np.load(folder / f"{ROWS_ARRAY}.npy", allow_pickle=False)
-        except (OSError, ValueError, AttributeError):
+            rows = np.load(self.store.home / version.path / f"{ROWS_ARRAY}.npy", allow_pickle=False)
+        except Exception:  # noqa: BLE001 (np.load raises many kinds on a damaged file): build anew
             return None
-        if rows.ndim != 2 or rows.shape[1] != 2 or digest != rows_digest(rows[:, 0], rows[:, 1]):
+        if (rows.ndim != 2 or rows.shape[1] != 2 or rows.dtype != np.int64
+                or self._manifest(version).get("rows") != rows_digest(rows[:, 0], rows[:, 1])):
             return None
         return rows[:, 0], rows[:, 1]
 
@@ -266,9 +283,9 @@ class ReferenceIndex:
     def outdated(self, embedders: bool = False, missing: bool = True) -> dict[str, str]:
         """Modality → why its active index does not match the store: none built yet (unless not
         `missing`), or another number of vectors than the store has sections or images (entities
-        ingested or removed since), or as many but not the same rows (replaced since; indexes built
-        before their manifests recorded rows are checked by count alone), or, with `embedders` (which
-        loads them), built by another embedder than the configured one."""
+        ingested or removed since), or as many but not the same rows (replaced since, by the store's
+        `rows_signature`; indexes built before 2026-12-08 are checked by count alone), or, with
+        `embedders` (which loads them), built by another embedder than the configured one."""
         stored = self.store.stats()
         out = {}
         for modality, rows in MODALITIES.items():
@@ -278,20 +295,12 @@ class ReferenceIndex:
                     out[modality] = f"no {modality} index yet"
             elif version.count != stored[rows]:
                 out[modality] = f"the {modality} index holds {version.count} {rows} but the store {stored[rows]}"
-            elif self._built_from(version) not in (None, rows_digest(*self.store.row_hashes(modality))):
+            elif self._manifest(version).get("signature") not in (None, self.store.rows_signature(modality)):
                 out[modality] = f"the {modality} index was built from other {rows} than the store holds now"
             elif embedders and version.embedder != (self.text_embedder().fingerprint if modality == "text"
                                                     else self.image_fingerprint):
                 out[modality] = f"the {modality} index was built with another embedder than the configured one"
         return out
-
-    def _built_from(self, version: IndexVersion) -> str | None:
-        """The rows digest an index version's manifest records (None: not recorded, or unreadable,
-        which loading it reports)."""
-        try:
-            return json.loads((self.store.home / version.path / MANIFEST_FILE).read_text()).get("rows")
-        except (OSError, ValueError, AttributeError):
-            return None
 
     def stale(self) -> list[str]:
         """What `outdated` says of the indexes built, as notes that say what to run (the embedders are

@@ -43,7 +43,7 @@ def evaluate(rag: MMKBRAG, examples: list[KBVQAExample], images_dir: Path, predi
     if metric not in ("infoseek", "evqa"):
         raise ValueError(f"unknown metric {metric!r}; choose infoseek or evqa")
     scorer, scores_of = (evqa_accuracy, evqa_scores) if metric == "evqa" else (score_example, infoseek_scores)
-    paths = check_inputs(examples, images_dir, predictions, page)
+    paths = check_inputs(examples, images_dir, predictions, page, vlm=getattr(rag, "vlm", None))
     gamma = getattr(getattr(rag, "config", None), "gamma", 0.5)
     records, preds, latencies = [], {}, []
     for ex, path in tqdm(list(zip(examples, paths)), desc="kb-vqa", disable=not show_progress):
@@ -85,10 +85,11 @@ def evaluate(rag: MMKBRAG, examples: list[KBVQAExample], images_dir: Path, predi
 
 
 def check_inputs(examples: list[KBVQAExample], images_dir: Path, predictions: Path | None = None,
-                 page: Path | None = None) -> list[Path]:
+                 page: Path | None = None, vlm=None) -> list[Path]:
     """Each example's image file, once every one exists and decodes (a few ms each, against the
-    pipeline's ~100 ms a question) and `predictions` and `page` can be files; else a FileNotFoundError
-    or ValueError that names the question and what to fix, before any question runs."""
+    pipeline's ~100 ms a question), `vlm` (when it can say) takes every question, and `predictions`
+    and `page` can be files; else a FileNotFoundError or ValueError that names the question and what
+    to fix, before any question runs."""
     if not examples:
         raise ValueError("no questions to evaluate")
     if predictions is not None:
@@ -98,9 +99,10 @@ def check_inputs(examples: list[KBVQAExample], images_dir: Path, predictions: Pa
             raise ValueError(f"the page and the predictions are both {page}: give the page another path")
         check_writable(page, "page", "kbvqa.html")
     paths = []
+    question_problem = getattr(vlm, "question_problem", lambda question: None)  # the hf backend's window is long
     for ex in examples:
         path = image_path(images_dir, ex.image_id)
-        if why := image_problem(path):
+        if why := image_problem(path) or question_problem(ex.question):
             raise ValueError(f"question {ex.data_id}: {why}")
         paths.append(path)
     return paths

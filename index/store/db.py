@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,8 +23,6 @@ class MissingDriverError(RuntimeError):
 def with_driver(url: str) -> str:
     """A `postgresql://` URL names no driver, and SQLAlchemy 2.1 then wants psycopg 3; mmkb installs
     psycopg2, so such a URL gets whichever of the two is installed (psycopg 3 first)."""
-    import importlib.util
-
     if not url.startswith("postgresql://"):
         return url
     driver = next((d for d in ("psycopg", "psycopg2") if importlib.util.find_spec(d)), None)
@@ -147,6 +146,19 @@ class EntityStore:
                 hashes.append(int.from_bytes(hashlib.blake2b(held.encode(), digest_size=8).digest(), "little",
                                              signed=True))
         return np.asarray(ids, dtype=np.int64), np.asarray(hashes, dtype=np.int64)
+
+    def rows_signature(self, modality: str) -> list[int]:
+        """[count, sum of ids, largest id, sum of content lengths (a section's text, an image's pixels)] of
+        one modality's rows: one aggregate query, for telling whether an index still matches the store on
+        every search. `row_hashes` is exact (a build uses it); this misses only a row replaced under the
+        id the database reused by one of the same length or size."""
+        if modality not in MODALITIES:
+            raise ValueError(f"the index modalities are {' and '.join(MODALITIES)}, not {modality!r}")
+        row_id, size = ((Section.id, func.length(Section.text)) if modality == "text"
+                        else (Image.id, Image.width * Image.height))
+        with self._sessions() as s:
+            row = s.execute(select(func.count(), func.sum(row_id), func.max(row_id), func.sum(size))).one()
+        return [int(v or 0) for v in row]
 
     def rows_of(self, modality: str, ids: Sequence[int]) -> list[tuple[int, str | Path]]:
         """(id, section text or absolute image path) of the given rows of one modality, in id order."""
@@ -273,6 +285,7 @@ class EntityStore:
                                                        IndexVersion.active.is_(True)))
 
     def index_versions(self, modality: str | None = None) -> list[IndexVersion]:
+        """Every built index version (of one modality), newest first."""
         with self._sessions() as s:
             q = select(IndexVersion).order_by(IndexVersion.id.desc())
             if modality:
@@ -289,24 +302,18 @@ class EntityStore:
             s.add(version)
         return version
 
-    def index_versions(self, modality: str | None = None) -> list[IndexVersion]:
-        """Every built index version (of one modality), newest first."""
-        q = select(IndexVersion).order_by(IndexVersion.id.desc())
-        if modality is not None:
-            q = q.where(IndexVersion.modality == modality)
-        with self._sessions() as s:
-            return list(s.scalars(q))
-
     def activate_version(self, modality: str, version_id: int) -> IndexVersion:
         """Make one built version of a modality the active one (an older or a newer one), when its files
         are still there."""
+        from index.vectors import MANIFEST_FILE
+
         with self.session() as s:
             chosen = s.get(IndexVersion, version_id)
             if chosen is None or chosen.modality != modality:
                 held = ", ".join(str(v.id) for v in self.index_versions(modality)) or "none"
                 raise ValueError(f"no {modality} index version {version_id} (its versions: {held}; "
                                  "`mmkb index versions` lists them)")
-            if not (self.home / chosen.path / "manifest.json").is_file():
+            if not (self.home / chosen.path / MANIFEST_FILE).is_file():
                 raise ValueError(f"the files of {modality} index version {version_id} are gone ({self.home / chosen.path})")
             for old in s.scalars(select(IndexVersion).where(IndexVersion.modality == modality,
                                                             IndexVersion.active.is_(True))):

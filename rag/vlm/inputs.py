@@ -34,15 +34,22 @@ class ReaderBatch:
                 "token_type_ids": self.token_type_ids, "image": self.image, "doc_images": self.doc_images}
 
 
+def question_problem(tokenizer, cfg: ReaderConfig, question: str) -> str | None:
+    """Why the reader cannot take a question (too many word pieces for its window), or None."""
+    limit = longest_question(cfg)
+    if (n := len(tokenizer.tokenize(question))) <= limit:
+        return None
+    return (f"the question is {n} word pieces long; the reader takes at most {limit} (its window of "
+            f"{cfg.max_len} also holds the image and the documents): ask it in fewer words")
+
+
 def make_batch(tokenizer, cfg: ReaderConfig, questions: list[str], images: np.ndarray,
                docs: list[list[str]] | None = None, doc_images: list[list[np.ndarray]] | None = None,
                mode: str = "single") -> ReaderBatch:
     """mode "single": one document per question (docs[i] has one item); "set": all docs in one pass."""
-    limit = longest_question(cfg)
     for q in questions:
-        if (n := len(tokenizer.tokenize(q))) > limit:
-            raise ValueError(f"the question is {n} word pieces long; the reader takes at most {limit} (its window "
-                             f"of {cfg.max_len} also holds the image and the documents): ask it in fewer words")
+        if why := question_problem(tokenizer, cfg, q):
+            raise ValueError(why)
     first = [" ".join([IMG] * cfg.image_tokens) + " " + q for q in questions]
     if docs is None:
         second = None

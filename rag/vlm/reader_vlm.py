@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from rag.vlm.base import Document, SemanticTags
-from rag.vlm.inputs import make_batch, best_span
+from rag.vlm.inputs import best_span, make_batch, question_problem
 from rag.vlm.reader import DIMG, DOC, IMG, MMKBReader, load_reader
 from rag.vlm.ret_calibration import RetCalibration
 
@@ -43,6 +43,10 @@ class ReaderVLM:
         model, tokenizer = load_reader(Path(path), device)
         return cls(model, tokenizer, name=str(path), memory=familiarity.load(Path(path)),
                    ret_calibration=ret_calibration.load(Path(path)))
+
+    def question_problem(self, question: str) -> str | None:
+        """Why this reader cannot take a question (longer than its window allows), or None."""
+        return question_problem(self.tokenizer, self.cfg, question)
 
     def familiarity(self, images) -> np.ndarray | None:
         """How close each image is to the entities this reader trained on (highest cosine), or None

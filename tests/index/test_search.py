@@ -49,6 +49,7 @@ def test_rebuild_keeps_the_old_version_for_rollback(ref):
     first = ref.build(["text"], show_progress=False)[0].version
     second = ref.build(["text"], show_progress=False, full=True)[0].version
     assert ref.store.active_index("text").id == second.id != first.id
+    assert first.path != second.path  # built in the same second with the same count: each keeps its folder
     ref.store.rollback_index("text")
     assert ref.store.active_index("text").id == first.id
     assert ref.search(text="Thimphu", k=1)[0].key == "country:BTN"
@@ -140,6 +141,75 @@ def test_build_starts_anew_when_the_count_calls_for_another_index_type(ref, monk
 
     ref.build(["text"], show_progress=False)
     monkeypatch.setattr(index.search, "choose_index", lambda count, dim, budget: IndexSpec("hnsw", {}))
+    assert ref.build(["text"], show_progress=False)[0].how == "full"
+
+
+def test_a_graph_index_is_patched_by_additions_and_rebuilt_when_removals_would_hide_too_much(ref, tiny_kb, monkeypatch):
+    import json
+
+    import index.search
+    import index.vectors
+    from index.vectors import spec_for
+    from tests.conftest import TINY_KB
+
+    hnsw = lambda count, dim, budget: spec_for("hnsw", count, dim, budget)  # noqa: E731
+    monkeypatch.setattr(index.vectors, "choose_index", hnsw)
+    monkeypatch.setattr(index.search, "choose_index", hnsw)
+    assert ref.build(["text"], show_progress=False)[0].version.kind == "hnsw"
+    more = [*TINY_KB, {"key": "country:BGD", "kind": "country", "name": "Bangladesh",
+                       "sections": [{"heading": "capital", "text": "The capital of Bangladesh is Dhaka."}]}]
+    (tiny_kb / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in more))
+    ingest_folder(ref.store, tiny_kb, show_progress=False)
+    added = ref.build(["text"], show_progress=False)[0]
+    assert (added.how, added.added, added.removed, added.version.kind) == ("patched", 1, 0, "hnsw")
+    assert ref.search(text="Dhaka", k=1)[0].key == "country:BGD"
+    more[0] = {**more[0], "sections": [{"heading": "capital", "text": "Thimphu is the capital of Bhutan."}]}
+    (tiny_kb / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in more))
+    ingest_folder(ref.store, tiny_kb, show_progress=False)
+    # two sections out of five would stay as hidden nodes (more than a fifth): built anew
+    assert ref.build(["text"], show_progress=False)[0].how == "full"
+    assert ref.outdated(missing=False) == {}
+
+
+def test_a_row_replaced_under_a_reused_id_is_patched(ref, tiny_kb):
+    """SQLite gives a new row the largest id again when the row that held it was deleted."""
+    from sqlalchemy import select
+
+    from index.store import Image
+
+    ref.build(["image"], show_progress=False)
+    with ref.store.session() as s:
+        last = s.scalar(select(Image).order_by(Image.id.desc()).limit(1))
+        entity_id, last_id, path = last.entity_id, last.id, last.path
+        s.delete(last)
+        s.flush()
+        twin = Image(entity_id=entity_id, content_hash="0" * 64, path=path.replace(".png", "-b.png"), width=40,
+                     height=40, style="emoji")
+        s.add(twin)
+        s.flush()
+        reused = twin.id == last_id
+    (ref.store.home / twin.path).write_bytes((tiny_kb / "images" / "btn.png").read_bytes())
+    patched = ref.build(["image"], show_progress=False)[0]
+    assert (patched.how, patched.added, patched.removed) == ("patched", 1, 1) and (reused or "postgresql" in ref.store.url)
+    assert ref.search(image=tiny_kb / "images" / "btn.png", k=2, kinds=["emoji"])[0].scores["image"] > 0.9
+
+
+def test_a_row_stored_while_a_full_build_ran_is_added_by_the_next_build(ref, monkeypatch):
+    """The index records exactly the rows it embedded: one stored after they were read comes next time."""
+    ids, hashes = ref.store.row_hashes("text")
+    read_early = ref.store.row_hashes
+    monkeypatch.setattr(ref.store, "row_hashes", lambda modality: (ids[:-1], hashes[:-1]))
+    first = ref.build(["text"], show_progress=False, full=True)[0]
+    assert first.version.count == len(ids) - 1
+    monkeypatch.setattr(ref.store, "row_hashes", read_early)
+    assert "text" in ref.outdated()
+    later = ref.build(["text"], show_progress=False)[0]
+    assert (later.how, later.added, later.removed, later.version.count) == ("patched", 1, 0, len(ids))
+
+
+def test_a_damaged_rows_record_means_a_full_build(ref):
+    version = ref.build(["text"], show_progress=False)[0].version
+    (ref.store.home / version.path / "rows.npy").write_bytes(b"")
     assert ref.build(["text"], show_progress=False)[0].how == "full"
 
 

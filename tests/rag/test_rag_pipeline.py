@@ -165,6 +165,10 @@ def test_eval_command_checks_every_input_before_the_first_question(tiny_kb, tiny
     broken = run([good, {**good, "data_id": "q2", "image_id": "notes"}], tmp_path / "p.jsonl")
     assert broken.exit_code == 2 and "question q2" in broken.output and "notes.png" in broken.output
     assert "Traceback" not in broken.output and not (tmp_path / "p.jsonl").exists()
+    rambling = run([good, {**good, "data_id": "q3", "question": "Which " + "very " * 200 + "capital?"}],
+                   tmp_path / "p.jsonl")
+    assert rambling.exit_code == 2 and "question q3" in rambling.output and "fewer words" in rambling.output
+    assert not (tmp_path / "p.jsonl").exists()
     folder = run([good], images)
     assert folder.exit_code == 2 and "is a folder" in folder.output
     same = run([good], tmp_path / "p.jsonl", "--page", str(tmp_path / "p.jsonl"))
