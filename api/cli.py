@@ -476,8 +476,13 @@ def serve(host: str = "127.0.0.1", port: int = 8000,
     from api.app import create_app
     from api.deps import Services
 
-    console.print(f"mmkb on [bold]http://{host}:{port}/[/] (API reference: /docs); models load on first use")
-    uvicorn.run(create_app(Services(vlm=vlm, dit=model)), host=host, port=port, log_level="info")
+    services = Services(vlm=vlm, dit=model)
+    store = services.reference.store  # opened now: a database that cannot be used is one line here, not a 500 later
+    held = store.stats()["entities"]
+    console.print(f"mmkb on [bold]http://{host}:{port}/[/] (API reference: /docs); database {escape(store.shown_url)}, "
+                  f"{held} entities{'' if held else ' (run `mmkb demo` or `mmkb index ingest` first)'}; "
+                  "models load on first use")
+    uvicorn.run(create_app(services), host=host, port=port, log_level="info")
 
 
 def _mount_generator() -> None:

@@ -164,7 +164,7 @@ def test_search_health_and_page(services, tiny_kb):
     assert matched["thumbnail"].startswith("data:image/png;base64,")
 
 
-def test_mmkb_serve_runs_the_app_on_the_given_port(monkeypatch):
+def test_mmkb_serve_runs_the_app_on_the_given_port(monkeypatch, home):
     import uvicorn
     from typer.testing import CliRunner
 
@@ -175,6 +175,7 @@ def test_mmkb_serve_runs_the_app_on_the_given_port(monkeypatch):
     r = CliRunner().invoke(cli, ["serve", "--port", "8123", "--vlm", "some/reader"])
     assert r.exit_code == 0, r.output
     assert seen["port"] == 8123 and seen["host"] == "127.0.0.1" and "http://127.0.0.1:8123/" in r.output
+    assert "0 entities (run `mmkb demo`" in r.output
     assert seen["app"].state.services.vlm_name == "some/reader"
     assert {"/v1/vqa", "/v1/generate", "/v1/search", "/health"} <= set(seen["app"].openapi()["paths"])
 
