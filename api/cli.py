@@ -259,7 +259,10 @@ def train_clip(minutes: float = 45.0, steps: Optional[int] = None, config: str =
               "icons": icons, "icon_share": icon_share}
     if out is not None:
         kwargs["out"] = out
-    path = train(**kwargs)
+    try:
+        path = train(**kwargs)
+    except ValueError as err:
+        _fail(str(err))
     console.print(f"checkpoint written to [bold]{path}[/]")
 
 

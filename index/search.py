@@ -236,7 +236,7 @@ class ReferenceIndex:
                     ) -> tuple[VectorIndex, np.ndarray, np.ndarray, np.ndarray] | None:
         """(a copy of the active index, the ids it holds, ids to remove from it, ids to embed and add) to
         bring it to the store's rows, or None when it must be built anew: none active, another embedder,
-        no intact record of its rows (indexes built before 2026-12-08), the count calls for another
+        no intact record of its rows (indexes built before rows were recorded), the count calls for another
         index type, or a graph or list index would then hide more than a fifth as many vectors as it
         holds (FAISS's HNSW cannot unlink a removed vector: it stays as a hidden node until a rebuild)."""
         version = self.store.active_index(modality)
@@ -284,7 +284,7 @@ class ReferenceIndex:
         """Modality → why its active index does not match the store: none built yet (unless not
         `missing`), or another number of vectors than the store has sections or images (entities
         ingested or removed since), or as many but not the same rows (replaced since, by the store's
-        `rows_signature`; indexes built before 2026-12-08 are checked by count alone), or, with
+        `rows_signature`; indexes built before signatures were recorded are checked by count alone), or, with
         `embedders` (which loads them), built by another embedder than the configured one."""
         stored = self.store.stats()
         out = {}

@@ -457,6 +457,9 @@ def train_clip(minutes: float | None = 45.0, steps: int | None = 6000, config: s
 
     if not steps and not minutes:
         raise ValueError("train_clip needs `steps` or `minutes` to know when to stop")
+    if (minutes is not None and minutes < 0) or (steps is not None and steps < 0) or batch_size < 1:
+        raise ValueError(f"--minutes and --steps must not be negative and --batch-size must be at least 1 "
+                         f"(got {minutes}, {steps}, {batch_size})")
 
     if not 0 <= icon_share <= 1:
         raise ValueError(f"--icon-share is the share of a batch's random half drawn from the icons: "

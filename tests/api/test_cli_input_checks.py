@@ -221,3 +221,9 @@ def test_the_api_reference_page_needs_no_internet():
     assert "required" in question and "default" not in question  # an empty one is the route's 400, not a 422
     assert "400 bad input" in page.text and "503 " in page.text
     assert "http" not in page.text.replace("/openapi.json", "")  # no script or stylesheet from a CDN
+
+
+def test_train_clip_refuses_a_budget_that_never_ends():
+    for args in (["--minutes", "-1"], ["--steps", "0", "--minutes", "0"], ["--batch-size", "0"]):
+        r = runner.invoke(app, ["train", "clip", *args, "--run-dir", "/nonexistent/run"], env=WIDE)
+        assert r.exit_code == 2 and "error:" in r.output and "Traceback" not in r.output, r.output
