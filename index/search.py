@@ -193,10 +193,14 @@ class ReferenceIndex:
         fingerprint = self.text_embedder().fingerprint if modality == "text" else self.image_fingerprint
         plan = None if full else self._patch_plan(modality, fingerprint, ids, hashes)
         if plan is not None:
-            index, held, gone, fresh = plan
-            active = self.store.active_index(modality)
+            active, held, gone, fresh = plan
             if not len(gone) and not len(fresh) and self._manifest(active).get("signature") == signature:
-                return IndexBuild(active, "up to date")
+                return IndexBuild(active, "up to date")  # without loading the index
+            index = VectorIndex.load(self.store.home / active.path)
+            # FAISS's HNSW cannot unlink a removed vector: it stays as a hidden node until a rebuild
+            if index.kind != "flat" and index.hidden + len(gone) > len(ids) / 5:
+                plan = None
+        if plan is not None:
             if len(gone):
                 index.remove(gone)
             rows = self.store.rows_of(modality, fresh)  # a row removed since the read is not there
@@ -233,30 +237,25 @@ class ReferenceIndex:
         return self.embed_images([r[1] for r in rows], show_progress=show_progress)
 
     def _patch_plan(self, modality: str, fingerprint: str, ids: np.ndarray, hashes: np.ndarray
-                    ) -> tuple[VectorIndex, np.ndarray, np.ndarray, np.ndarray] | None:
-        """(a copy of the active index, the ids it holds, ids to remove from it, ids to embed and add) to
-        bring it to the store's rows, or None when it must be built anew: none active, another embedder,
-        no intact record of its rows (indexes built before rows were recorded), the count calls for another
-        index type, or a graph or list index would then hide more than a fifth as many vectors as it
-        holds (FAISS's HNSW cannot unlink a removed vector: it stays as a hidden node until a rebuild)."""
+                    ) -> tuple[IndexVersion, np.ndarray, np.ndarray, np.ndarray] | None:
+        """(the active version, the ids it holds, ids to remove from it, ids to embed and add) to bring
+        it to the store's rows, or None when it must be built anew: none active, another embedder, no
+        intact record of its rows (indexes built before rows were recorded), or the count calls for
+        another index type. `_build_one` also builds anew a graph or list index that would then hide
+        more than a fifth as many vectors as it holds."""
         version = self.store.active_index(modality)
         if version is None or version.embedder != fingerprint:
             return None
         held = self._built_rows(version)
-        if held is None:
+        if held is None or version.count != len(held[0]):  # a record that does not describe the index
+            return None
+        if choose_index(len(ids), version.dim, self.settings.memory_budget_mb << 20).kind != version.kind:
             return None
         old = dict(zip(held[0].tolist(), held[1].tolist()))
         new = dict(zip(ids.tolist(), hashes.tolist()))
         gone = np.asarray([i for i, h in old.items() if new.get(i) != h], dtype=np.int64)
         fresh = np.asarray([i for i, h in new.items() if old.get(i) != h], dtype=np.int64)
-        index = VectorIndex.load(self.store.home / version.path)
-        if index.count != len(held[0]):  # the record does not describe the index: trust neither
-            return None
-        wanted = choose_index(len(ids), index.dim, self.settings.memory_budget_mb << 20).kind
-        hidden = index.hidden + (len(gone) if index.kind != "flat" else 0)
-        if wanted != index.kind or hidden > len(ids) / 5:
-            return None
-        return index, held[0], gone, fresh
+        return version, held[0], gone, fresh
 
     def _manifest(self, version: IndexVersion) -> dict:
         """An index version's manifest ({} when it cannot be read: loading the index reports why)."""
