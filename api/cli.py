@@ -12,7 +12,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from api.console import console, stdout
-from api.console import fail as _fail, readable_image
+from api.console import OutOption, RunDirOption, readable_image, training, written
+from api.console import fail as _fail
 from index.clip import DEFAULT_CONFIG
 
 if TYPE_CHECKING:
@@ -88,6 +89,29 @@ def index_ingest(folder: Path, manifest: Optional[Path] = None, replace_images: 
         console.print("run `mmkb index build` so searches see these changes")
     if report.problems:
         raise typer.Exit(1)
+
+
+@index_app.command("remove")
+def index_remove(keys: Annotated[list[str], typer.Argument(metavar="KEY...", show_default=False,
+                                                           help="entity keys, e.g. country:BTN")],
+                 yes: Annotated[bool, typer.Option("--yes", help="remove without asking")] = False) -> None:
+    """Remove entities with their documents, pictures and tags from the store (one transaction); then run
+    `mmkb index build` so searches stop finding them. A key no entity has removes nothing."""
+    from index.store import EntityStore
+
+    store = EntityStore.from_settings()
+    if missing := store.missing_keys(keys):
+        _fail(f"no entity has the key {', '.join(map(repr, missing))}, so nothing was removed: see "
+              f"`mmkb index search --text NAME` for keys")
+    if not yes and not typer.confirm(f"remove {len(set(keys))} entit{'y' if len(set(keys)) == 1 else 'ies'} "
+                                     f"({', '.join(dict.fromkeys(keys))}) from {store.shown_url}?", err=True):
+        _fail("nothing removed")
+    try:
+        gone = store.remove_entities(keys)
+    except KeyError as err:  # removed by someone else since the check
+        _fail(f"no entity has the key {err.args[0]}, so nothing was removed")
+    console.print(f"removed {gone['entities']} entities, {gone['sections']} sections, {gone['images']} pictures, "
+                  f"{gone['tags']} tags; run `mmkb index build` so searches see it", markup=False)
 
 
 @index_app.command("build")
@@ -237,14 +261,15 @@ def index_versions(modality: Annotated[Optional[str], typer.Option(help="text or
 
 @train_app.command("clip")
 def train_clip(minutes: float = 45.0, steps: Optional[int] = None, config: str = DEFAULT_CONFIG,
-               out: Optional[Path] = None, resume: bool = True, device: str = "cpu", workers: int = 1,
+               out: OutOption = None, resume: bool = True, device: str = "cpu", workers: int = 1,
                batch_size: int = 256, lr: float = 2e-3, seed: int = 0, init_from: Optional[Path] = None,
                drawn_fraction: float = 0.25, resize_mode: str = "squash",
-               run_dir: Path = Path("runs/clip"),
+               run_dir: RunDirOption = None,
                icons: Annotated[Optional[Path], typer.Option(
                    help="also train on the icon concepts in this folder (built by `python -m index.clip.icons DIR`)")] = None,
                icon_share: float = 0.4) -> None:
-    """Train the shipped open_clip embedder on worldkb (contrastive, image↔text and image↔image).
+    """Train the open_clip embedder on worldkb (contrastive, image↔text and image↔image); exports to
+    MMKB_HOME/models/CONFIG, resumes from MMKB_HOME/runs/CONFIG/last.pt.
     On a GPU: --device cuda --workers N, N the spare CPU cores (augmentation runs in the data-loading processes).
     Fine-tune the shipped weights: --init-from mmkb-clip-tiny-64 --lr 5e-4. Weights of another input size
     warm-start a model too (--config mmkb-clip-tiny-64 --init-from WEIGHTS of the 32 px mmkb-clip-tiny: the
@@ -253,36 +278,41 @@ def train_clip(minutes: float = 45.0, steps: Optional[int] = None, config: str =
     centre crop. --icons DIR adds everyday icon concepts drawn by several icon sets as extra classes."""
     from index.clip.train import train_clip as train
 
-    kwargs = {"minutes": minutes, "steps": steps, "config": config, "resume": resume, "device": device,
-              "workers": workers, "batch_size": batch_size, "lr": lr, "seed": seed, "init_from": init_from,
-              "drawn_fraction": drawn_fraction, "resize_mode": resize_mode, "run_dir": run_dir,
-              "icons": icons, "icon_share": icon_share}
-    if out is not None:
-        kwargs["out"] = out
-    try:
-        path = train(**kwargs)
-    except ValueError as err:
-        _fail(str(err))
-    console.print(f"checkpoint written to [bold]{path}[/]")
+    path = training(train, minutes=minutes, steps=steps, config=config, resume=resume, device=device,
+                    workers=workers, batch_size=batch_size, lr=lr, seed=seed, init_from=init_from,
+                    drawn_fraction=drawn_fraction, resize_mode=resize_mode, run_dir=run_dir, icons=icons,
+                    icon_share=icon_share, out=out)
+    written(path.parent, f"MMKB_IMAGE_EMBEDDER={config}:{path.parent}, then `mmkb index build` (the reader was "
+                         f"trained on the shipped embedder's features: retrain it with `mmkb train vlm --init-from "
+                         f"mmkb-reader` for questions about images)")
 
 
 @train_app.command("vlm")
-def train_vlm(read_steps: int = 900, tag_steps: int = 300, out: Optional[Path] = None,
-              threads: Optional[int] = None, resume: bool = True, init_from: Optional[Path] = None,
-              trim_common: int = 1996, seed: int = 0, drawn_fraction: float = 0.25) -> None:
-    """Fine-tune mmkb-reader on worldkb, self-label RET/SRT/MCT from its own answers, train the tags.
-    --init-from continues from an export (e.g. the shipped one after the image embedder changed);
+def train_vlm(read_steps: int = 900, tag_steps: int = 300, out: OutOption = None, run_dir: RunDirOption = None,
+              threads: Optional[int] = None, resume: bool = True, init_from: Optional[str] = None,
+              trim_common: int = 1996, seed: int = 0, drawn_fraction: float = 0.25,
+              entity_limit: Annotated[Optional[int], typer.Option(
+                  show_default=False, help="train on this many entities only (a quick try; not for use)")] = None
+              ) -> None:
+    """Fine-tune mmkb-reader on worldkb, self-label RET/SRT/MCT from its own answers, train the tags; exports
+    to MMKB_HOME/models/mmkb-reader, resumes from MMKB_HOME/runs/mmkb-reader.
+    --init-from continues from an export, or mmkb-reader for the shipped one (e.g. after the image embedder changed);
     --trim-common N: the export's text encoder keeps the KB's word pieces and those below id N (the
     default keeps no other common words; mmkb reads the rest from the installed text model, rag/vlm/trim.py),
     0 its whole vocabulary;
     --drawn-fraction: share of image views redrawn as flat outlined icons, as the embedder trains."""
-    from rag.vlm.train import CHECKPOINT, train_vlm as train
+    from rag.vlm.train import train_vlm as train
 
-    path = train(read_steps=read_steps, tag_steps=tag_steps, out=str(out or CHECKPOINT), threads=threads,
-                 resume=resume, init_from=str(init_from) if init_from else None, trim_common=trim_common,
-                 seed=seed, drawn_fraction=drawn_fraction)
-    console.print(f"mmkb-reader written to [bold]{path}[/]")
+    path = training(train, read_steps=read_steps, tag_steps=tag_steps, out=out, run_dir=run_dir, threads=threads,
+                    resume=resume, init_from=init_from, trim_common=trim_common, seed=seed,
+                    drawn_fraction=drawn_fraction, entity_limit=entity_limit)
+    written(path, f"MMKB_VLM={path} (or mmkb ask --vlm {path})")
 
+
+# The pipeline mode, as `mmkb ask` and `mmkb eval kbvqa` take it (rag.pipeline.MODES; checked there).
+ModeOption = Annotated[str, typer.Option(
+    help="no-rag (the VLM alone), naive-rag (top-k documents straight to the reader) or mmkb-rag "
+         "(RET, SRT and MCT tags; --no-ret/--no-srt/--no-mct turn each off)")]
 
 # RET's threshold as `mmkb ask` and `mmkb eval kbvqa` take it; unset keeps RAGConfig's (chosen on a dev set).
 GammaOption = Annotated[Optional[float], typer.Option(
@@ -309,7 +339,7 @@ def ask(image_arg: Annotated[Optional[str], typer.Argument(metavar="[IMAGE]", sh
         question_arg: Annotated[Optional[str], typer.Argument(metavar="[QUESTION]", show_default=False)] = None,
         image: Annotated[Optional[Path], typer.Option("--image", help="the image (or give it first)")] = None,
         question: Annotated[Optional[str], typer.Option("--question", help="the question (or give it second)")] = None,
-        mode: str = "mmkb-rag", ret: bool = True, srt: bool = True, mct: bool = True,
+        mode: ModeOption = "mmkb-rag", ret: bool = True, srt: bool = True, mct: bool = True,
         familiarity_gate: Annotated[bool, typer.Option(
             help="RET also retrieves for an entity new to the VLM, a picture entities share, or one the VLM's "
                  "entity tag and the index disagree on")] = True,
@@ -393,7 +423,7 @@ def eval_kbvqa(questions_path: Annotated[Optional[Path], typer.Argument(metavar=
                images_dir: Annotated[Optional[Path], typer.Argument(metavar="IMAGES")] = None,
                predictions_path: Annotated[Optional[Path], typer.Argument(metavar="PREDICTIONS")] = None,
                questions: PathOption = None, images: PathOption = None, predictions: PathOption = None,
-               mode: str = "mmkb-rag", ret: bool = True,
+               mode: ModeOption = "mmkb-rag", ret: bool = True,
                srt: bool = True, mct: bool = True, familiarity_gate: bool = True, confirm: bool = True,
                ret_closed_book: bool = True, gamma: GammaOption = None, vlm: Optional[str] = None,
                evqa: bool = False,
@@ -516,6 +546,7 @@ def main() -> None:
     from pydantic import ValidationError
     from sqlalchemy.exc import OperationalError
 
+    from index.clip import EmbedderSpecError
     from index.config import get_settings
     from index.store.db import MissingDriverError, shown_url
 
@@ -530,7 +561,7 @@ def main() -> None:
             console.print(f"[bold red]error:[/] {escape(name)}={escape(repr(e.get('input')))}: "
                           f"{escape(e['msg'].removeprefix('Value error, '))} (README, \"Settings\")")
         sys.exit(2)
-    except MissingDriverError as err:
+    except (MissingDriverError, EmbedderSpecError) as err:
         console.print(f"[bold red]error:[/] {escape(str(err))}")
         sys.exit(2)
     except OperationalError as err:  # the database named by MMKB_DATABASE_URL cannot be used

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
@@ -36,3 +37,24 @@ def readable_image(path: Path) -> Path:
     if why := image_problem(path):
         fail(why)
     return path
+
+
+# `--out` and `--run-dir` of every `mmkb train` command (index.training: defaults under MMKB_HOME).
+OutOption = Annotated[Optional[Path], typer.Option(
+    show_default=False, help="export folder (default: MMKB_HOME/models/NAME; a shipped model is replaced only when "
+                             "this names its folder)")]
+RunDirOption = Annotated[Optional[Path], typer.Option(
+    show_default=False, help="where the resumable training state is kept (default: MMKB_HOME/runs/NAME)")]
+
+
+def training(train, *args, **kwargs) -> Path:
+    """Run a trainer; a setting it refuses is one error line."""
+    try:
+        return train(*args, **kwargs)
+    except ValueError as err:
+        fail(str(err))
+
+
+def written(out: Path, use: str) -> None:
+    """Where a training command wrote its checkpoint and how mmkb uses it."""
+    console.print(f"checkpoint written to [bold]{escape(str(out))}[/]; use it: {escape(use)}")

@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from api.console import console, stdout
+from api.console import OutOption, console, stdout, written
 from api.console import fail as _fail
 from index.tagger.config import TaggerConfig
 
@@ -24,28 +24,29 @@ def _pages_dir() -> Path:
     return get_settings().home_dir / "curation"
 
 
-def tagger(out: Optional[Path] = None, embedder: Annotated[Optional[str], typer.Option(
+def tagger(out: OutOption = None, embedder: Annotated[Optional[str], typer.Option(
                help="image embedder whose features it reads (default: the configured one)")] = None,
            manifest: Annotated[Optional[Path], typer.Option(help="a manifest.jsonl with tags or keywords sections "
                                                                   "(default: worldkb's)")] = None,
            min_count: int = _DEFAULT.min_count, views: int = _DEFAULT.views, epochs: int = _DEFAULT.epochs,
            dim: int = _DEFAULT.dim, lr: float = _DEFAULT.lr, seed: int = _DEFAULT.seed,
            labels: Annotated[str, typer.Option(help="label embeddings: asge | text | text+asge | learned")] = _DEFAULT.labels) -> None:
-    """Train the CMA + ASGE multi-label tagger (arXiv 1912.07872) over the frozen image embedder: minutes on a CPU."""
-    from index.tagger.train import CHECKPOINTS, DEFAULT_TAGGER, train_tagger
+    """Train the CMA + ASGE multi-label tagger (arXiv 1912.07872) over the frozen image embedder: minutes on a CPU.
+    Exports to MMKB_HOME/models/mmkb-tagger unless --out says otherwise."""
+    from index.tagger.train import train_tagger
 
     if manifest is not None and not manifest.is_file():
         _fail(f"manifest not found: {manifest}")
     try:
         cfg = TaggerConfig(manifest=str(manifest) if manifest else None, embedder=embedder, min_count=min_count,
                            views=views, epochs=epochs, dim=dim, lr=lr, seed=seed, labels=labels)
-        path = train_tagger(cfg, out=out or CHECKPOINTS / DEFAULT_TAGGER)
+        path = train_tagger(cfg, out=out)
     except (ValueError, FileNotFoundError) as err:
         _fail(str(err))
     held = json.loads((path / "config.json").read_text())["summary"].get("held_out")
     if held:
         console.print(f"held-out entities: mAP {held['mAP']:.3f}, CF1@3 {held['CF1']:.3f}, OF1@3 {held['OF1']:.3f}")
-    console.print(f"tagger written to [bold]{path}[/]")
+    written(path, f"mmkb curate tag --tagger {path}")
 
 
 def _check_keys(store, keys: list[str]) -> None:

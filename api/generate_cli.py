@@ -8,7 +8,8 @@ from typing import Annotated, Optional
 import typer
 
 from api.console import console
-from api.console import fail as _fail, readable_image
+from api.console import OutOption, RunDirOption, readable_image, training, written
+from api.console import fail as _fail
 
 app = typer.Typer(help="Generate and edit images with mmkb's DiT.", no_args_is_help=True)
 train_app = typer.Typer(help="Train the generator: VAE, DiT, few-step distillation.", no_args_is_help=True)
@@ -128,8 +129,9 @@ def vae(preset: str = "f8c16", minutes: float = 20.0, batch: int = 32, lr: float
         generated_from: Annotated[Optional[str], typer.Option(
             help="with --decoder-only: also decode latents this DiT generates for training scenes")] = None,
         generated_fraction: float = 0.5, generated_count: int = 20480,
-        name: Optional[str] = None, out: Optional[Path] = None) -> None:
-    """Train the VAE on composed worldkb scenes; resumes from runs/vae-PRESET/last.pt.
+        name: Optional[str] = None, out: OutOption = None, run_dir: RunDirOption = None) -> None:
+    """Train the VAE on composed worldkb scenes; exports to MMKB_HOME/models/NAME (NAME: vae-PRESET) and
+    resumes from MMKB_HOME/runs/NAME/last.pt.
     Better decoder for the shipped VAE, DiTs unchanged: --decoder-only --init-from vae-f8c16 --decoder-blocks 2 --lr 1e-3
     (--generated-from dit-medium-fast: half of each batch are the DiT's own latents, made first under runs/)."""
     from generator.pipeline import resolve
@@ -138,41 +140,57 @@ def vae(preset: str = "f8c16", minutes: float = 20.0, batch: int = 32, lr: float
     if decoder_only:
         if not init_from:
             raise typer.BadParameter("--decoder-only fine-tunes a trained VAE: name it with --init-from (e.g. vae-f8c16)")
+        if not (resolve(init_from) / "model.safetensors").is_file():
+            _fail(f"--init-from {init_from}: no VAE checkpoint there (vae-f8c16, or a folder `mmkb train vae` wrote)")
         if not 0.0 < generated_fraction < 1.0:
             raise typer.BadParameter(f"--generated-fraction is a share of each batch, between 0 and 1, not {generated_fraction}")
         pool = generated_pool(generated_from, n=generated_count, threads=threads) if generated_from else None
-        path = finetune_decoder(resolve(init_from), minutes=minutes, batch=batch, lr=lr, decoder_blocks=decoder_blocks,
-                                name=name or f"{Path(init_from).name}-decoder-ft", threads=threads, resume=resume, out=out,
-                                generated=pool, generated_fraction=generated_fraction)
+        path = training(finetune_decoder, resolve(init_from), minutes=minutes, batch=batch, lr=lr,
+                        decoder_blocks=decoder_blocks, name=name or f"{Path(init_from).name}-decoder-ft",
+                        threads=threads, resume=resume, out=out, generated=pool,
+                        generated_fraction=generated_fraction, run_dir=run_dir)
     elif init_from or decoder_blocks or generated_from:
         raise typer.BadParameter("--init-from, --decoder-blocks and --generated-from go with --decoder-only")
     else:
-        path = train_vae(preset=preset, minutes=minutes, batch=batch, lr=lr, threads=threads, resume=resume,
-                         name=name, out=out)
-    console.print(f"checkpoint written to [bold]{path}[/]")
+        path = training(train_vae, preset=preset, minutes=minutes, batch=batch, lr=lr, threads=threads, resume=resume,
+                        name=name, out=out, run_dir=run_dir)
+    written(path, f"mmkb train dit --vae {path} (a DiT learns a VAE's latents)")
 
 
 @train_app.command("dit")
 def dit(preset: str = "medium", minutes: float = 35.0, batch: int = 32, lr: float = 1e-3, threads: int = 1,
         resume: bool = True, device: str = "cpu", workers: int = 0, ema_decay: float = 0.995,
-        init_from: Optional[str] = None, name: Optional[str] = None, out: Optional[Path] = None) -> None:
-    """Train the DiT with rectified flow on all tasks; resumes from runs/NAME/last.pt.
+        init_from: Optional[str] = None, name: Optional[str] = None, out: OutOption = None,
+        run_dir: RunDirOption = None,
+        vae: Annotated[str, typer.Option(help="the VAE whose latents it learns (a shipped name or a folder)")] = "vae-f8c16"
+        ) -> None:
+    """Train the DiT with rectified flow on all tasks; exports to MMKB_HOME/models/NAME (NAME: dit-PRESET) and
+    resumes from MMKB_HOME/runs/NAME/last.pt.
     On a GPU: --device cuda --workers 8 (scenes are rendered by the data-loading processes).
     Fine-tune the shipped model: --init-from dit-medium --name dit-medium-ft --lr 3e-4."""
+    from generator.pipeline import resolve
     from generator.train_dit import train_dit
 
-    out = train_dit(preset=preset, minutes=minutes, batch=batch, lr=lr, threads=threads, resume=resume,
-                    device=device, workers=workers, ema_decay=ema_decay, init_from=init_from, name=name, out=out)
-    console.print(f"checkpoint written to [bold]{out}[/]")
+    vae_path = resolve(vae)
+    if not (vae_path / "model.safetensors").is_file():
+        _fail(f"--vae {vae}: no VAE checkpoint there (vae-f8c16, or a folder `mmkb train vae` wrote)")
+    out = training(train_dit, preset=preset, minutes=minutes, batch=batch, lr=lr, threads=threads, resume=resume,
+                   device=device, workers=workers, ema_decay=ema_decay, init_from=init_from, name=name, out=out,
+                   run_dir=run_dir, vae=vae_path)
+    written(out, f"mmkb generate --model {out} --prompt ...")
 
 
 @train_app.command("distill")
 def distill(teacher: str = "dit-medium", minutes: float = 12.0, batch: int = 32, text_scale: float = 3.0,
             ref_scale: float = 1.5, threads: int = 1, resume: bool = True, device: str = "cpu",
-            workers: int = 0) -> None:
-    """Distill the DiT into a few-step shortcut model with guidance baked in."""
+            workers: int = 0, name: Optional[str] = None, out: OutOption = None,
+            run_dir: RunDirOption = None) -> None:
+    """Distill the DiT into a few-step shortcut model with guidance baked in; exports to MMKB_HOME/models/NAME
+    (NAME: TEACHER-fast) and resumes from MMKB_HOME/runs/NAME/last.pt."""
     from generator.distill import distill as run
 
-    out = run(teacher=teacher, minutes=minutes, batch=batch, text_scale=text_scale, ref_scale=ref_scale,
-              threads=threads, resume=resume, device=device, workers=workers)
-    console.print(f"checkpoint written to [bold]{out}[/]")
+    out = training(run, teacher=teacher, minutes=minutes, batch=batch, text_scale=text_scale, ref_scale=ref_scale,
+                   threads=threads, resume=resume, device=device, workers=workers, name=name, out=out,
+                   run_dir=run_dir)
+    written(out, f"mmkb generate --model {out} --prompt ...")
+

@@ -1,26 +1,41 @@
-"""Checkpoints: fp16 safetensors + config.json + MODEL_CARD.md; full training state in runs/<name>/last.pt."""
+"""Checkpoints: fp16 safetensors + config.json + MODEL_CARD.md; a run's full training state in its run
+folder's last.pt (index.training: MMKB_HOME/runs/<name> unless --run-dir says otherwise)."""
 from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from index.files import replace_dir
+
 CHECKPOINTS = Path(__file__).resolve().parent / "checkpoints"
-RUNS = Path(__file__).resolve().parents[1] / "runs"
+RUNS = Path(__file__).resolve().parents[1] / "runs"  # the benchmarks' caches
+
+
+def checkpoint_ref(path: str | Path) -> str:
+    """How a checkpoint config names another checkpoint: a shipped one by name, any other by its full path."""
+    path = Path(path)
+    return path.name if path.resolve() == (CHECKPOINTS / path.name).resolve() else str(path.resolve())
 
 
 def save_weights(model: torch.nn.Module, config: dict, out: Path, card: str | None = None) -> Path:
-    """Write model.safetensors (fp16), config.json and optionally MODEL_CARD.md into `out`."""
-    out.mkdir(parents=True, exist_ok=True)
+    """Write model.safetensors (fp16), config.json and optionally MODEL_CARD.md into `out`: into a folder
+    beside it that then takes its place, so an interrupted save leaves the old checkpoint whole."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
     state = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(out / "model.safetensors"))
-    (out / "config.json").write_text(json.dumps(config, indent=2))
+    save_file(state, str(tmp / "model.safetensors"))
+    (tmp / "config.json").write_text(json.dumps(config, indent=2))
     if card is not None:
-        (out / "MODEL_CARD.md").write_text(card)
-    return out
+        (tmp / "MODEL_CARD.md").write_text(card)
+    return replace_dir(tmp, out)
 
 
 def load_weights(path: Path) -> tuple[dict, dict]:

@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from generator.checkpoint import CHECKPOINTS, RUNS, Progress, optimizer_step, save_weights
+from generator.checkpoint import Progress, optimizer_step, save_weights
+from index.training import other_run, say_spent, training_device, training_paths
 from generator.dit import FLOW_LEVEL, guided_velocity
 from generator.pipeline import load_dit, resolve
 from generator.scenes import SceneSampler
@@ -55,12 +56,19 @@ def distill_targets(student, teacher, batch, levels: torch.Tensor, t: torch.Tens
 def distill(teacher: str = "dit-medium", minutes: float = 12.0, batch: int = 32, lr: float = 2e-4,
             text_scale: float = 3.0, ref_scale: float = 1.5, ema_decay: float = 0.99, name: str | None = None,
             vae: Path = DEFAULT_VAE, threads: int = 1, resume: bool = True, out: Path | None = None,
-            device: str = "cpu", workers: int = 0) -> Path:
+            device: str = "cpu", workers: int = 0, run_dir: Path | None = None) -> Path:
+    """`minutes` of distilling `teacher` (a name or folder), exported to `out` (default
+    MMKB_HOME/models/<name>), resumed from `run_dir`/last.pt (default MMKB_HOME/runs/<name>)."""
+    if minutes <= 0 or batch < 1:
+        raise ValueError(f"--minutes must be above 0 and --batch at least 1 (got {minutes}, {batch})")
+    dev = training_device(device)
     torch.set_num_threads(threads)
-    dev = torch.device(device)
     teacher_path = resolve(teacher)
+    if not (teacher_path / "model.safetensors").is_file():
+        raise ValueError(f"--teacher {teacher}: no DiT checkpoint there (a shipped name such as dit-medium, "
+                         "or a folder `mmkb train dit` wrote)")
     name = name or f"{teacher_path.name}-fast"
-    run, out = RUNS / name, out or CHECKPOINTS / name
+    out, run = training_paths(name, out, run_dir)
     teacher_model, tcfg = load_dit(teacher_path)
     teacher_model = teacher_model.to(dev)
     student = copy.deepcopy(teacher_model).train().requires_grad_(True)
@@ -72,14 +80,18 @@ def distill(teacher: str = "dit-medium", minutes: float = 12.0, batch: int = 32,
     step, elapsed = 0, 0.0
     if resume and (run / "last.pt").is_file():
         st = torch.load(run / "last.pt", weights_only=False, map_location=dev)
+        if st.get("teacher", str(teacher_path.resolve())) != str(teacher_path.resolve()):
+            raise other_run(run / "last.pt", f"--teacher {st['teacher']}")
         student.load_state_dict(st["model"]); ema.load_state_dict(st["ema"]); opt.load_state_dict(st["opt"])
         step, elapsed = st["step"], st["elapsed"]
         print(f"resumed {name} at step {step} ({elapsed / 60:.1f} min)")
+        if elapsed >= minutes * 60:
+            say_spent(run / "last.pt", f"{elapsed / 60:.1f} of --minutes {minutes:g}", "give a larger --minutes")
     sampler, rng = SceneSampler(seed=5000 + step), random.Random(7 + step)
     budget, t0 = minutes * 60, time.time() - elapsed
     bar = tqdm(desc=f"distill {name}", unit="step", initial=step, mininterval=10)
     state = lambda: {"model": student.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),  # noqa: E731
-                     "step": step, "elapsed": elapsed}
+                     "step": step, "elapsed": elapsed, "teacher": str(teacher_path.resolve())}
     progress = Progress(bar, run / "last.pt", state)
     stream = batches(sampler, rng, autoencoder, text, batch, workers, seed=5000 + step)
     while (elapsed := time.time() - t0) < budget:
@@ -112,7 +124,7 @@ def distill(teacher: str = "dit-medium", minutes: float = 12.0, batch: int = 32,
             f"- steps: {step} x batch {batch}, {elapsed / 60:.1f} min on {machine_label(dev, threads, workers)}; "
             f"final loss (mean of last 50) {progress.mean_loss():.4f}\n"
             f"- command: `mmkb train distill --teacher {teacher} --minutes {minutes} --batch {batch}"
-            f"{f' --device {device} --workers {workers}' if dev.type != 'cpu' else ''}`\n"
+            f"{f' --device {device} --workers {workers}' if dev.type != 'cpu' else ''} --out {out}`\n"
             f"- metrics: see benchmarks/results/generation.md\n")
     save_weights(ema.cpu(), cfg, out, card)
     print(f"{name}: {step} steps → {out}")

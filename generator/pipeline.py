@@ -24,8 +24,17 @@ MAX_REFS = 3
 
 
 def resolve(name: str | Path) -> Path:
-    p = Path(name)
-    return p if p.is_dir() else CHECKPOINTS / str(name)
+    """A checkpoint folder from a path, a shipped name (generator/checkpoints) or the name of one trained
+    here (MMKB_HOME/models, where `mmkb train vae|dit|distill` export)."""
+    p = Path(name).expanduser()
+    if p.is_dir():
+        return p
+    if (CHECKPOINTS / str(name)).is_dir():
+        return CHECKPOINTS / str(name)
+    from index.config import get_settings
+
+    trained = get_settings().home_dir / "models" / str(name)
+    return trained if trained.is_dir() else CHECKPOINTS / str(name)
 
 
 def load_dit(path: Path) -> tuple[DiT, dict]:

@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from generator.checkpoint import CHECKPOINTS, RUNS, Progress, load_weights, optimizer_step, save_weights
+from generator.checkpoint import CHECKPOINTS, Progress, checkpoint_ref, load_weights, optimizer_step, save_weights
+from index.training import other_run, say_spent, training_device, training_paths
 from generator.dit import DIT_PRESETS, DiT
 from generator.scenes import TASKS, Scene, SceneSampler, to_tensor
 from generator.text import TextEncoder
@@ -150,15 +151,20 @@ def ema_update(ema: DiT, model: DiT, decay: float) -> None:
 def train_dit(preset: str = "medium", minutes: float = 35.0, batch: int = 32, lr: float = 1e-3,
               ema_decay: float = 0.995, name: str | None = None, vae: Path = DEFAULT_VAE, threads: int = 1,
               resume: bool = True, out: Path | None = None, device: str = "cpu", workers: int = 0,
-              init_from: Path | str | None = None) -> Path:
-    """`minutes` of training (resumed from runs/<name>/last.pt); `device` "cuda" trains on a GPU, with
+              init_from: Path | str | None = None, run_dir: Path | None = None) -> Path:
+    """`minutes` of training, exported to `out` (default MMKB_HOME/models/<name>), resumed from
+    `run_dir`/last.pt (default MMKB_HOME/runs/<name>); `device` "cuda" trains on a GPU, with
     `workers` data-loading processes rendering the scenes. `init_from` (a checkpoint folder of the
     same preset, e.g. the shipped one) starts a new run from its weights instead of a random init."""
+    if preset not in DIT_PRESETS:
+        raise ValueError(f"unknown --preset {preset!r}; choose from {', '.join(DIT_PRESETS)}")
+    if minutes <= 0 or batch < 1:
+        raise ValueError(f"--minutes must be above 0 and --batch at least 1 (got {minutes}, {batch})")
+    dev = training_device(device)
     torch.set_num_threads(threads)
     name = name or f"dit-{preset}"
-    run, out = RUNS / name, out or CHECKPOINTS / name
+    out, run = training_paths(name, out, run_dir)
     cfg = DIT_PRESETS[preset]
-    dev = torch.device(device)
     if dev.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
     autoencoder, text = load_vae(vae).to(dev), TextEncoder(device=dev)
@@ -185,14 +191,18 @@ def train_dit(preset: str = "medium", minutes: float = 35.0, batch: int = 32, lr
     if resume and (run / "last.pt").is_file():
         st = torch.load(run / "last.pt", weights_only=False, map_location=dev)
         if st.get("init_from") != (str(init_from) if init_from else None):
-            raise ValueError(f"{run / 'last.pt'} holds a run that began from {st.get('init_from') or 'a random init'}, "
-                             f"not from {init_from or 'a random init'}: pass --no-resume to start over, or another --name")
+            raise other_run(run / "last.pt", f"--init-from {st.get('init_from')}" if st.get("init_from")
+                            else "a random init (no --init-from)")
+        if st.get("preset", preset) != preset:
+            raise other_run(run / "last.pt", f"--preset {st['preset']}")
         model.load_state_dict(st["model"]); ema.load_state_dict(st["ema"]); opt.load_state_dict(st["opt"])
         step, elapsed, seen = st["step"], st["elapsed"], st["seen"]
         # The lineage as it was when the run began (the warm start's folder may since hold this run's output).
         before, earlier = st.get("before", before), st.get("earlier", earlier)
         torch.set_rng_state(st["torch_rng"].cpu())
         print(f"resumed {name} at step {step} ({elapsed / 60:.1f} min)")
+        if elapsed >= minutes * 60:
+            say_spent(run / "last.pt", f"{elapsed / 60:.1f} of --minutes {minutes:g}", "give a larger --minutes")
     sampler, rng = SceneSampler(seed=1000 + step), random.Random(step)
     budget, t0 = minutes * 60, time.time() - elapsed
     bar = tqdm(desc=f"train dit {preset}", unit="step", initial=step, mininterval=10)
@@ -225,12 +235,12 @@ def train_dit(preset: str = "medium", minutes: float = 35.0, batch: int = 32, lr
             f"{f' --ema-decay {ema_decay}' if ema_decay != 0.995 else ''}"
             f"{f' --init-from {init_from}' if init_from else ''}"
             f"{f' --name {name}' if name != f'dit-{preset}' else ''}"
-            f"{f' --out {out}' if out != CHECKPOINTS / name else ''}`\n"
+            f" --out {out}`\n"
             f"- metrics: see benchmarks/results/generation.md\n")
     if init_from:
         card += (f"- warm start: the weights then in `{init_from}` ({before} samples before this run; "
                  f"{before + seen} in all)\n" + (f"\n## Earlier training\n\n{_demote(earlier)}" if earlier else ""))
-    save_weights(ema.cpu(), {"kind": "dit", "preset": preset, **cfg.to_dict(), "vae": Path(vae).name,
+    save_weights(ema.cpu(), {"kind": "dit", "preset": preset, **cfg.to_dict(), "vae": checkpoint_ref(vae),
                        "text_encoder": "all-MiniLM-L6-v2", "steps": step, "samples": seen,
                        "samples_total": before + seen, "minutes": round(elapsed / 60, 1), "shortcut": False}, out, card)
     print(f"{name}: {step} steps → {out}")

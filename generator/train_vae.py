@@ -11,7 +11,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from generator.checkpoint import CHECKPOINTS, RUNS, Progress, optimizer_step, save_state, save_weights
+from generator.checkpoint import RUNS, Progress, optimizer_step, save_state, save_weights
+from index.training import other_run, say_spent, training_paths
 from generator.metrics import psnr, ssim
 from generator.scenes import Image, SceneSampler, reference_image, to_tensor
 from generator.vae import VAE, VAE_PRESETS, deepen_decoder, kl_divergence
@@ -49,20 +50,30 @@ def latent_stats(vae: VAE, n: int = 512) -> tuple[float, float]:
 
 def train_vae(preset: str = "f8c16", minutes: float = 20.0, batch: int = 16, lr: float = 2e-3,
               kl_weight: float = 1e-4, name: str | None = None, threads: int = 1, resume: bool = True,
-              out: Path | None = None) -> Path:
+              out: Path | None = None, run_dir: Path | None = None) -> Path:
+    """`minutes` of training, exported to `out` (default MMKB_HOME/models/<name>), resumed from
+    `run_dir`/last.pt (default MMKB_HOME/runs/<name>)."""
+    if preset not in VAE_PRESETS:
+        raise ValueError(f"unknown --preset {preset!r}; choose from {', '.join(VAE_PRESETS)}")
+    if minutes <= 0 or batch < 1:
+        raise ValueError(f"--minutes must be above 0 and --batch at least 1 (got {minutes}, {batch})")
     torch.set_num_threads(threads)
     name = name or f"vae-{preset}"
-    run, out = RUNS / name, out or CHECKPOINTS / name
+    out, run = training_paths(name, out, run_dir)
     cfg = VAE_PRESETS[preset]
     vae = VAE(cfg)
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
     step, elapsed, seed = 0, 0.0, 0
     if resume and (run / "last.pt").is_file():
         st = torch.load(run / "last.pt", weights_only=False)
+        if st.get("preset", preset) != preset or "decoder" in st:
+            raise other_run(run / "last.pt", "a decoder fine-tune" if "decoder" in st else f"--preset {st['preset']}")
         vae.load_state_dict(st["model"]); opt.load_state_dict(st["opt"])
         step, elapsed, seed = st["step"], st["elapsed"], st["step"]
         torch.set_rng_state(st["torch_rng"])
         print(f"resumed {name} at step {step} ({elapsed / 60:.1f} min)")
+        if elapsed >= minutes * 60:
+            say_spent(run / "last.pt", f"{elapsed / 60:.1f} of --minutes {minutes:g}", "give a larger --minutes")
     sampler = SceneSampler(seed=seed)  # reseeded by step on resume: data differs, distribution same
     budget, t0, last_save = minutes * 60, time.time() - elapsed, time.time()
     bar = tqdm(desc=f"train vae {preset}", unit="step", initial=step, mininterval=10)
@@ -100,7 +111,7 @@ def train_vae(preset: str = "f8c16", minutes: float = 20.0, batch: int = 16, lr:
             f"- loss: L1 + L2 + {kl_weight} KL; AdamW lr {lr}, cosine by wall time\n"
             f"- latent shift {shift:.4f}, scale {scale:.4f}\n"
             f"- held-out-entity scenes (n={metrics['images']}): PSNR {metrics['psnr_db']} dB, SSIM {metrics['ssim']}\n"
-            f"- command: `mmkb train vae --preset {preset} --minutes {minutes} --batch {batch}`\n")
+            f"- command: `mmkb train vae --preset {preset} --minutes {minutes} --batch {batch} --out {out}`\n")
     save_weights(vae, {"kind": "vae", "preset": preset, **vae.cfg.to_dict(), "metrics": metrics,
                        "steps": step, "minutes": round(elapsed / 60, 1)}, out, card)
     print(f"{name}: {metrics} → {out}")
@@ -110,7 +121,7 @@ def train_vae(preset: str = "f8c16", minutes: float = 20.0, batch: int = 16, lr:
 def finetune_decoder(init_from: Path, minutes: float = 45.0, batch: int = 32, lr: float = 5e-4,
                      decoder_blocks: int | None = None, name: str = "vae-decoder-ft", threads: int = 1,
                      resume: bool = True, out: Path | None = None, generated: Path | None = None,
-                     generated_fraction: float = 0.5) -> Path:
+                     generated_fraction: float = 0.5, run_dir: Path | None = None) -> Path:
     """Train only the decoder of a trained VAE, its encoder frozen (as Stable Diffusion's ft-MSE decoder).
 
     The latents (and the shift/scale the DiT sees) stay exactly as they were, so a DiT trained on this
@@ -122,8 +133,10 @@ def finetune_decoder(init_from: Path, minutes: float = 45.0, batch: int = 32, lr
     """
     from generator.train_dit import load_vae
 
+    if minutes <= 0 or batch < 1:
+        raise ValueError(f"--minutes must be above 0 and --batch at least 1 (got {minutes}, {batch})")
     torch.set_num_threads(threads)
-    run, out = RUNS / name, out or CHECKPOINTS / name
+    out, run = training_paths(name, out, run_dir)
     base = load_vae(Path(init_from))
     before = evaluate_vae(base)
     vae = deepen_decoder(base, decoder_blocks) if decoder_blocks else base
@@ -133,14 +146,20 @@ def finetune_decoder(init_from: Path, minutes: float = 45.0, batch: int = 32, lr
     step, elapsed = 0, 0.0
     if resume and (run / "last.pt").is_file():
         st = torch.load(run / "last.pt", weights_only=False)
+        if "decoder" not in st or st.get("init_from") != str(init_from) \
+                or st.get("decoder_blocks", decoder_blocks) != decoder_blocks:
+            raise other_run(run / "last.pt", "another VAE training" if "decoder" not in st else
+                            f"--init-from {st.get('init_from')} --decoder-blocks {st.get('decoder_blocks')}")
         vae.decoder.load_state_dict(st["decoder"]); opt.load_state_dict(st["opt"])
         step, elapsed = st["step"], st["elapsed"]
         torch.set_rng_state(st["torch_rng"])
         print(f"resumed {name} at step {step} ({elapsed / 60:.1f} min)")
+        if elapsed >= minutes * 60:
+            say_spent(run / "last.pt", f"{elapsed / 60:.1f} of --minutes {minutes:g}", "give a larger --minutes")
 
     def state() -> dict:
         return {"decoder": vae.decoder.state_dict(), "opt": opt.state_dict(), "step": step, "elapsed": elapsed,
-                "torch_rng": torch.get_rng_state(), "init_from": str(init_from)}
+                "torch_rng": torch.get_rng_state(), "init_from": str(init_from), "decoder_blocks": decoder_blocks}
 
     sampler = SceneSampler(seed=1000 + step)
     pool = PoolReader(generated, seed=step) if generated else None
@@ -172,7 +191,8 @@ def finetune_decoder(init_from: Path, minutes: float = 45.0, batch: int = 32, lr
     cmd = (f"mmkb train vae --decoder-only --init-from {init_from} --minutes {minutes} --batch {batch} --lr {lr}"
            + (f" --decoder-blocks {decoder_blocks}" if decoder_blocks else "")
            + (f" --generated-from {Path(generated).name.removeprefix('decoder-pool-')} --generated-fraction "
-              f"{generated_fraction}" if generated else ""))
+              f"{generated_fraction}" if generated else "")
+           + f" --name {name} --out {out}")
     data = "worldkb scenes from generator/scenes.py (seen entities) + 2x2 tiles of references"
     if pool:
         data += (f"; {generated_fraction:.0%} of each batch: {len(pool)} latents generated for training scenes "

@@ -48,6 +48,14 @@ class Settings(BaseSettings):
     # draw of the entity benchmark (README "Entity recognition"). Nothing stored changes: no rebuild.
     image_centre: float = 0.5
 
+    @field_validator("image_embedder")
+    @classmethod
+    def _image_embedder(cls, v: str) -> str:
+        from index.clip import embedder_spec
+
+        embedder_spec(v)  # a path that is not there is reported before any command runs
+        return v.strip()
+
     @field_validator("image_layout_weight")
     @classmethod
     def _layout(cls, v: float) -> float:

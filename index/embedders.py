@@ -139,19 +139,21 @@ class ImageEmbedder:
     def __init__(self, spec: str, device: str | None = None) -> None:
         import open_clip
 
-        from index.clip import register_configs, resize_mode_of, shipped_checkpoint
+        from index.clip import EmbedderSpecError, embedder_spec, own_configs, random_init_expected, register_configs, \
+            resize_mode_of, shipped_checkpoint
 
         register_configs()
-        name, _, pretrained = spec.partition(":")
+        name, pretrained = embedder_spec(spec)
         self.name = spec
         self.device = _device(device)
         self.trained = True
+        if name not in open_clip.list_models():
+            raise EmbedderSpecError(f"unknown open_clip model {name!r} in the image embedder setting {spec!r}: mmkb's "
+                                    f"own are {', '.join(sorted(own_configs()))}; others: open_clip.list_models()")
         if not pretrained:
             ckpt = shipped_checkpoint(name)
             pretrained = str(ckpt) if ckpt else None
         if pretrained is None:
-            if name not in open_clip.list_models():
-                raise ValueError(f"unknown open_clip model {name!r}; see open_clip.list_models()")
             log.warning("no trained weights for %s: using a fixed-seed random init "
                         "(train them with `mmkb train clip`)", name)
             self.trained = False
@@ -159,8 +161,13 @@ class ImageEmbedder:
         self.fingerprint = f"{spec}@{_weights_id(pretrained)}"  # what an index built with it records
         # Weights trained with another resize mode than open_clip's default say so beside them.
         mode = resize_mode_of(pretrained)
-        self.model, _, self.preprocess = open_clip.create_model_and_transforms(
-            name, pretrained=pretrained, device=self.device, image_resize_mode=mode)
+        try:
+            with random_init_expected():  # without weights mmkb says so itself, above
+                self.model, _, self.preprocess = open_clip.create_model_and_transforms(
+                    name, pretrained=pretrained, device=self.device, image_resize_mode=mode)
+        except (RuntimeError, OSError) as err:  # weights of another model, an unknown tag, a tag that must download
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise EmbedderSpecError(f"cannot load the image embedder {spec!r}: {first[:300]}") from err
         self.model.eval()
         self.tokenizer = open_clip.get_tokenizer(name)
         self.dim = int(self.model.text_projection.shape[1] if hasattr(self.model, "text_projection")
@@ -303,17 +310,25 @@ class ImageEmbedder:
         return _normalise(np.concatenate(out)) if out else np.zeros((0, 0), np.float32)
 
 
-@lru_cache(maxsize=4)
 def load_text_embedder(name: str | None = None, device: str | None = None) -> TextEmbedder:
-    """The text embedder named (default: settings.text_embedder)."""
+    """The text embedder named (default: settings.text_embedder), loaded once per name and device."""
     from index.config import get_settings
 
-    return TextEmbedder(name or get_settings().text_embedder, device or get_settings().device)
+    return _text_embedder(name or get_settings().text_embedder, device or get_settings().device)
+
+
+def load_image_embedder(name: str | None = None, device: str | None = None) -> ImageEmbedder:
+    """The image/text embedder named (default: settings.image_embedder), loaded once per name and device."""
+    from index.config import get_settings
+
+    return _image_embedder(name or get_settings().image_embedder, device or get_settings().device)
 
 
 @lru_cache(maxsize=4)
-def load_image_embedder(name: str | None = None, device: str | None = None) -> ImageEmbedder:
-    """The image/text embedder named (default: settings.image_embedder)."""
-    from index.config import get_settings
+def _text_embedder(name: str, device: str) -> TextEmbedder:
+    return TextEmbedder(name, device)
 
-    return ImageEmbedder(name or get_settings().image_embedder, device or get_settings().device)
+
+@lru_cache(maxsize=4)
+def _image_embedder(name: str, device: str) -> ImageEmbedder:
+    return ImageEmbedder(name, device)

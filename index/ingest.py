@@ -79,7 +79,7 @@ def find_manifest(folder: Path) -> Path:
 def read_manifest(path: Path, problems: list[Problem]) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, record) pairs; malformed lines go to `problems`."""
     if path.suffix == ".jsonl":
-        with open(path, encoding="utf-8") as fh:
+        with open(path, encoding="utf-8-sig") as fh:
             for n, line in enumerate(fh, 1):
                 if not line.strip():
                     continue
@@ -100,7 +100,7 @@ def read_manifest(path: Path, problems: list[Problem]) -> Iterator[tuple[int, di
 
 def _read_csv(path: Path, problems: list[Problem]) -> Iterator[tuple[int, dict[str, Any]]]:
     merged: dict[str, tuple[int, dict[str, Any]]] = {}
-    with open(path, encoding="utf-8", newline="") as fh:
+    with open(path, encoding="utf-8-sig", newline="") as fh:
         reader = csv.DictReader(fh)
         if not reader.fieldnames or "key" not in reader.fieldnames or "name" not in reader.fieldnames:
             raise IngestError(f"{path}: the CSV header must include key and name "

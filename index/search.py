@@ -296,10 +296,22 @@ class ReferenceIndex:
                 out[modality] = f"the {modality} index holds {version.count} {rows} but the store {stored[rows]}"
             elif self._manifest(version).get("signature") not in (None, self.store.rows_signature(modality)):
                 out[modality] = f"the {modality} index was built from other {rows} than the store holds now"
+            elif (named := self._embedder_named(modality, version)) is not None:
+                out[modality] = named
             elif embedders and version.embedder != (self.text_embedder().fingerprint if modality == "text"
                                                     else self.image_fingerprint):
                 out[modality] = f"the {modality} index was built with another embedder than the configured one"
         return out
+
+    def _embedder_named(self, modality: str, version: IndexVersion) -> str | None:
+        """Why the index's embedder is not the one the settings name, read from the names alone (its
+        weights and options are compared where the embedder is loaded)."""
+        configured = self.settings.text_embedder if modality == "text" else self.settings.image_embedder
+        built = version.embedder if modality == "text" else version.embedder.split("@")[0]
+        if built == configured:
+            return None
+        return (f"the {modality} index was built with the embedder {built} but MMKB_{modality.upper()}_EMBEDDER "
+                f"is {configured}")
 
     def stale(self) -> list[str]:
         """What `outdated` says of the indexes built, as notes that say what to run (the embedders are

@@ -101,7 +101,10 @@ def check_inputs(examples: list[KBVQAExample], images_dir: Path, predictions: Pa
     paths = []
     question_problem = getattr(vlm, "question_problem", lambda question: None)  # the hf backend's window is long
     for ex in examples:
-        path = image_path(images_dir, ex.image_id)
+        try:
+            path = image_path(images_dir, ex.image_id)
+        except FileNotFoundError as err:
+            raise FileNotFoundError(f"question {ex.data_id}: {err}") from None
         if why := image_problem(path) or question_problem(ex.question):
             raise ValueError(f"question {ex.data_id}: {why}")
         paths.append(path)

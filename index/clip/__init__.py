@@ -1,5 +1,7 @@
 """mmkb's own open_clip configs and the trainer for the shipped image/text embedder."""
 import json
+import logging
+from contextlib import contextmanager
 from pathlib import Path
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
@@ -18,6 +20,79 @@ def register_configs() -> None:
     known = set(open_clip.list_models())
     if any(path.stem not in known for path in CONFIG_DIR.glob("*.json")):
         open_clip.add_model_config(CONFIG_DIR)
+
+
+class EmbedderSpecError(ValueError):
+    """An image embedder setting (MMKB_IMAGE_EMBEDDER, --embedder) that names no usable model or weights."""
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+
+
+def embedder_spec(spec: str) -> tuple[str, str | None]:
+    """(open_clip model name, pretrained tag or weights file or None) from an image embedder setting:
+    `NAME` (mmkb's shipped weights for its own configs), `NAME:TAG`, `NAME:FILE`, `NAME:FOLDER` or a bare
+    `FOLDER` that `mmkb train clip` exported (its config.json names the model). Paths are checked here,
+    model names and tags where open_clip loads them."""
+    spec = spec.strip()
+    bare = Path(spec).expanduser()
+    if bare.is_dir():
+        try:
+            name = json.loads((bare / "config.json").read_text())["train_cfg"]["config"]
+        except (OSError, ValueError, KeyError, TypeError):
+            raise EmbedderSpecError(f"{spec} is a folder without the config.json `mmkb train clip` writes: give "
+                                    f"MODEL:{spec}, MODEL the open_clip model its weights are for") from None
+        return name, str(_weights_in(bare, spec))
+    name, _, pretrained = spec.partition(":")
+    if not name:
+        raise EmbedderSpecError(f"{spec!r} names no model: give NAME, NAME:TAG, NAME:FILE or NAME:FOLDER")
+    if not pretrained:
+        if "/" in name or name.endswith(WEIGHT_SUFFIXES):
+            raise EmbedderSpecError("no such folder: give a folder `mmkb train clip` exported, or MODEL:FILE for a "
+                                    "weights file")
+        return name, None
+    weights = Path(pretrained).expanduser()
+    if weights.is_dir():
+        return name, str(_weights_in(weights, spec))
+    if weights.is_file():
+        return name, str(weights)
+    if "/" in pretrained or pretrained.endswith(WEIGHT_SUFFIXES):
+        raise EmbedderSpecError(f"no such weights file or folder {pretrained}")
+    return name, pretrained
+
+
+def _weights_in(folder: Path, spec: str) -> Path:
+    """The one weights file in an exported folder."""
+    files = [f for f in sorted(folder.iterdir()) if f.suffix in WEIGHT_SUFFIXES and f.is_file()]
+    preferred = folder / "open_clip_model.safetensors"
+    if preferred.is_file():
+        return preferred
+    if len(files) != 1:
+        raise EmbedderSpecError(f"{spec}: the folder holds {len(files)} weights files "
+                                f"({', '.join(f.name for f in files) or 'none'}); name one with MODEL:FILE")
+    return files[0]
+
+
+class _NotRandomInit(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "No pretrained weights loaded" not in record.getMessage()
+
+
+@contextmanager
+def random_init_expected():
+    """Quiet open_clip's "No pretrained weights loaded … initialized randomly" warning (logged on the root
+    logger) where mmkb makes a model without weights on purpose: training, then loading the weights."""
+    root, quiet = logging.getLogger(), _NotRandomInit()
+    root.addFilter(quiet)
+    try:
+        yield
+    finally:
+        root.removeFilter(quiet)
+
+
+def own_configs() -> list[str]:
+    """The names of mmkb's own open_clip configs."""
+    return [path.stem for path in CONFIG_DIR.glob("*.json")]
 
 
 def shipped_checkpoint(name: str) -> Path | None:

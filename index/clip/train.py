@@ -38,12 +38,14 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from index.clip import CHECKPOINT_DIR, DEFAULT_CONFIG, RESIZE_MODES, export_config, register_configs
+from index.clip import CHECKPOINT_DIR, DEFAULT_CONFIG, RESIZE_MODES, export_config, own_configs, random_init_expected, \
+    register_configs
 from index.clip.augment import augment_light, distort, query_view
 from index.clip.data import HELD_OUT_FRACTION, Entity, load_entities, load_image, split
 from index.clip.icons import load_icons
 from index.embedders import open_rgb
 from index.files import replace_dir
+from index.training import other_run, say_spent, training_device, training_paths
 
 
 @dataclass
@@ -150,8 +152,8 @@ def _init_file(init_from: str | Path) -> Path:
         path = CHECKPOINT_DIR / str(init_from)
     file = path / "open_clip_model.safetensors" if path.is_dir() else path
     if not file.is_file():
-        raise FileNotFoundError(f"--init-from {init_from}: no such weights; give an open_clip safetensors file, a "
-                                f"checkpoint folder or a shipped checkpoint's name such as {DEFAULT_CONFIG}")
+        raise ValueError(f"--init-from {init_from}: no such weights; give an open_clip safetensors file, a "
+                         f"checkpoint folder or a shipped checkpoint's name such as {DEFAULT_CONFIG}")
     return file
 
 
@@ -441,7 +443,7 @@ See `benchmarks/results/entity_recognition.md` for the full benchmark.
 
 
 def train_clip(minutes: float | None = 45.0, steps: int | None = 6000, config: str = DEFAULT_CONFIG,
-               out: str | Path | None = None, resume: bool = True, run_dir: str | Path = "runs/clip",
+               out: str | Path | None = None, resume: bool = True, run_dir: str | Path | None = None,
                batch_size: int = 256, lr: float = 2e-3, seed: int = 0, workers: int = 1, threads: int = 1,
                save_minutes: float = 3.0, eval_minutes: float = 5.0, max_entities: int | None = None,
                progress: bool = True, device: str = "cpu", init_from: str | Path | None = None,
@@ -449,8 +451,9 @@ def train_clip(minutes: float | None = 45.0, steps: int | None = 6000, config: s
                icon_share: float = 0.4) -> Path:
     """Train `config` on worldkb for at most `steps` steps or `minutes` minutes of training
     time (either may be None, not both), then export it to `out` (default:
-    index/clip/checkpoints/<config>). Returns the exported safetensors path; the run's
-    summary is in `out/config.json`, its per-step history in `run_dir/last.pt`. `init_from`
+    MMKB_HOME/models/<config>; the shipped weights are in index/clip/checkpoints/<config>).
+    Returns the exported safetensors path; the run's summary is in `out/config.json`, its
+    per-step history in `run_dir/last.pt` (default: MMKB_HOME/runs/<config>). `init_from`
     starts a new run from existing weights of the same config (e.g. the shipped checkpoint)
     instead of a random init; a run with saved state in `run_dir` resumes from that instead."""
     import open_clip
@@ -467,6 +470,10 @@ def train_clip(minutes: float | None = 45.0, steps: int | None = 6000, config: s
     if resize_mode not in RESIZE_MODES:
         raise ValueError(f"unknown resize mode {resize_mode!r}; choose from {', '.join(RESIZE_MODES)}")
     register_configs()
+    if config not in open_clip.list_models():
+        raise ValueError(f"unknown --config {config!r}: mmkb's own are {', '.join(sorted(own_configs()))} "
+                         f"(index/clip/model_configs); any other open_clip model name works too")
+    dev = training_device(device)
     # One compute thread plus one data-loading process use the 2 cores; augmentation is about
     # 40% of the CPU time of a step, so a second compute thread gains little.
     torch.set_num_threads(threads)
@@ -474,19 +481,18 @@ def train_clip(minutes: float | None = 45.0, steps: int | None = 6000, config: s
                       max_entities=max_entities, drawn_fraction=drawn_fraction,
                       icons=str(icons) if icons else None, icon_share=icon_share,
                       init_from=str(init_from) if init_from else None, resize_mode=resize_mode)
-    out = Path(out) if out else CHECKPOINT_DIR / config
-    run_dir = Path(run_dir)
+    out, run_dir = training_paths(config, out, run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     state_path = run_dir / "last.pt"
 
     torch.manual_seed(seed)
-    model, _, preprocess = open_clip.create_model_and_transforms(config, image_resize_mode=resize_mode)
+    with random_init_expected():
+        model, _, preprocess = open_clip.create_model_and_transforms(config, image_resize_mode=resize_mode)
     model_cfg = open_clip.get_model_config(config)
     init_file = _init_file(init_from) if init_from else None
     card = init_file.parent / "MODEL_CARD.md" if init_file else None
     previous_card = card.read_text() if card and card.is_file() else None  # before `out` may overwrite it
     init_image_size = _image_size_of(init_file) if init_file else None
-    dev = torch.device(device)
     if dev.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     model = model.to(dev, memory_format=torch.channels_last)  # ~1.3x faster convolutions on CPU
@@ -511,27 +517,25 @@ def train_clip(minutes: float | None = 45.0, steps: int | None = 6000, config: s
     resumed = False
     if resume and state_path.exists():
         state = torch.load(state_path, map_location="cpu", weights_only=False)
-        if state["train_cfg"].get("init_from") != cfg.init_from:
-            began = state["train_cfg"].get("init_from") or "a random init"
-            raise ValueError(f"{state_path} holds a run that began from {began}, not from "
-                             f"{cfg.init_from or 'a random init'}: pass --no-resume to start over, or another --run-dir")
         saved = state["train_cfg"]
+        if saved.get("init_from") != cfg.init_from:
+            raise other_run(state_path, f"--init-from {saved['init_from']}" if saved.get("init_from")
+                            else "a random init (no --init-from)")
         if saved.get("icons") != cfg.icons or (cfg.icons and saved.get("icon_share") != cfg.icon_share):
-            raise ValueError(f"{state_path} holds a run trained with --icons {saved.get('icons')} --icon-share "
-                             f"{saved.get('icon_share')}: pass those, or --no-resume to start over, or another --run-dir")
-        trained_mode = state["train_cfg"].get("resize_mode", "shortest")  # runs before the option: open_clip's
+            raise other_run(state_path, f"--icons {saved.get('icons')} --icon-share {saved.get('icon_share')}")
+        trained_mode = saved.get("resize_mode", "shortest")  # runs before the option: open_clip's
         if trained_mode != cfg.resize_mode:
-            raise ValueError(f"{state_path} holds a run trained with --resize-mode {trained_mode}: pass that, "
-                             "or --no-resume to start over, or another --run-dir")
-        if state["train_cfg"]["config"] == config and state["model_cfg"] == model_cfg \
-                and state["objective"]["proxies"].shape == objective.proxies.shape:
-            objective.load_state_dict(state["objective"])
-            optimizer.load_state_dict(state["optimizer"])
-            step, elapsed, history, metrics = state["step"], state["elapsed"], state["history"], state["metrics"]
-            resumed = True
-            print(f"resumed {state_path} at step {step} ({elapsed / 60:.1f} min)", file=sys.stderr)
-        else:
-            print(f"{state_path} is from another configuration: starting afresh", file=sys.stderr)
+            raise other_run(state_path, f"--resize-mode {trained_mode}")
+        if saved["config"] != config or state["model_cfg"] != model_cfg:
+            raise other_run(state_path, f"--config {saved['config']}")
+        if state["objective"]["proxies"].shape != objective.proxies.shape:
+            raise other_run(state_path, f"other training entities ({state['objective']['proxies'].shape[0]} classes, "
+                                        f"not {objective.proxies.shape[0]}: another --max-entities or KB)")
+        objective.load_state_dict(state["objective"])
+        optimizer.load_state_dict(state["optimizer"])
+        step, elapsed, history, metrics = state["step"], state["elapsed"], state["history"], state["metrics"]
+        resumed = True
+        print(f"resumed {state_path} at step {step} ({elapsed / 60:.1f} min)", file=sys.stderr)
     if init_file is not None and not resumed:
         _warm_start(model, init_file)
         model.eval()  # proxies start at the entities' reference embeddings, not at random (batch norm: running stats)
@@ -548,6 +552,8 @@ def train_clip(minutes: float | None = 45.0, steps: int | None = 6000, config: s
     def progress_of() -> float:
         return max(step / steps if steps else 0.0, elapsed / (minutes * 60) if minutes else 0.0)
 
+    if resumed and progress_of() >= 1:
+        say_spent(state_path, f"{step} steps in {elapsed / 60:.1f} min", "give a larger --minutes or --steps")
     dataset = Batches(train_set, tokens, preprocess, cfg, step, extra=len(extra))
     loader = torch.utils.data.DataLoader(dataset, batch_size=None,
                                          num_workers=workers, worker_init_fn=_worker_init if workers else None,
@@ -613,9 +619,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=6000)
     p.add_argument("--config", default=DEFAULT_CONFIG,
                    help="mmkb-clip-tiny-64 (shipped, 64 px) or mmkb-clip-tiny (the same network at 32 px)")
-    p.add_argument("--out", default=None, help="export folder (default: index/clip/checkpoints/<config>)")
+    p.add_argument("--out", default=None, help="export folder (default: MMKB_HOME/models/<config>)")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True)
-    p.add_argument("--run-dir", default="runs/clip")
+    p.add_argument("--run-dir", default=None, help="training state (default: MMKB_HOME/runs/<config>)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--seed", type=int, default=0)

@@ -277,6 +277,27 @@ class EntityStore:
                 aliases.setdefault(entity_id, []).append(alias)
         return [(key, kind, name, aliases.get(eid, []), attrs or {}) for eid, key, kind, name, attrs in entities]
 
+    # --- removing ------------------------------------------------------------------------------
+
+    def remove_entities(self, keys: Sequence[str]) -> dict[str, int]:
+        """Remove the entities with these keys, with their aliases, documents, sections, images and tags,
+        in one transaction; a key no entity has is a KeyError and nothing is removed. Returns what went,
+        counted. Image files stay under the data home (content-addressed, other entities may share them);
+        the index drops the rows at its next build."""
+        keys = list(dict.fromkeys(keys))
+        if missing := self.missing_keys(keys):
+            raise KeyError(", ".join(map(repr, missing)))
+        with self.session() as s:
+            ids = list(s.scalars(select(Entity.id).where(Entity.key.in_(keys))))
+            counts = {"entities": len(ids),
+                      "sections": s.scalar(select(func.count()).select_from(Section).join(Document)
+                                           .where(Document.entity_id.in_(ids))) or 0,
+                      "images": s.scalar(select(func.count()).select_from(Image).where(Image.entity_id.in_(ids))) or 0,
+                      "tags": s.scalar(select(func.count()).select_from(Tag).where(Tag.entity_id.in_(ids))) or 0}
+            for entity in s.scalars(select(Entity).where(Entity.id.in_(ids))):
+                s.delete(entity)  # the relationships cascade to its rows
+        return counts
+
     # --- index versions ------------------------------------------------------------------------
 
     def active_index(self, modality: str) -> IndexVersion | None:

@@ -212,11 +212,13 @@ def build_model(kind: str, in_dims: Sequence[int], label_emb: np.ndarray, dim: i
 
 def train_tagger(cfg: TaggerConfig | None = None, out: Path | None = None,
                  embedder: ImageEmbedder | None = None) -> Path:
-    """Train, validate on held-out entities and export (fp16 safetensors + config + model card)."""
+    """Train, validate on held-out entities and export (fp16 safetensors + config + model card) to `out`
+    (default MMKB_HOME/models/mmkb-tagger; the shipped one is index/tagger/checkpoints/mmkb-tagger)."""
     from index.embedders import load_image_embedder
+    from index.training import training_paths
 
     cfg = cfg or TaggerConfig()
-    out = Path(out) if out else CHECKPOINTS / DEFAULT_TAGGER
+    out, _ = training_paths(DEFAULT_TAGGER, out)
     torch.manual_seed(cfg.seed)
     started = time.time()
     records = load_records(cfg.manifest_path)

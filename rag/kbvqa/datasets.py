@@ -146,7 +146,7 @@ def read_infoseek(path: str | Path) -> list[KBVQAExample]:
     """Read an InfoSeek-format JSONL file; a malformed line raises ValueError naming file and line."""
     path = Path(path)
     examples = []
-    with path.open(encoding="utf-8") as lines:
+    with path.open(encoding="utf-8-sig") as lines:
         for number, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
@@ -216,7 +216,7 @@ def read_evqa(path: str | Path) -> list[KBVQAExample]:
     # evidence fields of the train split outgrow csv's default 128 KiB field limit
     csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))
     examples = []
-    with path.open(encoding="utf-8", newline="") as rows:
+    with path.open(encoding="utf-8-sig", newline="") as rows:
         reader = csv.DictReader(rows)
         columns = reader.fieldnames or []
         missing = [c for c in EVQA_REQUIRED if c not in columns]
@@ -261,9 +261,12 @@ def read_evqa(path: str | Path) -> list[KBVQAExample]:
 
 
 def image_path(images_dir: str | Path, image_id: str) -> Path:
-    """The image file for an id: `DIR/<image_id>.png`, `.jpg` or `.jpeg`, the first that exists."""
+    """The image file for an id: `DIR/<image_id>.png`, `.jpg` or `.jpeg`, the first that exists; an id
+    that already ends in one of those is tried as it is first."""
     images_dir = Path(images_dir)
     names = [f"{image_id}{suffix}" for suffix in IMAGE_SUFFIXES]
+    if Path(image_id).suffix.lower() in IMAGE_SUFFIXES:
+        names.insert(0, image_id)
     for name in names:
         candidate = images_dir / name
         if candidate.is_file():

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from index.files import replace_dir
+from index.training import other_run, say_spent, training_paths
 from rag.kbvqa.datasets import answer_parts
 from rag.kbvqa.questions import QUESTION_TYPES, TYPES, Question, answer_sentence, iter_questions, load_records
 from rag.vlm.inputs import best_span, make_batch, span_targets
@@ -44,7 +45,7 @@ CHECKPOINT = Path(__file__).parent / "checkpoints" / "mmkb-reader"
 @dataclass
 class TrainConfig:
     out: str = str(CHECKPOINT)
-    run_dir: str = str(ROOT / "runs" / "vlm")
+    run_dir: str = str(ROOT / "runs" / "vlm")  # `train_vlm` puts both under MMKB_HOME unless told
     views_per_image: int = 3
     # Held-out query views per image, for self-labelling only: the closed-book answer on them is what
     # a new photo gets, not a memorised training view's.
@@ -252,13 +253,12 @@ class Trainer:
             return False
         ckpt = torch.load(path, weights_only=False)
         if ckpt["rcfg"] != asdict(self.rcfg):
-            print(f"{path} was made for other data; starting afresh")
-            return False
+            raise other_run(path, "other data (another KB, --entity-limit or image embedder)")
         if ckpt.get("setup") != self.setup():
             differ = sorted(k for k, v in self.setup().items() if (ckpt.get("setup") or {}).get(k) != v)
-            print(f"{path} was made with another {', '.join(differ)}; starting afresh (delete it, or give "
-                  f"--no-resume, to silence this)")
-            return False
+            raise other_run(path, [{"init_from": "--init-from", "seed": "--seed", "drawn_fraction": "--drawn-fraction",
+                                    "label_questions": "number of labelled questions",
+                                    "questions": "training questions"}.get(k, k) for k in differ])
         self.model.load_state_dict(ckpt["model"])
         self.opt.load_state_dict(ckpt["opt"])
         self.state, self._elapsed_before = ckpt["state"], ckpt["state"].get("elapsed", 0.0)
@@ -448,6 +448,9 @@ class Trainer:
     def run(self, resume: bool = True) -> Path:
         if resume and self.load_state():
             print(f"resumed at stage {self.state['stage']} step {self.state['step']}")
+            if self.state["stage"] == "done":
+                say_spent(self._state_path(), "every stage (reading, self-labelling, tags)",
+                          "--run-dir FOLDER starts another run")
         elif self.cfg.init_from:
             self.warm_start(Path(self.cfg.init_from))
         self._loop("read", self.cfg.read_steps, self._read_loss)
@@ -512,7 +515,7 @@ class Trainer:
             f"- Command: `mmkb train vlm --read-steps {c.read_steps} --tag-steps {c.tag_steps} "
             f"--trim-common {c.trim_common} --drawn-fraction {c.drawn_fraction} --seed {c.seed}"
             + (f" --init-from {c.init_from}" if c.init_from else "")
-            + (f" --threads {c.threads}" if c.threads else "") + "`",
+            + (f" --threads {c.threads}" if c.threads else "") + f" --out {self.cfg.out}`",
             f"- Self-labels: {card['label_stats']}",
             f"- Familiarity (`rag.vlm.familiarity`, the image side of RET): {card.get('familiarity')}",
             f"- RET calibration (`rag.vlm.ret_calibration`, the closed-book probability as RET's second witness): "
@@ -541,11 +544,23 @@ def export_setup(export: Path) -> tuple[dict, TrainConfig]:
     return card, TrainConfig(**{k: v for k, v in card["train_config"].items() if k in TrainConfig.__dataclass_fields__})
 
 
-def train_vlm(read_steps: int = 900, tag_steps: int = 300, out: str = str(CHECKPOINT),
-              run_dir: str = str(ROOT / "runs" / "vlm"), entity_limit: int | None = None, threads: int | None = None,
+def train_vlm(read_steps: int = 900, tag_steps: int = 300, out: str | Path | None = None,
+              run_dir: str | Path | None = None, entity_limit: int | None = None, threads: int | None = None,
               resume: bool = True, seed: int = 0, init_from: str | None = None, trim_common: int = FIRST_WORD,
               drawn_fraction: float = 0.25) -> Path:
-    cfg = TrainConfig(out=out, run_dir=run_dir, read_steps=read_steps, tag_steps=tag_steps,
+    """Train mmkb-reader and export it to `out` (default MMKB_HOME/models/mmkb-reader; the shipped one is
+    rag/vlm/checkpoints/mmkb-reader), its resumable state in `run_dir` (default MMKB_HOME/runs/mmkb-reader).
+    `init_from` is an export's folder, or `mmkb-reader` for the shipped one."""
+    if read_steps < 1 or tag_steps < 1 or (entity_limit is not None and entity_limit < 2):
+        raise ValueError(f"--read-steps and --tag-steps must be at least 1 and --entity-limit at least 2 "
+                         f"(got {read_steps}, {tag_steps}, {entity_limit})")
+    if init_from == CHECKPOINT.name and not Path(init_from).exists():
+        init_from = str(CHECKPOINT)
+    if init_from and not (Path(init_from) / "encoder").is_dir():
+        raise ValueError(f"--init-from {init_from}: not an mmkb-reader export (no encoder/ folder); give the folder "
+                         "`mmkb train vlm` wrote, or mmkb-reader for the shipped one")
+    out, run_dir = training_paths(CHECKPOINT.name, out, run_dir)
+    cfg = TrainConfig(out=str(out), run_dir=str(run_dir), read_steps=read_steps, tag_steps=tag_steps,
                       entity_limit=entity_limit, threads=threads, seed=seed, init_from=init_from,
                       trim_common=trim_common, drawn_fraction=drawn_fraction)
     return Trainer(cfg).run(resume)

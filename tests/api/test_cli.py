@@ -111,3 +111,34 @@ def test_image_search_page_shows_the_query_and_each_hit_s_picture(home, tiny_kb)
     page = (home / "p.html").read_text()
     assert "1 entity for <img" in page and f"<code>{query}</code>" in page and "<code>country:BTN</code>" in page
     assert page.count("data:image/png") == 2  # the query and the hit's best-matching picture
+
+
+def test_remove_takes_entities_out_of_the_store_and_the_next_build_out_of_the_index(home, tiny_kb):
+    runner.invoke(app, ["index", "ingest", str(tiny_kb)])
+    runner.invoke(app, ["index", "build", "--modality", "text"])
+    unknown = runner.invoke(app, ["index", "remove", "emoji:1F34E", "country:ZZZ", "--yes"])
+    assert unknown.exit_code == 2 and "'country:ZZZ'" in unknown.output and "nothing was removed" in unknown.output
+    asked = runner.invoke(app, ["index", "remove", "emoji:1F34E"], input="n\n")
+    assert asked.exit_code == 2 and "nothing removed" in asked.output
+    removed = runner.invoke(app, ["index", "remove", "emoji:1F34E", "--yes"])
+    assert removed.exit_code == 0, removed.output
+    assert "removed 1 entities, 1 sections, 1 pictures, 1 tags" in removed.output
+    stale = runner.invoke(app, ["index", "search", "--text", "apple", "--json"])
+    assert "emoji:1F34E" not in stale.stdout  # the store no longer has its row, even before a build
+    built = runner.invoke(app, ["index", "build", "--modality", "text"])
+    assert built.exit_code == 0 and "0 added, 1 removed" in built.output, built.output
+    stats = json.loads(runner.invoke(app, ["index", "stats", "--json"]).stdout)
+    assert stats["counts"]["entities"] == 2 and stats["indexes"]["text"]["count"] == 3
+
+
+def test_stats_notes_an_index_built_with_another_embedder_than_the_settings_name(home, tiny_kb, monkeypatch):
+    from index.config import get_settings
+
+    runner.invoke(app, ["index", "ingest", str(tiny_kb)])
+    runner.invoke(app, ["index", "build", "--modality", "text"])
+    assert "note:" not in runner.invoke(app, ["index", "stats"]).output
+    monkeypatch.setenv("MMKB_TEXT_EMBEDDER", "another-model")
+    get_settings.cache_clear()
+    result = runner.invoke(app, ["index", "stats"])
+    assert result.exit_code == 0
+    assert "built with the embedder all-MiniLM-L6-v2 but MMKB_TEXT_EMBEDDER is another-model" in result.output

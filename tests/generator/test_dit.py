@@ -152,13 +152,10 @@ def test_scene_stream_workers_give_one_task_per_batch_and_train(tiny_checkpoints
         assert torch.isfinite(flow_loss(model, b))
 
 
-def test_fine_tuning_starts_from_the_given_checkpoint(tmp_path, tiny_checkpoints, monkeypatch):
-    import generator.train_dit
+def test_fine_tuning_starts_from_the_given_checkpoint(tmp_path, tiny_checkpoints, home):
     from generator.checkpoint import load_weights
     from generator.pipeline import resolve
     from generator.train_dit import train_dit
-
-    monkeypatch.setattr(generator.train_dit, "RUNS", tmp_path / "runs")  # training state stays out of the repo
 
     dit_dir, _ = tiny_checkpoints
     with pytest.raises(ValueError, match="not of preset .medium."):

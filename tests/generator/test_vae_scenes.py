@@ -100,10 +100,10 @@ def test_decoder_finetune_keeps_the_encoder_and_latent_scale(tiny_checkpoints, t
     import generator.train_vae as tv
     from generator.train_dit import load_vae
 
-    monkeypatch.setattr(tv, "RUNS", tmp_path / "runs")
     monkeypatch.setattr(tv, "evaluate_vae", lambda vae: {"psnr_db": 1.0, "ssim": 0.1, "images": 0})
     _, vae_dir = tiny_checkpoints
-    out = tv.finetune_decoder(vae_dir, minutes=0.01, batch=4, decoder_blocks=2, name="dec-ft", out=tmp_path / "dec-ft")
+    out = tv.finetune_decoder(vae_dir, minutes=0.01, batch=4, decoder_blocks=2, name="dec-ft", out=tmp_path / "dec-ft",
+                              run_dir=tmp_path / "runs" / "dec-ft")
     base, tuned = load_vae(vae_dir), load_vae(out)
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["decoder_blocks"] == 2 and cfg["decoder_finetune"]["steps"] >= 1
@@ -121,7 +121,6 @@ def test_decoder_learns_from_latents_the_dit_generated(tiny_checkpoints, tmp_pat
 
     import generator.train_vae as tv
 
-    monkeypatch.setattr(tv, "RUNS", tmp_path / "runs")
     monkeypatch.setattr(tv, "evaluate_vae", lambda vae: {"psnr_db": 1.0, "ssim": 0.1, "images": 0})
     dit_dir, vae_dir = tiny_checkpoints
     pool = tv.generated_pool(str(dit_dir), n=8, batch=4, steps=2, out=tmp_path / "pool")
@@ -131,7 +130,7 @@ def test_decoder_learns_from_latents_the_dit_generated(tiny_checkpoints, tmp_pat
     assert len(reader) == 8 and z.shape == (3, 4, 8, 8) and x.shape == (3, 3, 64, 64)
     assert -1.0 <= float(x.min()) and float(x.max()) <= 1.0
     out = tv.finetune_decoder(vae_dir, minutes=0.01, batch=4, name="dec-gen", out=tmp_path / "dec-gen",
-                              generated=pool, generated_fraction=0.5)
+                              generated=pool, generated_fraction=0.5, run_dir=tmp_path / "runs" / "dec-gen")
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["decoder_finetune"]["generated_fraction"] == 0.5
     assert "latents generated for training scenes" in (out / "MODEL_CARD.md").read_text()

@@ -220,7 +220,7 @@ def test_warm_start_continues_from_given_weights(tmp_path, tiny_config):
     assert torch.allclose(a["visual.conv1.weight"].float(), b["visual.conv1.weight"].float(), atol=1e-4)
     card = (tmp_path / "b" / "MODEL_CARD.md").read_text()
     assert "fine-tuned from" in card and "Earlier training" in card and f"--init-from {tmp_path / 'a'}" in card
-    with pytest.raises(FileNotFoundError, match="init-from"):
+    with pytest.raises(ValueError, match="init-from"):
         train_clip(steps=1, out=tmp_path / "c", run_dir=tmp_path / "run-c", init_from=tmp_path / "missing", **kw)
     with pytest.raises(ValueError, match="no-resume"):  # a saved run that began elsewhere is not silently resumed
         train_clip(steps=2, out=tmp_path / "b", run_dir=tmp_path / "run-a", init_from=tmp_path / "b", **kw)

@@ -97,6 +97,29 @@ def test_csv_manifest_rows_merge_by_key(store, tmp_path, tiny_kb):
     assert store.stats()["sections"] == 2 and store.stats()["aliases"] == 2
 
 
+def test_manifests_saved_with_a_byte_order_mark_read_alike(store, tmp_path, tiny_kb):
+    """Spreadsheet programs and Windows editors start UTF-8 files with a BOM; the first key must still read."""
+    (tiny_kb / "manifest.jsonl").write_bytes(b"\xef\xbb\xbf" + (tiny_kb / "manifest.jsonl").read_bytes())
+    assert ingest_folder(store, tiny_kb, show_progress=False).added == 3
+    folder = tmp_path / "csvkb"
+    folder.mkdir()
+    (folder / "manifest.csv").write_text("\ufeffkey,name,kind,heading,text\nthing:A,A,thing,about,A is a thing.\n",
+                                         encoding="utf-8")
+    report = ingest_folder(store, folder, show_progress=False)
+    assert report.ok and report.added == 1
+
+
+def test_removing_entities_takes_their_rows_and_nothing_else(store, tiny_kb):
+    ingest_folder(store, tiny_kb, show_progress=False)
+    with pytest.raises(KeyError, match="country:ZZZ"):
+        store.remove_entities(["country:BTN", "country:ZZZ"])  # one unknown key: nothing removed
+    assert store.stats()["entities"] == 3
+    gone = store.remove_entities(["country:BTN", "country:BTN"])
+    assert gone == {"entities": 1, "sections": 2, "images": 1, "tags": 0}
+    assert store.entity("country:BTN") is None and store.entity("country:NPL") is not None
+    assert store.stats() == {"entities": 2, "aliases": 1, "documents": 2, "sections": 2, "images": 2, "tags": 1}
+
+
 def test_missing_manifest_is_a_clear_error(store, tmp_path):
     with pytest.raises(IngestError, match="manifest.jsonl or manifest.csv"):
         ingest_folder(store, tmp_path, show_progress=False)

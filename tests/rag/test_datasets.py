@@ -207,6 +207,15 @@ def test_image_path_tries_png_then_jpg(tmp_path):
     assert image_path(tmp_path, "a") == tmp_path / "a.jpg"
     assert image_path(tmp_path, "b") == tmp_path / "b.jpeg"
     assert image_path(tmp_path, "c") == tmp_path / "c.png"
+    assert image_path(tmp_path, "a.jpg") == tmp_path / "a.jpg"  # an id written with its file's extension
+
+
+def test_infoseek_file_with_a_byte_order_mark_reads(tmp_path):
+    path = tmp_path / "q.jsonl"
+    record = {"data_id": "q1", "image_id": "a", "question": "Q?", "answer": ["x"], "answer_eval": ["x"],
+              "data_split": "val"}
+    path.write_text("\ufeff" + json.dumps(record) + "\n", encoding="utf-8")
+    assert read_infoseek(path)[0].data_id == "q1"
 
 
 def test_image_path_missing_names_what_was_tried(tmp_path):

@@ -210,6 +210,8 @@ def test_inputs_are_checked_before_any_question_runs(tiny_kb, tmp_path):
     assert check_inputs(examples[:1], tmp_path) == [tmp_path / "btn.png"]
     with pytest.raises(ValueError, match="no questions"):
         check_inputs([], tmp_path)
+    with pytest.raises(FileNotFoundError, match="question q3: no image for 'gone'"):
+        check_inputs([KBVQAExample("q3", "gone", "Capital?", ["x"], ["x"], "val_seen")], tmp_path)
     with pytest.raises(ValueError, match="unknown metric"):
         evaluate(lambda *a, **k: None, examples[:1], tmp_path, metric="bem")
 
@@ -671,8 +673,8 @@ def test_retrieval_searches_with_the_query_views_and_the_reader_reads_the_image(
 
 
 def test_a_finished_run_resumes_only_with_the_same_setup(tiny_reader, capsys):
-    """A run dir's state belongs to one run: another warm start or seed starts afresh instead of
-    re-exporting the finished model."""
+    """A run dir's state belongs to one run: another warm start or seed is refused, saying how to start
+    over, rather than re-exporting the finished model or silently training over it."""
     import dataclasses
 
     from rag.vlm.train import TrainConfig, Trainer
@@ -682,5 +684,8 @@ def test_a_finished_run_resumes_only_with_the_same_setup(tiny_reader, capsys):
                       batch_read=4, batch_tags=6, save_every_s=0)
     assert Trainer(cfg).load_state()
     other = Trainer(dataclasses.replace(cfg, init_from=str(tiny_reader)))
-    assert not other.load_state()
-    assert "another init_from" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="another --init-from; it is kept: pass --no-resume"):
+        other.load_state()
+    assert (tiny_reader.parent / "run" / "last.pt").is_file()
+    Trainer(cfg).run(resume=True)  # the finished run: exported again, saying nothing more was trained
+    assert "nothing more is trained" in capsys.readouterr().err
