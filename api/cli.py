@@ -95,8 +95,9 @@ def index_ingest(folder: Path, manifest: Optional[Path] = None, replace_images: 
 def index_remove(keys: Annotated[list[str], typer.Argument(metavar="KEY...", show_default=False,
                                                            help="entity keys, e.g. country:BTN")],
                  yes: Annotated[bool, typer.Option("--yes", help="remove without asking")] = False) -> None:
-    """Remove entities with their documents, pictures and tags from the store (one transaction); then run
-    `mmkb index build` so searches stop finding them. A key no entity has removes nothing."""
+    """Remove entities with their documents, pictures and tags from the store (one transaction): searches
+    stop returning them at once, and the next `mmkb index build` takes their vectors out of the index.
+    A key no entity has removes nothing."""
     from index.store import EntityStore
 
     store = EntityStore.from_settings()
@@ -111,7 +112,7 @@ def index_remove(keys: Annotated[list[str], typer.Argument(metavar="KEY...", sho
     except KeyError as err:  # removed by someone else since the check
         _fail(f"no entity has the key {err.args[0]}, so nothing was removed")
     console.print(f"removed {gone['entities']} entities, {gone['sections']} sections, {gone['images']} pictures, "
-                  f"{gone['tags']} tags; run `mmkb index build` so searches see it", markup=False)
+                  f"{gone['tags']} tags; run `mmkb index build` to take their vectors out of the index", markup=False)
 
 
 @index_app.command("build")

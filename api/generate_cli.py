@@ -133,7 +133,7 @@ def vae(preset: str = "f8c16", minutes: float = 20.0, batch: int = 32, lr: float
     """Train the VAE on composed worldkb scenes; exports to MMKB_HOME/models/NAME (NAME: vae-PRESET) and
     resumes from MMKB_HOME/runs/NAME/last.pt.
     Better decoder for the shipped VAE, DiTs unchanged: --decoder-only --init-from vae-f8c16 --decoder-blocks 2 --lr 1e-3
-    (--generated-from dit-medium-fast: half of each batch are the DiT's own latents, made first under runs/)."""
+    (--generated-from dit-medium-fast: half of each batch are the DiT's own latents, made first under MMKB_HOME/runs/)."""
     from generator.pipeline import resolve
     from generator.train_vae import finetune_decoder, generated_pool, train_vae
 

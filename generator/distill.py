@@ -21,12 +21,12 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from generator.checkpoint import Progress, optimizer_step, save_weights
-from index.training import other_run, say_spent, training_device, training_paths
 from generator.dit import FLOW_LEVEL, guided_velocity
 from generator.pipeline import load_dit, resolve
 from generator.scenes import SceneSampler
 from generator.text import TextEncoder
 from generator.train_dit import DEFAULT_VAE, batches, ema_update, load_vae, machine_label
+from index.training import other_run, say_run, say_spent, training_device, training_paths
 
 BASE_LEVEL = 4  # d = 1/16: the finest step the student learns from the teacher directly
 
@@ -55,7 +55,7 @@ def distill_targets(student, teacher, batch, levels: torch.Tensor, t: torch.Tens
 
 def distill(teacher: str = "dit-medium", minutes: float = 12.0, batch: int = 32, lr: float = 2e-4,
             text_scale: float = 3.0, ref_scale: float = 1.5, ema_decay: float = 0.99, name: str | None = None,
-            vae: Path = DEFAULT_VAE, threads: int = 1, resume: bool = True, out: Path | None = None,
+            vae: Path | None = None, threads: int = 1, resume: bool = True, out: Path | None = None,
             device: str = "cpu", workers: int = 0, run_dir: Path | None = None) -> Path:
     """`minutes` of distilling `teacher` (a name or folder), exported to `out` (default
     MMKB_HOME/models/<name>), resumed from `run_dir`/last.pt (default MMKB_HOME/runs/<name>)."""
@@ -69,12 +69,14 @@ def distill(teacher: str = "dit-medium", minutes: float = 12.0, batch: int = 32,
                          "or a folder `mmkb train dit` wrote)")
     name = name or f"{teacher_path.name}-fast"
     out, run = training_paths(name, out, run_dir)
+    say_run(out, run)
     teacher_model, tcfg = load_dit(teacher_path)
     teacher_model = teacher_model.to(dev)
     student = copy.deepcopy(teacher_model).train().requires_grad_(True)
     with torch.no_grad():  # every step-size level starts as the teacher's instantaneous velocity
         student.d_embed.weight[:FLOW_LEVEL] = student.d_embed.weight[FLOW_LEVEL]
     ema = copy.deepcopy(student).requires_grad_(False)
+    vae = Path(vae) if vae else resolve(tcfg.get("vae", DEFAULT_VAE.name))  # the latents the teacher learnt
     autoencoder, text = load_vae(vae).to(dev), TextEncoder(device=dev)
     opt = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=0.0, betas=(0.9, 0.99))
     step, elapsed = 0, 0.0
@@ -86,7 +88,7 @@ def distill(teacher: str = "dit-medium", minutes: float = 12.0, batch: int = 32,
         step, elapsed = st["step"], st["elapsed"]
         print(f"resumed {name} at step {step} ({elapsed / 60:.1f} min)")
         if elapsed >= minutes * 60:
-            say_spent(run / "last.pt", f"{elapsed / 60:.1f} of --minutes {minutes:g}", "give a larger --minutes")
+            say_spent(run / "last.pt", f"{elapsed / 60:.1f} of --minutes {minutes:g}")
     sampler, rng = SceneSampler(seed=5000 + step), random.Random(7 + step)
     budget, t0 = minutes * 60, time.time() - elapsed
     bar = tqdm(desc=f"distill {name}", unit="step", initial=step, mininterval=10)

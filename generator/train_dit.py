@@ -18,11 +18,11 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from generator.checkpoint import CHECKPOINTS, Progress, checkpoint_ref, load_weights, optimizer_step, save_weights
-from index.training import other_run, say_spent, training_device, training_paths
 from generator.dit import DIT_PRESETS, DiT
 from generator.scenes import TASKS, Scene, SceneSampler, to_tensor
 from generator.text import TextEncoder
 from generator.vae import VAE, VAEConfig
+from index.training import other_run, say_run, say_spent, training_device, training_paths
 
 DEFAULT_VAE = CHECKPOINTS / "vae-f8c16"
 
@@ -164,6 +164,7 @@ def train_dit(preset: str = "medium", minutes: float = 35.0, batch: int = 32, lr
     torch.set_num_threads(threads)
     name = name or f"dit-{preset}"
     out, run = training_paths(name, out, run_dir)
+    say_run(out, run)
     cfg = DIT_PRESETS[preset]
     if dev.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -173,10 +174,12 @@ def train_dit(preset: str = "medium", minutes: float = 35.0, batch: int = 32, lr
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0, betas=(0.9, 0.99))
     step, elapsed, seen = 0, 0.0, 0
     before, earlier = 0, ""  # samples and model card of the weights a warm start began from
+    began, latents = None, str(Path(vae).resolve())  # the warm start's folder and the VAE, as the state records them
     if init_from:
         from generator.pipeline import load_dit, resolve
 
         start_dir = resolve(init_from)
+        began = str(start_dir.resolve())
         start, start_cfg = load_dit(start_dir)
         if start_cfg.get("kind") != "dit" or start.cfg != cfg:
             held = f"a DiT of preset {start_cfg['preset']!r}" if start_cfg.get("preset") else \
@@ -190,11 +193,13 @@ def train_dit(preset: str = "medium", minutes: float = 35.0, batch: int = 32, lr
         print(f"warm start from {start_dir} ({before} samples before)")
     if resume and (run / "last.pt").is_file():
         st = torch.load(run / "last.pt", weights_only=False, map_location=dev)
-        if st.get("init_from") != (str(init_from) if init_from else None):
+        if (st["began"] != began) if "began" in st else (st.get("init_from") != (str(init_from) if init_from else None)):
             raise other_run(run / "last.pt", f"--init-from {st.get('init_from')}" if st.get("init_from")
                             else "a random init (no --init-from)")
         if st.get("preset", preset) != preset:
             raise other_run(run / "last.pt", f"--preset {st['preset']}")
+        if st.get("vae", latents) != latents:
+            raise other_run(run / "last.pt", f"--vae {st['vae']}")
         model.load_state_dict(st["model"]); ema.load_state_dict(st["ema"]); opt.load_state_dict(st["opt"])
         step, elapsed, seen = st["step"], st["elapsed"], st["seen"]
         # The lineage as it was when the run began (the warm start's folder may since hold this run's output).
@@ -202,14 +207,14 @@ def train_dit(preset: str = "medium", minutes: float = 35.0, batch: int = 32, lr
         torch.set_rng_state(st["torch_rng"].cpu())
         print(f"resumed {name} at step {step} ({elapsed / 60:.1f} min)")
         if elapsed >= minutes * 60:
-            say_spent(run / "last.pt", f"{elapsed / 60:.1f} of --minutes {minutes:g}", "give a larger --minutes")
+            say_spent(run / "last.pt", f"{elapsed / 60:.1f} of --minutes {minutes:g}")
     sampler, rng = SceneSampler(seed=1000 + step), random.Random(step)
     budget, t0 = minutes * 60, time.time() - elapsed
     bar = tqdm(desc=f"train dit {preset}", unit="step", initial=step, mininterval=10)
     state = lambda: {"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),  # noqa: E731
                      "step": step, "elapsed": elapsed, "seen": seen, "torch_rng": torch.get_rng_state(),
                      "preset": preset, "init_from": str(init_from) if init_from else None,
-                     "before": before, "earlier": earlier}
+                     "began": began, "vae": latents, "before": before, "earlier": earlier}
     progress = Progress(bar, run / "last.pt", state)
     stream = batches(sampler, rng, autoencoder, text, batch, workers, seed=1000 + step)
     while (elapsed := time.time() - t0) < budget:

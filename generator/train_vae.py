@@ -11,11 +11,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from generator.checkpoint import RUNS, Progress, optimizer_step, save_state, save_weights
-from index.training import other_run, say_spent, training_paths
+from generator.checkpoint import Progress, optimizer_step, save_state, save_weights
 from generator.metrics import psnr, ssim
 from generator.scenes import Image, SceneSampler, reference_image, to_tensor
 from generator.vae import VAE, VAE_PRESETS, deepen_decoder, kl_divergence
+from index.config import get_settings
+from index.training import other_run, same_path, say_run, say_spent, training_paths
 
 
 def vae_batch(sampler: SceneSampler, n: int) -> torch.Tensor:
@@ -60,6 +61,7 @@ def train_vae(preset: str = "f8c16", minutes: float = 20.0, batch: int = 16, lr:
     torch.set_num_threads(threads)
     name = name or f"vae-{preset}"
     out, run = training_paths(name, out, run_dir)
+    say_run(out, run)
     cfg = VAE_PRESETS[preset]
     vae = VAE(cfg)
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
@@ -73,7 +75,7 @@ def train_vae(preset: str = "f8c16", minutes: float = 20.0, batch: int = 16, lr:
         torch.set_rng_state(st["torch_rng"])
         print(f"resumed {name} at step {step} ({elapsed / 60:.1f} min)")
         if elapsed >= minutes * 60:
-            say_spent(run / "last.pt", f"{elapsed / 60:.1f} of --minutes {minutes:g}", "give a larger --minutes")
+            say_spent(run / "last.pt", f"{elapsed / 60:.1f} of --minutes {minutes:g}")
     sampler = SceneSampler(seed=seed)  # reseeded by step on resume: data differs, distribution same
     budget, t0, last_save = minutes * 60, time.time() - elapsed, time.time()
     bar = tqdm(desc=f"train vae {preset}", unit="step", initial=step, mininterval=10)
@@ -137,6 +139,7 @@ def finetune_decoder(init_from: Path, minutes: float = 45.0, batch: int = 32, lr
         raise ValueError(f"--minutes must be above 0 and --batch at least 1 (got {minutes}, {batch})")
     torch.set_num_threads(threads)
     out, run = training_paths(name, out, run_dir)
+    say_run(out, run)
     base = load_vae(Path(init_from))
     before = evaluate_vae(base)
     vae = deepen_decoder(base, decoder_blocks) if decoder_blocks else base
@@ -146,7 +149,7 @@ def finetune_decoder(init_from: Path, minutes: float = 45.0, batch: int = 32, lr
     step, elapsed = 0, 0.0
     if resume and (run / "last.pt").is_file():
         st = torch.load(run / "last.pt", weights_only=False)
-        if "decoder" not in st or st.get("init_from") != str(init_from) \
+        if "decoder" not in st or not same_path(st.get("init_from"), init_from) \
                 or st.get("decoder_blocks", decoder_blocks) != decoder_blocks:
             raise other_run(run / "last.pt", "another VAE training" if "decoder" not in st else
                             f"--init-from {st.get('init_from')} --decoder-blocks {st.get('decoder_blocks')}")
@@ -155,11 +158,12 @@ def finetune_decoder(init_from: Path, minutes: float = 45.0, batch: int = 32, lr
         torch.set_rng_state(st["torch_rng"])
         print(f"resumed {name} at step {step} ({elapsed / 60:.1f} min)")
         if elapsed >= minutes * 60:
-            say_spent(run / "last.pt", f"{elapsed / 60:.1f} of --minutes {minutes:g}", "give a larger --minutes")
+            say_spent(run / "last.pt", f"{elapsed / 60:.1f} of --minutes {minutes:g}")
 
     def state() -> dict:
         return {"decoder": vae.decoder.state_dict(), "opt": opt.state_dict(), "step": step, "elapsed": elapsed,
-                "torch_rng": torch.get_rng_state(), "init_from": str(init_from), "decoder_blocks": decoder_blocks}
+                "torch_rng": torch.get_rng_state(), "init_from": str(Path(init_from).resolve()),
+                "decoder_blocks": decoder_blocks}
 
     sampler = SceneSampler(seed=1000 + step)
     pool = PoolReader(generated, seed=step) if generated else None
@@ -236,7 +240,7 @@ def generated_pool(dit: str = "dit-medium-fast", n: int = 8192, batch: int = 64,
     from generator.train_dit import encode_batch, raw_batch, sample_task
 
     torch.set_num_threads(threads)
-    out = out or RUNS / f"decoder-pool-{dit}"
+    out = out or get_settings().home_dir / "runs" / f"decoder-pool-{Path(dit).name}"
     out.mkdir(parents=True, exist_ok=True)
     pipe = GenerationPipeline.from_pretrained(dit)
     s = pipe.shortcut

@@ -77,7 +77,7 @@ class TextEmbedder:
     def __init__(self, name: str, device: str | None = None) -> None:
         from sentence_transformers import SentenceTransformer
 
-        self.name = self.fingerprint = name
+        self.name, self.fingerprint = name, canonical_text_name(name)
         path = _resolve_sentence_model(name)
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         self.model = SentenceTransformer(str(path), device=_device(device))
@@ -90,6 +90,16 @@ class TextEmbedder:
         x = self.model.encode(list(texts), batch_size=batch_size, show_progress_bar=show_progress,
                               convert_to_numpy=True, normalize_embeddings=True)
         return _normalise(x)
+
+
+def canonical_text_name(name: str) -> str:
+    """One spelling of a text embedder setting, as indexes record it: all-MiniLM-L6-v2 under either of its
+    names, a folder by its resolved path, any other name as given."""
+    name = name.strip()
+    if name in (DEFAULT_TEXT, "sentence-transformers/all-MiniLM-L6-v2"):
+        return DEFAULT_TEXT
+    path = Path(name).expanduser()
+    return str(path.resolve()) if path.is_dir() else name
 
 
 def _resolve_sentence_model(name: str) -> str | Path:
@@ -139,15 +149,15 @@ class ImageEmbedder:
     def __init__(self, spec: str, device: str | None = None) -> None:
         import open_clip
 
-        from index.clip import EmbedderSpecError, embedder_spec, own_configs, random_init_expected, register_configs, \
-            resize_mode_of, shipped_checkpoint
+        from index.clip import OPEN_CLIP_SCHEMAS, EmbedderSpecError, canonical_spec, embedder_spec, own_configs, \
+            random_init_expected, register_configs, resize_mode_of, shipped_checkpoint
 
         register_configs()
         name, pretrained = embedder_spec(spec)
         self.name = spec
         self.device = _device(device)
         self.trained = True
-        if name not in open_clip.list_models():
+        if not name.startswith(OPEN_CLIP_SCHEMAS) and name not in open_clip.list_models():
             raise EmbedderSpecError(f"unknown open_clip model {name!r} in the image embedder setting {spec!r}: mmkb's "
                                     f"own are {', '.join(sorted(own_configs()))}; others: open_clip.list_models()")
         if not pretrained:
@@ -158,7 +168,8 @@ class ImageEmbedder:
                         "(train them with `mmkb train clip`)", name)
             self.trained = False
             torch.manual_seed(0)
-        self.fingerprint = f"{spec}@{_weights_id(pretrained)}"  # what an index built with it records
+        # what an index built with it records: one spelling of the setting, and the weights' content
+        self.fingerprint = f"{canonical_spec(spec)}@{_weights_id(pretrained)}"
         # Weights trained with another resize mode than open_clip's default say so beside them.
         mode = resize_mode_of(pretrained)
         try:

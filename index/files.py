@@ -5,6 +5,7 @@ import base64
 import html
 import io
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -22,10 +23,22 @@ def json_line(line: str) -> Any:
         raise ValueError(f"not valid JSON ({err.msg} at column {err.pos + 1})") from None
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def replace_dir(tmp: Path, out: Path) -> Path:
     """Put the finished folder `tmp` in place of `out`: the old `out` steps aside first and is
-    removed only after the new one is in place, so an interruption never leaves `out` half written."""
+    removed only after the new one is in place, so an interruption never leaves `out` half written.
+    Its files get the permissions the umask gives new files (safetensors writes its own owner-only,
+    which would keep a model from a service running as another user)."""
     tmp, out = Path(tmp), Path(out)
+    shared = 0o666 & ~_umask()
+    for file in tmp.rglob("*"):
+        if file.is_file() and not file.is_symlink():
+            file.chmod(shared)
     old = out.with_name(out.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
     if out.exists():

@@ -306,9 +306,13 @@ class ReferenceIndex:
     def _embedder_named(self, modality: str, version: IndexVersion) -> str | None:
         """Why the index's embedder is not the one the settings name, read from the names alone (its
         weights and options are compared where the embedder is loaded)."""
+        from index.clip import canonical_spec
+        from index.embedders import canonical_text_name
+
         configured = self.settings.text_embedder if modality == "text" else self.settings.image_embedder
         built = version.embedder if modality == "text" else version.embedder.split("@")[0]
-        if built == configured:
+        same = canonical_text_name if modality == "text" else canonical_spec
+        if same(built) == same(configured):
             return None
         return (f"the {modality} index was built with the embedder {built} but MMKB_{modality.upper()}_EMBEDDER "
                 f"is {configured}")

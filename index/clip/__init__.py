@@ -27,6 +27,7 @@ class EmbedderSpecError(ValueError):
 
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+OPEN_CLIP_SCHEMAS = ("hf-hub:", "local-dir:")
 
 
 def embedder_spec(spec: str) -> tuple[str, str | None]:
@@ -35,8 +36,10 @@ def embedder_spec(spec: str) -> tuple[str, str | None]:
     `FOLDER` that `mmkb train clip` exported (its config.json names the model). Paths are checked here,
     model names and tags where open_clip loads them."""
     spec = spec.strip()
+    if spec.startswith(OPEN_CLIP_SCHEMAS):  # open_clip's own `hf-hub:org/repo`, `local-dir:PATH`
+        return spec, None
     bare = Path(spec).expanduser()
-    if bare.is_dir():
+    if _path_like(spec) and bare.is_dir():
         try:
             name = json.loads((bare / "config.json").read_text())["train_cfg"]["config"]
         except (OSError, ValueError, KeyError, TypeError):
@@ -47,7 +50,9 @@ def embedder_spec(spec: str) -> tuple[str, str | None]:
     if not name:
         raise EmbedderSpecError(f"{spec!r} names no model: give NAME, NAME:TAG, NAME:FILE or NAME:FOLDER")
     if not pretrained:
-        if "/" in name or name.endswith(WEIGHT_SUFFIXES):
+        if bare.is_file():
+            raise EmbedderSpecError(f"{spec} is a weights file: give MODEL:{spec}, MODEL the open_clip model it is for")
+        if _path_like(name) or name.endswith(WEIGHT_SUFFIXES):
             raise EmbedderSpecError("no such folder: give a folder `mmkb train clip` exported, or MODEL:FILE for a "
                                     "weights file")
         return name, None
@@ -59,6 +64,28 @@ def embedder_spec(spec: str) -> tuple[str, str | None]:
     if "/" in pretrained or pretrained.endswith(WEIGHT_SUFFIXES):
         raise EmbedderSpecError(f"no such weights file or folder {pretrained}")
     return name, pretrained
+
+
+def _path_like(spec: str) -> bool:
+    """Written as a path (a bare word is a model name, even where a folder of that name is at hand)."""
+    return "/" in spec or "\\" in spec or spec.startswith((".", "~"))
+
+
+def canonical_spec(spec: str) -> str:
+    """One spelling of an image embedder setting, as indexes record it: the model name alone for mmkb's
+    shipped weights, else `name:` the resolved weights path or the tag (so `NAME:FOLDER`, `FOLDER` and a
+    relative or absolute path to the file name the same weights)."""
+    try:
+        name, pretrained = embedder_spec(spec)
+    except EmbedderSpecError:
+        return spec.strip()
+    if pretrained is None:
+        return name
+    weights = Path(pretrained)
+    if not weights.is_file():
+        return f"{name}:{pretrained}"
+    shipped = shipped_checkpoint(name)
+    return name if shipped and shipped.resolve() == weights.resolve() else f"{name}:{weights.resolve()}"
 
 
 def _weights_in(folder: Path, spec: str) -> Path:

@@ -45,7 +45,7 @@ from index.clip.data import HELD_OUT_FRACTION, Entity, load_entities, load_image
 from index.clip.icons import load_icons
 from index.embedders import open_rgb
 from index.files import replace_dir
-from index.training import other_run, say_spent, training_device, training_paths
+from index.training import other_run, same_path, say_spent, say_run, training_device, training_paths
 
 
 @dataclass
@@ -155,6 +155,16 @@ def _init_file(init_from: str | Path) -> Path:
         raise ValueError(f"--init-from {init_from}: no such weights; give an open_clip safetensors file, a "
                          f"checkpoint folder or a shipped checkpoint's name such as {DEFAULT_CONFIG}")
     return file
+
+
+def _same_start(saved: str | None, init_file: Path | None) -> bool:
+    """Whether a saved run began from the weights `init_file` (however the path was spelled then)."""
+    if saved is None or init_file is None:
+        return saved is None and init_file is None
+    try:
+        return same_path(_init_file(saved), init_file)
+    except ValueError:  # the weights it began from are gone
+        return False
 
 
 def _image_size_of(weights: Path) -> int | None:
@@ -482,6 +492,7 @@ def train_clip(minutes: float | None = 45.0, steps: int | None = 6000, config: s
                       icons=str(icons) if icons else None, icon_share=icon_share,
                       init_from=str(init_from) if init_from else None, resize_mode=resize_mode)
     out, run_dir = training_paths(config, out, run_dir)
+    say_run(out, run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     state_path = run_dir / "last.pt"
 
@@ -518,7 +529,7 @@ def train_clip(minutes: float | None = 45.0, steps: int | None = 6000, config: s
     if resume and state_path.exists():
         state = torch.load(state_path, map_location="cpu", weights_only=False)
         saved = state["train_cfg"]
-        if saved.get("init_from") != cfg.init_from:
+        if not _same_start(state["init_file"] if "init_file" in state else saved.get("init_from"), init_file):
             raise other_run(state_path, f"--init-from {saved['init_from']}" if saved.get("init_from")
                             else "a random init (no --init-from)")
         if saved.get("icons") != cfg.icons or (cfg.icons and saved.get("icon_share") != cfg.icon_share):
@@ -530,7 +541,7 @@ def train_clip(minutes: float | None = 45.0, steps: int | None = 6000, config: s
             raise other_run(state_path, f"--config {saved['config']}")
         if state["objective"]["proxies"].shape != objective.proxies.shape:
             raise other_run(state_path, f"other training entities ({state['objective']['proxies'].shape[0]} classes, "
-                                        f"not {objective.proxies.shape[0]}: another --max-entities or KB)")
+                                        f"not {objective.proxies.shape[0]}: another KB or --icons folder)")
         objective.load_state_dict(state["objective"])
         optimizer.load_state_dict(state["optimizer"])
         step, elapsed, history, metrics = state["step"], state["elapsed"], state["history"], state["metrics"]
@@ -546,14 +557,15 @@ def train_clip(minutes: float | None = 45.0, steps: int | None = 6000, config: s
         tmp = state_path.with_suffix(".tmp")
         torch.save({"objective": objective.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
                     "elapsed": elapsed, "history": history, "metrics": metrics, "train_cfg": asdict(cfg),
-                    "model_cfg": model_cfg}, tmp)
+                    "model_cfg": model_cfg, "init_file": str(init_file.resolve()) if init_file else None}, tmp)
         tmp.replace(state_path)
 
     def progress_of() -> float:
         return max(step / steps if steps else 0.0, elapsed / (minutes * 60) if minutes else 0.0)
 
     if resumed and progress_of() >= 1:
-        say_spent(state_path, f"{step} steps in {elapsed / 60:.1f} min", "give a larger --minutes or --steps")
+        say_spent(state_path, f"{step} steps in {elapsed / 60:.1f} min",
+                  "give a larger --minutes or --steps to train on")
     dataset = Batches(train_set, tokens, preprocess, cfg, step, extra=len(extra))
     loader = torch.utils.data.DataLoader(dataset, batch_size=None,
                                          num_workers=workers, worker_init_fn=_worker_init if workers else None,

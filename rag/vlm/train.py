@@ -450,7 +450,7 @@ class Trainer:
             print(f"resumed at stage {self.state['stage']} step {self.state['step']}")
             if self.state["stage"] == "done":
                 say_spent(self._state_path(), "every stage (reading, self-labelling, tags)",
-                          "--run-dir FOLDER starts another run")
+                          "--run-dir FOLDER starts another run beside it")
         elif self.cfg.init_from:
             self.warm_start(Path(self.cfg.init_from))
         self._loop("read", self.cfg.read_steps, self._read_loss)

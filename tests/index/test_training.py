@@ -8,11 +8,31 @@ import pytest
 import torch
 
 
-def test_runs_write_under_the_data_home_unless_told(home, tmp_path):
+def test_runs_write_under_the_data_home_unless_told(home, tmp_path, monkeypatch):
     from index.training import training_paths
 
     assert training_paths("dit-medium") == (home / "models" / "dit-medium", home / "runs" / "dit-medium")
     assert training_paths("x", tmp_path / "o", tmp_path / "r") == (tmp_path / "o", tmp_path / "r")
+    # --out alone: a run folder of that export's own, the same however the path is spelled
+    monkeypatch.chdir(tmp_path)
+    one, run_one = training_paths("x", "o")
+    assert one == tmp_path / "o" and run_one.parent == home / "runs" and run_one.name.startswith("x@")
+    assert training_paths("x", tmp_path / "o")[1] == run_one and training_paths("x", tmp_path / "p")[1] != run_one
+
+
+def test_an_export_never_replaces_a_folder_of_other_files(home, tmp_path):
+    from index.training import training_paths
+
+    (tmp_path / "desktop").mkdir()
+    (tmp_path / "desktop" / "precious.txt").write_text("keep me")
+    with pytest.raises(ValueError, match="holds other files"):
+        training_paths("x", tmp_path / "desktop")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="is a file"):
+        training_paths("x", tmp_path / "file")
+    (tmp_path / "earlier").mkdir()
+    (tmp_path / "earlier" / "config.json").write_text("{}")
+    assert training_paths("x", tmp_path / "earlier")[0] == tmp_path / "earlier"  # an earlier export is replaced
 
 
 def test_a_device_that_is_not_here_is_one_sentence():
@@ -26,7 +46,7 @@ def test_a_device_that_is_not_here_is_one_sentence():
             training_device("cuda")
 
 
-def test_clip_refuses_another_runs_state_and_says_when_nothing_is_left(tmp_path, tiny_config, capsys):
+def test_clip_refuses_another_runs_state_and_says_when_nothing_is_left(tmp_path, tiny_config, capsys, monkeypatch):
     from index.clip.train import train_clip
 
     kw = dict(minutes=5, config=tiny_config, out=tmp_path / "ckpt", run_dir=tmp_path / "run", batch_size=8,
@@ -38,6 +58,12 @@ def test_clip_refuses_another_runs_state_and_says_when_nothing_is_left(tmp_path,
     capsys.readouterr()
     train_clip(steps=2, max_entities=8, **kw)
     assert "nothing more is trained" in capsys.readouterr().err
+    # a warm start is the same start however its path is spelled
+    warm = dict(kw, run_dir=tmp_path / "run-warm", out=tmp_path / "warm")
+    train_clip(steps=1, max_entities=8, init_from=tmp_path / "ckpt", **warm)
+    monkeypatch.chdir(tmp_path)
+    train_clip(steps=2, max_entities=8, init_from="ckpt", **warm)
+    assert torch.load(tmp_path / "run-warm" / "last.pt", weights_only=False)["step"] == 2
     with pytest.raises(ValueError, match="unknown --config 'no-such-clip'"):
         train_clip(steps=1, config="no-such-clip", out=tmp_path / "x", run_dir=tmp_path / "y", progress=False)
 
@@ -73,9 +99,34 @@ def test_an_embedder_setting_names_a_model_a_file_or_an_exported_folder(tmp_path
         embedder_spec(f"mmkb-clip-tiny-64:{tmp_path / 'gone.safetensors'}")
     with pytest.raises(EmbedderSpecError, match="no such folder"):
         embedder_spec(str(tmp_path / "gone"))
+    with pytest.raises(EmbedderSpecError, match="is a weights file: give MODEL:"):
+        embedder_spec(weights)
+    assert embedder_spec("hf-hub:org/model") == ("hf-hub:org/model", None)  # open_clip's own schema
     (export / "config.json").unlink()
     with pytest.raises(EmbedderSpecError, match="without the config.json .* give MODEL:"):
         embedder_spec(str(export))
+
+
+def test_a_model_name_is_a_name_even_beside_a_folder_of_that_name(tmp_path, monkeypatch):
+    from index.clip import canonical_spec, embedder_spec
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mmkb-clip-tiny-64").mkdir()
+    assert embedder_spec("mmkb-clip-tiny-64") == ("mmkb-clip-tiny-64", None)
+    assert canonical_spec("mmkb-clip-tiny-64") == "mmkb-clip-tiny-64"
+
+
+def test_one_export_spelled_three_ways_is_one_embedder(tmp_path, monkeypatch):
+    from index.clip import canonical_spec
+
+    export = tmp_path / "export"
+    export.mkdir()
+    (export / "open_clip_model.safetensors").write_bytes(b"x")
+    (export / "config.json").write_text(json.dumps({"train_cfg": {"config": "mmkb-clip-tiny-64"}}))
+    monkeypatch.chdir(tmp_path)
+    spellings = {canonical_spec(s) for s in (str(export), "mmkb-clip-tiny-64:export",
+                                             "mmkb-clip-tiny-64:./export/open_clip_model.safetensors")}
+    assert spellings == {f"mmkb-clip-tiny-64:{export / 'open_clip_model.safetensors'}"}
 
 
 def test_a_bad_embedder_setting_is_one_line_before_any_command(home, monkeypatch, tmp_path):
@@ -94,3 +145,19 @@ def test_a_bad_embedder_setting_is_one_line_before_any_command(home, monkeypatch
     get_settings.cache_clear()
     result = CliRunner().invoke(app, ["train", "tagger", "--epochs", "1"])
     assert result.exit_code == 2 and "unknown open_clip model 'no-such-model'" in result.output
+
+
+def test_exported_weights_are_readable_by_others_as_the_umask_allows(tmp_path):
+    import os
+    import stat
+
+    from generator.checkpoint import save_weights
+
+    mask = os.umask(0o022)
+    try:
+        out = save_weights(torch.nn.Linear(2, 2), {"kind": "test"}, tmp_path / "model", "# card")
+    finally:
+        os.umask(mask)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()}
+    assert modes == {"model.safetensors": 0o644, "config.json": 0o644, "MODEL_CARD.md": 0o644}
+    assert not (tmp_path / "model.tmp").exists()
