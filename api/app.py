@@ -19,6 +19,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from api.deps import FORM_TYPES, Services, ServicesDep
 from api.reference import reference_page
 from api.routes import generate, search, tags, vqa
+from index.clip import EmbedderSpecError
 from index.store import MODALITIES
 
 PAGE = Path(__file__).with_name("static") / "index.html"
@@ -42,6 +43,12 @@ def create_app(services: Services | None = None) -> FastAPI:
                                            "(curl -F text=Thimphu …) or application/x-www-form-urlencoded"},
                                 status_code=415)
         return await call_next(request)
+
+    @app.exception_handler(EmbedderSpecError)
+    async def embedder_setting(request: Request, err: EmbedderSpecError) -> JSONResponse:
+        """An embedder setting the server cannot load (a model name not in the local cache, weights of
+        another model) is the server's to fix, not the request's."""
+        return JSONResponse({"detail": f"the server cannot load its embedder: {err}"}, status_code=503)
 
     @app.get("/health")
     def health(services: ServicesDep) -> dict:

@@ -36,6 +36,9 @@ def _command_line() -> None:
     # transformers draws a "Loading weights" bar each time it loads the reader, in every `mmkb ask`;
     # the environment switch (read when transformers is imported) turns those off, not mmkb's own bars
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    # Models come from folders and the local cache: a name that is in neither is an error, not a download
+    # attempt with retries (HF_HUB_OFFLINE=0 allows downloads).
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 @data_app.command("build-worldkb")

@@ -22,7 +22,8 @@ MAX_UPLOAD_BYTES = 10 << 20
 FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 # For the OpenAPI schema and /docs: the answers other than 200 and 422 that the routes give.
 ERRORS = {400: {"description": "bad input; the detail says what was wrong"},
-          503: {"description": "the index is not built (the detail names the command) or the server lacks a file"}}
+          503: {"description": "the index is not built (the detail names the command), or the server lacks a file or "
+                                "cannot load a model its settings name"}}
 # A field that must not be empty, declared with a default "" so that an empty field from a page's form
 # gets the route's own 400 that says so, not FastAPI's 422 "Field required": /docs shows it as required.
 NEEDED = {"x-needed": True}

@@ -13,6 +13,9 @@ from api.console import fail as _fail
 
 app = typer.Typer(help="Generate and edit images with mmkb's DiT.", no_args_is_help=True)
 train_app = typer.Typer(help="Train the generator: VAE, DiT, few-step distillation.", no_args_is_help=True)
+VaeOption = Annotated[Optional[str], typer.Option(
+    show_default=False, help="decode with this VAE (name or folder; default: the one the DiT was trained on), "
+                             "e.g. a decoder `mmkb train vae --decoder-only` fine-tuned")]
 Seed = Annotated[int, typer.Option(min=0, help="the first image's seed; each next one counts up")]
 
 
@@ -35,7 +38,7 @@ def write_outputs(result, out: Path, stem: str = "sample") -> list[Path]:
 
 def _run(prompt: str, refs: list[Path], image: Optional[Path], n: int, steps: Optional[int], seed: int, out: Path,
          fast: bool, int8: bool, text_scale: Optional[float], ref_scale: Optional[float], model: Optional[str],
-         stem: str, ground: bool = False) -> None:
+         stem: str, ground: bool = False, vae: Optional[str] = None) -> None:
     from generator.pipeline import GenerationPipeline
 
     for p in refs + ([image] if image is not None else []):
@@ -48,7 +51,7 @@ def _run(prompt: str, refs: list[Path], image: Optional[Path], n: int, steps: Op
         _fail("the instruction is empty: say what to change, e.g. --instruction 'change the background to green'"
               if image is not None else "the prompt is empty: say what to draw, e.g. --prompt 'the flag of Tuvalu'")
     try:
-        pipe = GenerationPipeline.from_pretrained(model, fast=fast, int8=int8)
+        pipe = GenerationPipeline.from_pretrained(model, fast=fast, int8=int8, vae=vae)
         options = dict(n=n, steps=steps, seed=seed, text_scale=text_scale, ref_scale=ref_scale)
         if ground:
             from index.search import ReferenceIndex
@@ -97,12 +100,13 @@ def generate(prompt: Annotated[str, typer.Option(help="what to draw")],
              text_scale: Optional[float] = None, ref_scale: Optional[float] = None,
              model: Annotated[Optional[str], typer.Option(help="checkpoint name or folder")] = None,
              ground: Annotated[bool, typer.Option(help="without --ref: find the entities the prompt names in the "
-                                                       "index and condition on their images")] = True) -> None:
+                                                       "index and condition on their images")] = True,
+             vae: VaeOption = None) -> None:
     """Knowledge-grounded generation: the entities a prompt names ("the flag of Tuvalu on a green background")
     are found in the index and their images become the references; or give the references with --ref
     (composition with 2–3 references)."""
     _run(prompt, list(ref or []), None, n, steps, seed, out, fast, int8, text_scale, ref_scale, model, "sample",
-         ground=ground and not ref)
+         ground=ground and not ref, vae=vae)
 
 
 @app.command("edit")
@@ -113,11 +117,12 @@ def edit(image: Annotated[Path, typer.Option(help="the image to edit")],
          fast: bool = False, int8: bool = False, text_scale: Optional[float] = None,
          ref_scale: Optional[float] = None, model: Optional[str] = None,
          ground: Annotated[bool, typer.Option(help="without --ref: the entity the instruction names comes from the "
-                                                   "index (\"replace the flag with the flag of Japan\")")] = True) -> None:
+                                                   "index (\"replace the flag with the flag of Japan\")")] = True,
+         vae: VaeOption = None) -> None:
     """Edit an image by instruction (background colour, move, swap with a second image or with an entity
     the instruction names)."""
     _run(instruction, list(ref or []), image, n, steps, seed, out, fast, int8, text_scale, ref_scale, model, "edit",
-         ground=ground and not ref)
+         ground=ground and not ref, vae=vae)
 
 
 @train_app.command("vae")
@@ -133,7 +138,8 @@ def vae(preset: str = "f8c16", minutes: float = 20.0, batch: int = 32, lr: float
     """Train the VAE on composed worldkb scenes; exports to MMKB_HOME/models/NAME (NAME: vae-PRESET) and
     resumes from MMKB_HOME/runs/NAME/last.pt.
     Better decoder for the shipped VAE, DiTs unchanged: --decoder-only --init-from vae-f8c16 --decoder-blocks 2 --lr 1e-3
-    (--generated-from dit-medium-fast: half of each batch are the DiT's own latents, made first under MMKB_HOME/runs/)."""
+    (--generated-from dit-medium-fast: half of each batch are the DiT's own latents, made first under
+    MMKB_HOME/runs/)."""
     from generator.pipeline import resolve
     from generator.train_vae import finetune_decoder, generated_pool, train_vae
 
@@ -149,12 +155,14 @@ def vae(preset: str = "f8c16", minutes: float = 20.0, batch: int = 32, lr: float
                         decoder_blocks=decoder_blocks, name=name or f"{Path(init_from).name}-decoder-ft",
                         threads=threads, resume=resume, out=out, generated=pool,
                         generated_fraction=generated_fraction, run_dir=run_dir)
+        written(path, f"mmkb generate --vae {path} --prompt ... (it decodes the latents of {init_from}, so the "
+                      f"DiTs trained on that VAE keep working)")
     elif init_from or decoder_blocks or generated_from:
         raise typer.BadParameter("--init-from, --decoder-blocks and --generated-from go with --decoder-only")
     else:
         path = training(train_vae, preset=preset, minutes=minutes, batch=batch, lr=lr, threads=threads, resume=resume,
                         name=name, out=out, run_dir=run_dir)
-    written(path, f"mmkb train dit --vae {path} (a DiT learns a VAE's latents)")
+        written(path, f"mmkb train dit --vae {path} (a DiT learns a VAE's latents)")
 
 
 @train_app.command("dit")
@@ -162,7 +170,8 @@ def dit(preset: str = "medium", minutes: float = 35.0, batch: int = 32, lr: floa
         resume: bool = True, device: str = "cpu", workers: int = 0, ema_decay: float = 0.995,
         init_from: Optional[str] = None, name: Optional[str] = None, out: OutOption = None,
         run_dir: RunDirOption = None,
-        vae: Annotated[str, typer.Option(help="the VAE whose latents it learns (a shipped name or a folder)")] = "vae-f8c16"
+        vae: Annotated[str, typer.Option(
+            help="the VAE whose latents it learns (a shipped name or a folder)")] = "vae-f8c16"
         ) -> None:
     """Train the DiT with rectified flow on all tasks; exports to MMKB_HOME/models/NAME (NAME: dit-PRESET) and
     resumes from MMKB_HOME/runs/NAME/last.pt.

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from generator.checkpoint import Progress, optimizer_step, save_weights
+from generator.checkpoint import Progress, checkpoint_ref, optimizer_step, save_weights
 from generator.dit import FLOW_LEVEL, guided_velocity
 from generator.pipeline import load_dit, resolve
 from generator.scenes import SceneSampler
@@ -88,7 +88,7 @@ def distill(teacher: str = "dit-medium", minutes: float = 12.0, batch: int = 32,
         step, elapsed = st["step"], st["elapsed"]
         print(f"resumed {name} at step {step} ({elapsed / 60:.1f} min)")
         if elapsed >= minutes * 60:
-            say_spent(run / "last.pt", f"{elapsed / 60:.1f} of --minutes {minutes:g}")
+            say_spent(run / "last.pt", f"{elapsed / 60:.2f} minutes of training, its --minutes being {minutes:g}")
     sampler, rng = SceneSampler(seed=5000 + step), random.Random(7 + step)
     budget, t0 = minutes * 60, time.time() - elapsed
     bar = tqdm(desc=f"distill {name}", unit="step", initial=step, mininterval=10)
@@ -117,7 +117,7 @@ def distill(teacher: str = "dit-medium", minutes: float = 12.0, batch: int = 32,
         step += 1
         progress.update(loss.item(), elapsed)
     progress.close()
-    cfg = {**tcfg, "shortcut": True, "teacher": teacher_path.name, "text_scale": text_scale, "ref_scale": ref_scale,
+    cfg = {**tcfg, "shortcut": True, "teacher": checkpoint_ref(teacher_path), "text_scale": text_scale, "ref_scale": ref_scale,
            "levels": list(range(BASE_LEVEL + 1)), "default_steps": 4, "distill_steps": step,
            "distill_minutes": round(elapsed / 60, 1)}
     card = (f"# {name}\n\nFew-step student of `{teacher_path.name}`: shortcut model (step-size levels "

@@ -85,7 +85,11 @@ class GenerationPipeline:
             from generator.quantize import quantize_int8
             model = quantize_int8(model)
         vae_path = resolve(vae or cfg.get("vae", "vae-f8c16"))
-        pipe = cls(model, cfg, load_vae(vae_path), TextEncoder(cfg.get("text_encoder")), path.name, int8)
+        autoencoder = load_vae(vae_path)
+        if autoencoder.cfg.latent_channels != model.cfg.latent_channels:
+            raise ValueError(f"the VAE {vae_path} makes {autoencoder.cfg.latent_channels}-channel latents but the DiT "
+                             f"{path.name} reads {model.cfg.latent_channels}: give a VAE of its own kind")
+        pipe = cls(model, cfg, autoencoder, TextEncoder(cfg.get("text_encoder")), path.name, int8)
         pipe.vae_path = vae_path
         return pipe
 

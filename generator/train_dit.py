@@ -179,6 +179,9 @@ def train_dit(preset: str = "medium", minutes: float = 35.0, batch: int = 32, lr
         from generator.pipeline import load_dit, resolve
 
         start_dir = resolve(init_from)
+        if not (start_dir / "model.safetensors").is_file():
+            raise ValueError(f"--init-from {init_from}: no DiT checkpoint there (a shipped name such as dit-medium, "
+                             "or a folder `mmkb train dit` wrote)")
         began = str(start_dir.resolve())
         start, start_cfg = load_dit(start_dir)
         if start_cfg.get("kind") != "dit" or start.cfg != cfg:
@@ -193,7 +196,8 @@ def train_dit(preset: str = "medium", minutes: float = 35.0, batch: int = 32, lr
         print(f"warm start from {start_dir} ({before} samples before)")
     if resume and (run / "last.pt").is_file():
         st = torch.load(run / "last.pt", weights_only=False, map_location=dev)
-        if (st["began"] != began) if "began" in st else (st.get("init_from") != (str(init_from) if init_from else None)):
+        legacy = st.get("init_from") != (str(init_from) if init_from else None)  # states before "began"
+        if (st["began"] != began) if "began" in st else legacy:
             raise other_run(run / "last.pt", f"--init-from {st.get('init_from')}" if st.get("init_from")
                             else "a random init (no --init-from)")
         if st.get("preset", preset) != preset:
@@ -207,7 +211,7 @@ def train_dit(preset: str = "medium", minutes: float = 35.0, batch: int = 32, lr
         torch.set_rng_state(st["torch_rng"].cpu())
         print(f"resumed {name} at step {step} ({elapsed / 60:.1f} min)")
         if elapsed >= minutes * 60:
-            say_spent(run / "last.pt", f"{elapsed / 60:.1f} of --minutes {minutes:g}")
+            say_spent(run / "last.pt", f"{elapsed / 60:.2f} minutes of training, its --minutes being {minutes:g}")
     sampler, rng = SceneSampler(seed=1000 + step), random.Random(step)
     budget, t0 = minutes * 60, time.time() - elapsed
     bar = tqdm(desc=f"train dit {preset}", unit="step", initial=step, mininterval=10)

@@ -75,7 +75,7 @@ def train_vae(preset: str = "f8c16", minutes: float = 20.0, batch: int = 16, lr:
         torch.set_rng_state(st["torch_rng"])
         print(f"resumed {name} at step {step} ({elapsed / 60:.1f} min)")
         if elapsed >= minutes * 60:
-            say_spent(run / "last.pt", f"{elapsed / 60:.1f} of --minutes {minutes:g}")
+            say_spent(run / "last.pt", f"{elapsed / 60:.2f} minutes of training, its --minutes being {minutes:g}")
     sampler = SceneSampler(seed=seed)  # reseeded by step on resume: data differs, distribution same
     budget, t0, last_save = minutes * 60, time.time() - elapsed, time.time()
     bar = tqdm(desc=f"train vae {preset}", unit="step", initial=step, mininterval=10)
@@ -158,7 +158,7 @@ def finetune_decoder(init_from: Path, minutes: float = 45.0, batch: int = 32, lr
         torch.set_rng_state(st["torch_rng"])
         print(f"resumed {name} at step {step} ({elapsed / 60:.1f} min)")
         if elapsed >= minutes * 60:
-            say_spent(run / "last.pt", f"{elapsed / 60:.1f} of --minutes {minutes:g}")
+            say_spent(run / "last.pt", f"{elapsed / 60:.2f} minutes of training, its --minutes being {minutes:g}")
 
     def state() -> dict:
         return {"decoder": vae.decoder.state_dict(), "opt": opt.state_dict(), "step": step, "elapsed": elapsed,

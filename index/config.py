@@ -15,6 +15,24 @@ VIEW_CHOICES = {"query_views": ((1, 3), "itself, zoomed out, central crop"),
                 "index_views": ((1, 2), "itself and zoomed out")}
 
 
+def text_embedder_problem(name: str) -> str | None:
+    """What is wrong with a text embedder setting written as a path (from /, . or ~, or naming something on
+    disk), seen without loading it; None otherwise (a model name is checked where it loads)."""
+    name = name.strip()
+    if not name:
+        return "empty: give a sentence-transformers model name or folder"
+    path = Path(name).expanduser()
+    if not (name.startswith(("/", ".", "~")) or path.exists()):
+        return None
+    if not path.exists():
+        return f"no such folder {name}: give a sentence-transformers model folder or name"
+    if not path.is_dir():
+        return f"{name} is a file: give the sentence-transformers model folder"
+    if not any((path / f).is_file() for f in ("modules.json", "config.json")):
+        return f"{name} is not a sentence-transformers model folder (it has no modules.json or config.json)"
+    return None
+
+
 class Settings(BaseSettings):
     """Where mmkb keeps its data and which models it uses; every field is `MMKB_<NAME>`."""
 
@@ -47,6 +65,13 @@ class Settings(BaseSettings):
     # everything off the ranking; 0 ranks by the plain cosine, 1 centres fully. Chosen on the seed-1
     # draw of the entity benchmark (README "Entity recognition"). Nothing stored changes: no rebuild.
     image_centre: float = 0.5
+
+    @field_validator("text_embedder")
+    @classmethod
+    def _text_embedder(cls, v: str) -> str:
+        if why := text_embedder_problem(v):
+            raise ValueError(why)
+        return v.strip()
 
     @field_validator("image_embedder")
     @classmethod

@@ -75,12 +75,20 @@ class TextEmbedder:
     """Sentence-transformers text embedder returning L2-normalised float32 rows."""
 
     def __init__(self, name: str, device: str | None = None) -> None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # read when huggingface_hub is first imported
         from sentence_transformers import SentenceTransformer
+
+        from index.clip import EmbedderSpecError
 
         self.name, self.fingerprint = name, canonical_text_name(name)
         path = _resolve_sentence_model(name)
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        self.model = SentenceTransformer(str(path), device=_device(device))
+        try:
+            self.model = SentenceTransformer(str(path), device=_device(device))
+        except (OSError, ValueError) as err:  # not a model folder, or a name not in the local cache
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise EmbedderSpecError(f"cannot load the text embedder {name!r}: {first[:240]}; give a sentence-transformers "
+                                    "model folder or a model in the local Hugging Face cache (HF_HUB_OFFLINE=0 lets "
+                                    "it download one)") from err
         dim_of = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
         self.dim = int(dim_of())
 

@@ -53,8 +53,8 @@ def embedder_spec(spec: str) -> tuple[str, str | None]:
         if bare.is_file():
             raise EmbedderSpecError(f"{spec} is a weights file: give MODEL:{spec}, MODEL the open_clip model it is for")
         if _path_like(name) or name.endswith(WEIGHT_SUFFIXES):
-            raise EmbedderSpecError("no such folder: give a folder `mmkb train clip` exported, or MODEL:FILE for a "
-                                    "weights file")
+            raise EmbedderSpecError(f"no such folder {spec}: give a folder `mmkb train clip` exported, or MODEL:FILE "
+                                    "for a weights file")
         return name, None
     weights = Path(pretrained).expanduser()
     if weights.is_dir():

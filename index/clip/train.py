@@ -468,11 +468,14 @@ def train_clip(minutes: float | None = 45.0, steps: int | None = 6000, config: s
     instead of a random init; a run with saved state in `run_dir` resumes from that instead."""
     import open_clip
 
-    if not steps and not minutes:
+    if steps is None and minutes is None:
         raise ValueError("train_clip needs `steps` or `minutes` to know when to stop")
-    if (minutes is not None and minutes < 0) or (steps is not None and steps < 0) or batch_size < 1:
-        raise ValueError(f"--minutes and --steps must not be negative and --batch-size must be at least 1 "
+    if (minutes is not None and minutes <= 0) or (steps is not None and steps < 1) or batch_size < 1:
+        raise ValueError(f"--minutes must be above 0 and --steps and --batch-size at least 1 "
                          f"(got {minutes}, {steps}, {batch_size})")
+    if lr <= 0 or workers < 0 or threads < 1 or not 0 <= drawn_fraction <= 1:
+        raise ValueError(f"--lr must be above 0, --workers 0 or more, --drawn-fraction from 0 to 1 "
+                         f"(got {lr}, {workers}, {drawn_fraction})")
 
     if not 0 <= icon_share <= 1:
         raise ValueError(f"--icon-share is the share of a batch's random half drawn from the icons: "

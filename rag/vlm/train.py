@@ -253,7 +253,7 @@ class Trainer:
             return False
         ckpt = torch.load(path, weights_only=False)
         if ckpt["rcfg"] != asdict(self.rcfg):
-            raise other_run(path, "other data (another KB, --entity-limit or image embedder)")
+            raise other_run(path, "other data (another KB, --entity-limit, --seed or image embedder)")
         if ckpt.get("setup") != self.setup():
             differ = sorted(k for k, v in self.setup().items() if (ckpt.get("setup") or {}).get(k) != v)
             raise other_run(path, [{"init_from": "--init-from", "seed": "--seed", "drawn_fraction": "--drawn-fraction",

@@ -207,3 +207,20 @@ def test_server_paths_are_made_relative_to_the_data_home(tmp_path):
     assert without_server_paths(given, home) == {
         "references": [{"path": "images/ab/x.png", "entity": "country:BTN"}],
         "other": [f"{tmp_path}/elsewhere.png", "images/ab/y.png", f"{home}2/z.png", 3, None]}
+
+
+def test_an_embedder_the_server_cannot_load_is_a_503_that_says_so(home, tiny_kb, monkeypatch):
+    from index.config import get_settings
+    from index.ingest import ingest_folder
+    from index.search import ReferenceIndex
+    from index.store import EntityStore
+
+    monkeypatch.setenv("MMKB_TEXT_EMBEDDER", "no-such-text-model")
+    get_settings.cache_clear()
+    settings = get_settings()
+    store = EntityStore(settings.db_url, settings.home_dir)
+    ingest_folder(store, tiny_kb, show_progress=False)
+    services = Services()
+    services._reference = ReferenceIndex(store, settings)
+    r = TestClient(create_app(services)).post("/v1/search", data={"text": "Thimphu"})
+    assert r.status_code == 503 and "cannot load the text embedder 'no-such-text-model'" in r.json()["detail"]

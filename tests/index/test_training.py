@@ -161,3 +161,33 @@ def test_exported_weights_are_readable_by_others_as_the_umask_allows(tmp_path):
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()}
     assert modes == {"model.safetensors": 0o644, "config.json": 0o644, "MODEL_CARD.md": 0o644}
     assert not (tmp_path / "model.tmp").exists()
+
+
+def test_clip_numbers_are_checked_before_training(tmp_path, tiny_config):
+    from index.clip.train import train_clip
+
+    kw = dict(config=tiny_config, out=tmp_path / "o", run_dir=tmp_path / "r", progress=False)
+    for bad in (dict(steps=0), dict(minutes=0, steps=2), dict(steps=2, drawn_fraction=2.0),
+                dict(steps=2, workers=-1), dict(steps=2, lr=-1.0)):
+        with pytest.raises(ValueError, match="must be"):
+            train_clip(**{**kw, **bad})
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_dit_warm_start_that_is_not_there_is_one_sentence(tmp_path):
+    from generator.train_dit import train_dit
+
+    with pytest.raises(ValueError, match="--init-from .*nope: no DiT checkpoint there"):
+        train_dit(preset="tiny", minutes=0.01, init_from=str(tmp_path / "nope"), out=tmp_path / "o",
+                  run_dir=tmp_path / "r")
+
+
+def test_a_text_embedder_setting_written_as_a_path_is_checked_up_front(tmp_path):
+    from index.config import text_embedder_problem
+
+    assert text_embedder_problem("all-MiniLM-L6-v2") is None
+    assert text_embedder_problem("sentence-transformers/all-MiniLM-L6-v2") is None  # a name, not a path
+    assert "no such folder" in text_embedder_problem(str(tmp_path / "gone"))
+    (tmp_path / "f.txt").write_text("x")
+    assert "is a file" in text_embedder_problem(str(tmp_path / "f.txt"))
+    assert "not a sentence-transformers model folder" in text_embedder_problem(str(tmp_path))
