@@ -23,7 +23,8 @@ def register_configs() -> None:
 
 
 class EmbedderSpecError(ValueError):
-    """An image embedder setting (MMKB_IMAGE_EMBEDDER, --embedder) that names no usable model or weights."""
+    """An embedder setting (MMKB_IMAGE_EMBEDDER, MMKB_TEXT_EMBEDDER, a tagger's --embedder) that names no
+    usable model or weights."""
 
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
@@ -50,7 +51,7 @@ def embedder_spec(spec: str) -> tuple[str, str | None]:
     if not name:
         raise EmbedderSpecError(f"{spec!r} names no model: give NAME, NAME:TAG, NAME:FILE or NAME:FOLDER")
     if not pretrained:
-        if bare.is_file():
+        if (_path_like(spec) or spec.endswith(WEIGHT_SUFFIXES)) and bare.is_file():
             raise EmbedderSpecError(f"{spec} is a weights file: give MODEL:{spec}, MODEL the open_clip model it is for")
         if _path_like(name) or name.endswith(WEIGHT_SUFFIXES):
             raise EmbedderSpecError(f"no such folder {spec}: give a folder `mmkb train clip` exported, or MODEL:FILE "

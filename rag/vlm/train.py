@@ -179,7 +179,9 @@ class Trainer:
         self.calibration = [q for q in qs if q.entity_split == "calibration"]
         self.reading = qs
         keys = {q.entity_key for q in qs}
-        self.image_embedder = get_settings().image_embedder
+        from index.clip import canonical_spec
+
+        self.image_embedder = canonical_spec(get_settings().image_embedder)  # absolute, as the export records it
         self.features = Features(records, keys, cfg, self.image_embedder)
         self.neigh = self.features.neighbours(sorted(self.features.entity_vec))
         self.by_type: dict[str, list[Question]] = {}
@@ -537,8 +539,10 @@ def export_setup(export: Path) -> tuple[dict, TrainConfig]:
     from index.config import get_settings
 
     card = json.loads((Path(export) / "training.json").read_text())
+    from index.clip import canonical_spec
+
     embedder = card["image_embedder"]
-    if embedder != get_settings().image_embedder:
+    if canonical_spec(embedder) != canonical_spec(get_settings().image_embedder):
         raise ValueError(f"{export} reads {embedder} embeddings but the configured image embedder is "
                          f"{get_settings().image_embedder}: set MMKB_IMAGE_EMBEDDER={embedder}")
     return card, TrainConfig(**{k: v for k, v in card["train_config"].items() if k in TrainConfig.__dataclass_fields__})
