@@ -26,7 +26,7 @@ from generator.pipeline import load_dit, resolve
 from generator.scenes import SceneSampler
 from generator.text import TextEncoder
 from generator.train_dit import DEFAULT_VAE, batches, ema_update, load_vae, machine_label
-from index.training import other_run, say_run, say_spent, training_device, training_paths
+from index.training import check_budget, other_run, say_if_spent, say_run, training_device, training_paths
 
 BASE_LEVEL = 4  # d = 1/16: the finest step the student learns from the teacher directly
 
@@ -59,8 +59,7 @@ def distill(teacher: str = "dit-medium", minutes: float = 12.0, batch: int = 32,
             device: str = "cpu", workers: int = 0, run_dir: Path | None = None) -> Path:
     """`minutes` of distilling `teacher` (a name or folder), exported to `out` (default
     MMKB_HOME/models/<name>), resumed from `run_dir`/last.pt (default MMKB_HOME/runs/<name>)."""
-    if minutes <= 0 or batch < 1:
-        raise ValueError(f"--minutes must be above 0 and --batch at least 1 (got {minutes}, {batch})")
+    check_budget(minutes, batch)
     dev = training_device(device)
     torch.set_num_threads(threads)
     teacher_path = resolve(teacher)
@@ -87,8 +86,7 @@ def distill(teacher: str = "dit-medium", minutes: float = 12.0, batch: int = 32,
         student.load_state_dict(st["model"]); ema.load_state_dict(st["ema"]); opt.load_state_dict(st["opt"])
         step, elapsed = st["step"], st["elapsed"]
         print(f"resumed {name} at step {step} ({elapsed / 60:.1f} min)")
-        if elapsed >= minutes * 60:
-            say_spent(run / "last.pt", f"{elapsed / 60:.2f} minutes of training, its --minutes being {minutes:g}")
+        say_if_spent(run / "last.pt", elapsed, minutes)
     sampler, rng = SceneSampler(seed=5000 + step), random.Random(7 + step)
     budget, t0 = minutes * 60, time.time() - elapsed
     bar = tqdm(desc=f"distill {name}", unit="step", initial=step, mininterval=10)

@@ -22,7 +22,7 @@ from generator.dit import DIT_PRESETS, DiT
 from generator.scenes import TASKS, Scene, SceneSampler, to_tensor
 from generator.text import TextEncoder
 from generator.vae import VAE, VAEConfig
-from index.training import other_run, say_run, say_spent, training_device, training_paths
+from index.training import check_budget, other_run, say_if_spent, say_run, training_device, training_paths
 
 DEFAULT_VAE = CHECKPOINTS / "vae-f8c16"
 
@@ -158,8 +158,7 @@ def train_dit(preset: str = "medium", minutes: float = 35.0, batch: int = 32, lr
     same preset, e.g. the shipped one) starts a new run from its weights instead of a random init."""
     if preset not in DIT_PRESETS:
         raise ValueError(f"unknown --preset {preset!r}; choose from {', '.join(DIT_PRESETS)}")
-    if minutes <= 0 or batch < 1:
-        raise ValueError(f"--minutes must be above 0 and --batch at least 1 (got {minutes}, {batch})")
+    check_budget(minutes, batch)
     dev = training_device(device)
     torch.set_num_threads(threads)
     name = name or f"dit-{preset}"
@@ -210,8 +209,7 @@ def train_dit(preset: str = "medium", minutes: float = 35.0, batch: int = 32, lr
         before, earlier = st.get("before", before), st.get("earlier", earlier)
         torch.set_rng_state(st["torch_rng"].cpu())
         print(f"resumed {name} at step {step} ({elapsed / 60:.1f} min)")
-        if elapsed >= minutes * 60:
-            say_spent(run / "last.pt", f"{elapsed / 60:.2f} minutes of training, its --minutes being {minutes:g}")
+        say_if_spent(run / "last.pt", elapsed, minutes)
     sampler, rng = SceneSampler(seed=1000 + step), random.Random(step)
     budget, t0 = minutes * 60, time.time() - elapsed
     bar = tqdm(desc=f"train dit {preset}", unit="step", initial=step, mininterval=10)

@@ -16,7 +16,7 @@ from generator.metrics import psnr, ssim
 from generator.scenes import Image, SceneSampler, reference_image, to_tensor
 from generator.vae import VAE, VAE_PRESETS, deepen_decoder, kl_divergence
 from index.config import get_settings
-from index.training import other_run, same_path, say_run, say_spent, training_paths
+from index.training import check_budget, other_run, same_path, say_if_spent, say_run, training_paths
 
 
 def vae_batch(sampler: SceneSampler, n: int) -> torch.Tensor:
@@ -56,8 +56,7 @@ def train_vae(preset: str = "f8c16", minutes: float = 20.0, batch: int = 16, lr:
     `run_dir`/last.pt (default MMKB_HOME/runs/<name>)."""
     if preset not in VAE_PRESETS:
         raise ValueError(f"unknown --preset {preset!r}; choose from {', '.join(VAE_PRESETS)}")
-    if minutes <= 0 or batch < 1:
-        raise ValueError(f"--minutes must be above 0 and --batch at least 1 (got {minutes}, {batch})")
+    check_budget(minutes, batch)
     torch.set_num_threads(threads)
     name = name or f"vae-{preset}"
     out, run = training_paths(name, out, run_dir)
@@ -74,8 +73,7 @@ def train_vae(preset: str = "f8c16", minutes: float = 20.0, batch: int = 16, lr:
         step, elapsed, seed = st["step"], st["elapsed"], st["step"]
         torch.set_rng_state(st["torch_rng"])
         print(f"resumed {name} at step {step} ({elapsed / 60:.1f} min)")
-        if elapsed >= minutes * 60:
-            say_spent(run / "last.pt", f"{elapsed / 60:.2f} minutes of training, its --minutes being {minutes:g}")
+        say_if_spent(run / "last.pt", elapsed, minutes)
     sampler = SceneSampler(seed=seed)  # reseeded by step on resume: data differs, distribution same
     budget, t0, last_save = minutes * 60, time.time() - elapsed, time.time()
     bar = tqdm(desc=f"train vae {preset}", unit="step", initial=step, mininterval=10)
@@ -135,8 +133,7 @@ def finetune_decoder(init_from: Path, minutes: float = 45.0, batch: int = 32, lr
     """
     from generator.train_dit import load_vae
 
-    if minutes <= 0 or batch < 1:
-        raise ValueError(f"--minutes must be above 0 and --batch at least 1 (got {minutes}, {batch})")
+    check_budget(minutes, batch)
     torch.set_num_threads(threads)
     out, run = training_paths(name, out, run_dir)
     say_run(out, run)
@@ -157,8 +154,7 @@ def finetune_decoder(init_from: Path, minutes: float = 45.0, batch: int = 32, lr
         step, elapsed = st["step"], st["elapsed"]
         torch.set_rng_state(st["torch_rng"])
         print(f"resumed {name} at step {step} ({elapsed / 60:.1f} min)")
-        if elapsed >= minutes * 60:
-            say_spent(run / "last.pt", f"{elapsed / 60:.2f} minutes of training, its --minutes being {minutes:g}")
+        say_if_spent(run / "last.pt", elapsed, minutes)
 
     def state() -> dict:
         return {"decoder": vae.decoder.state_dict(), "opt": opt.state_dict(), "step": step, "elapsed": elapsed,

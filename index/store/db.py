@@ -285,10 +285,11 @@ class EntityStore:
         counted. Image files stay under the data home (content-addressed, other entities may share them);
         the index drops the rows at its next build."""
         keys = list(dict.fromkeys(keys))
-        if missing := self.missing_keys(keys):
-            raise KeyError(", ".join(map(repr, missing)))
         with self.session() as s:
-            ids = list(s.scalars(select(Entity.id).where(Entity.key.in_(keys))))
+            found = dict(s.execute(select(Entity.key, Entity.id).where(Entity.key.in_(keys))).all())
+            if missing := [k for k in keys if k not in found]:
+                raise KeyError(", ".join(map(repr, missing)))  # rolls the transaction back: nothing removed
+            ids = list(found.values())
             counts = {"entities": len(ids),
                       "sections": s.scalar(select(func.count()).select_from(Section).join(Document)
                                            .where(Document.entity_id.in_(ids))) or 0,
